@@ -1,0 +1,114 @@
+"""Dataset: choose a source, see what is in it and what is wrong with it."""
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages._shared import choices, choose, dataset, scan_report
+from tl_core import paths
+from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, resolve_in_root
+
+st.title("Dataset")
+c = choices()
+
+kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+source = st.radio("Source", kinds, horizontal=True, key="dataset_kind")
+if source == "Built-in demo":
+    st.caption("Five classes of shapes drawn on noisy backgrounds, generated on this machine (no download).")
+    if st.button("Use the demo dataset", key="use_demo"):
+        choose(dataset="demo")
+elif source == "Folder on the server":
+    root = paths.data_root()
+    st.caption(f"Folders inside the data root `{root}` (set TL_STUDIO_DATA_ROOT to change it). Use `train/` and "
+               "`val/` folders of class folders, or class folders only.")
+    folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    rel = st.selectbox("Folder", folders, key="server_folder") if folders else st.text_input("Folder (relative to the data root)")
+    if st.button("Use this folder", key="use_folder", disabled=not rel):
+        try:
+            choose(dataset=str(resolve_in_root(rel, root)))
+        except DatasetError as e:
+            st.error(str(e))
+elif source == "Upload a .zip":
+    up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
+    if up is not None and st.button("Unpack and use", key="use_zip"):
+        dest = paths.home() / "uploads" / Path(up.name).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        data, bar = up.getbuffer(), st.progress(0.0, text="Saving the upload...")
+        with open(dest, "wb") as f:
+            for i in range(0, len(data), 8 << 20):
+                f.write(data[i : i + (8 << 20)])
+                bar.progress(min(1.0, (i + (8 << 20)) / len(data)), text="Saving the upload...")
+        try:
+            with st.spinner("Unpacking safely..."):
+                dataset(str(dest), c["val_fraction"], c["seed"])
+            choose(dataset=str(dest))
+        except DatasetError as e:
+            st.error(str(e))
+        bar.empty()
+else:
+    name = st.selectbox("Dataset", TORCHVISION_DATASETS, key="tv_name")
+    st.caption("Downloaded from the internet on first use into TL Studio's folder.")
+    if st.button("Download and use", key="use_tv"):
+        try:
+            with st.spinner(f"Downloading {name}..."):
+                dataset(f"torchvision:{name}", c["val_fraction"], c["seed"])
+            choose(dataset=f"torchvision:{name}")
+        except DatasetError as e:
+            st.error(str(e))
+
+c = choices()
+try:
+    ds = dataset(c["dataset"], c["val_fraction"], c["seed"])
+    report = scan_report(c["dataset"], c["val_fraction"], c["seed"])
+except DatasetError as e:
+    st.error(f"{c['dataset']}: {e}")
+    st.stop()
+
+st.subheader(report.name)
+if ds.split_source != "folders":
+    st.caption("This dataset has no validation folder: images are split at random, per class.")
+    col1, col2 = st.columns(2)
+    frac = col1.slider("Validation fraction", 0.05, 0.5, float(c["val_fraction"]), 0.05, key="val_fraction")
+    seed = col2.number_input("Split seed", 0, 10_000, int(c["seed"]), key="split_seed")
+    if frac != c["val_fraction"] or seed != c["seed"]:
+        choose(val_fraction=frac, seed=int(seed))
+        st.rerun()
+
+counts = report.counts
+m = st.columns(4)
+m[0].metric("Classes", len(report.classes))
+for col, split in zip(m[1:], ("train", "val")):
+    col.metric(f"{split} images", sum(counts.get(split, {}).values()))
+m[3].metric("Problems", len(report.problems))
+
+rows = [{"split": sp, "class": cl, "images": n} for sp, per in counts.items() for cl, n in per.items()]
+st.plotly_chart(px.bar(pd.DataFrame(rows), x="class", y="images", color="split", barmode="group",
+                       title="Images per class and split"), key="counts_chart")
+
+st.subheader("Samples")
+g1, g2 = st.columns([3, 1])
+cls = g1.selectbox("Class", report.classes, key="sample_class")
+label = report.classes.index(cls)
+files = [im.path for im in report.images if im.label == label]
+per_page = 12
+pages = max(1, -(-len(files) // per_page))
+page = g2.number_input(f"Page (of {pages})", 1, pages, 1, key="sample_page")
+shown = files[(page - 1) * per_page : page * per_page]
+cols = st.columns(6)
+for i, f in enumerate(shown):
+    cols[i % 6].image(f, caption=Path(f).name, width="stretch")
+
+if report.images:
+    sizes = pd.DataFrame([{"width": im.width, "height": im.height, "class": report.classes[im.label], "mode": im.mode}
+                          for im in report.images])
+    st.plotly_chart(px.scatter(sizes, x="width", y="height", color="class", hover_data=["mode"], title="Image sizes"),
+                    key="size_chart")
+
+st.subheader("Problems")
+if report.problems:
+    st.caption("Training skips unusable files and records why; nothing here stops a run.")
+    st.dataframe(pd.DataFrame([{"file": p.path, "reason": p.reason} for p in report.problems]), hide_index=True)
+else:
+    st.success("No problems found: every file is a readable image and every class is in every split.")

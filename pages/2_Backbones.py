@@ -1,0 +1,71 @@
+"""Backbones: ImageNet accuracy against speed measured on this device; pick one for training."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages._shared import backbone_rows, choices, choose, device_text, speeds
+from tl_core import speed
+from tl_core.backbones import recommend
+from tl_core.devices import pick_device
+
+st.title("Backbones")
+st.caption(f"Measured on {device_text()}")
+
+rows = backbone_rows()
+measured = speeds()
+table = pd.DataFrame([{**r.to_dict(), "ms_per_image": getattr(measured.get(r.name), "ms_per_image", None),
+                       "images_per_s": getattr(measured.get(r.name), "images_per_s", None)} for r in rows])
+best = recommend(rows)
+st.success(f"Recommended: **{best}**, the most accurate small backbone whose weights are available offline.")
+
+f1, f2, f3, f4 = st.columns(4)
+families = f1.multiselect("Family", sorted(table.family.unique()), key="bb_family")
+max_size = f2.slider("Max size (MB)", 1, int(table.size_mb.max()) + 1, 120, key="bb_size")
+min_acc = f3.slider("Min ImageNet acc@1", 50.0, 90.0, 60.0, 0.5, key="bb_acc")
+cached_only = f4.checkbox("Offline weights only", key="bb_cached")
+view = table[(table.size_mb <= max_size) & (table.acc1 >= min_acc)]
+if families:
+    view = view[view.family.isin(families)]
+if cached_only:
+    view = view[view.cached]
+sort_by = st.selectbox("Sort by", ["acc1", "ms_per_image", "size_mb", "gflops", "params_m", "name"], key="bb_sort")
+view = view.sort_values(sort_by, ascending=sort_by in ("ms_per_image", "size_mb", "gflops", "params_m", "name"))
+
+columns = ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "ms_per_image", "images_per_s", "cached"]
+st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
+    "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
+    "acc1": st.column_config.NumberColumn("acc@1"), "acc5": st.column_config.NumberColumn("acc@5"),
+    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)"),
+    "images_per_s": st.column_config.NumberColumn("images/s (batch)"),
+    "cached": st.column_config.CheckboxColumn("weights offline")})
+
+to_measure = [n for n in view.name if n in speed.SHORTLIST or len(view) <= 12][:12] or list(speed.SHORTLIST)
+if st.button(f"Measure on this device ({len(to_measure)} backbones)", key="bb_measure"):
+    bar = st.progress(0.0)
+    speed.measure_many(to_measure, pick_device(),
+                       lambda i, n, name: bar.progress(i / n, text=f"Measuring {name} ({i + 1}/{n})" if name else "Done"))
+    st.rerun()
+
+plot = view.copy()
+x = "ms_per_image" if plot.ms_per_image.notna().any() else "gflops"
+plot = plot[plot[x].notna()]
+if not plot.empty:
+    fig = px.scatter(plot, x=x, y="acc1", size="size_mb", color="family", hover_name="name",
+                     hover_data=["params_m", "gflops", "acc5", "images_per_s", "cached"], log_x=True,
+                     title="ImageNet accuracy against " + ("measured latency" if x == "ms_per_image" else "GFLOPs (measure for latency)"))
+    if best in set(plot.name):
+        b = plot[plot.name == best].iloc[0]
+        fig.add_annotation(x=__import__("math").log10(b[x]), y=b.acc1, text=f"recommended: {best}", showarrow=True)
+    st.plotly_chart(fig, key="bb_scatter")
+
+names = list(table.name)
+current = choices()["backbone"] or best
+pick = st.selectbox("Backbone for training", names, index=names.index(current) if current in names else 0, key="bb_pick")
+row = table[table.name == pick].iloc[0]
+if not row.cached:
+    st.warning(f"{pick}'s weights ({row.weight_file}) are not on this machine: they download on first use, "
+               "or train it from scratch (much less accurate).")
+if st.button("Use for training", type="primary", key="bb_use"):
+    choose(backbone=pick)
+    st.success(f"{pick} selected: go to **Train**.")

@@ -1,0 +1,170 @@
+"""Every page through Streamlit's AppTest: widgets exist, the demo flow works, jobs start, refuse and stop."""
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+
+
+@pytest.fixture
+def ui(tmp_path, monkeypatch, studio_home):
+    """Fresh runs folder and preferences for each test; the demo images are shared."""
+    home = tmp_path / "home"
+    home.mkdir()
+    from tl_core.demo import demo_root
+
+    (home / "demo-v1").symlink_to(demo_root())
+    monkeypatch.setenv("TL_STUDIO_HOME", str(home))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    from pages._shared import job_manager
+
+    jobs = job_manager()
+    if jobs.active():
+        jobs.stop()
+        jobs.wait(jobs.active(), 60)
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_for(at: AppTest, done, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        if done(at):
+            return
+        time.sleep(0.5)
+    pytest.fail("timed out waiting for the page")
+
+
+def test_home_shows_device_job_state_and_sidebar(ui):
+    at = open_page()
+    assert at.title[0].value == "TL Studio"
+    assert {m.label for m in at.metric} >= {"Device", "Training job"}
+    assert any("CPU" in c.value for c in at.caption)
+    assert any(m.value == "**demo**" for m in at.sidebar.markdown)
+
+
+def test_dataset_page_summarises_and_checks_the_demo(ui):
+    at = open_page("pages/1_Dataset.py")
+    at.button(key="use_demo").click().run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
+    assert metrics["Problems"] == "0" and at.success
+    assert at.radio(key="dataset_kind").options == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+    assert len(at.get("plotly_chart")) == 2 and len(at.get("imgs")) >= 1
+    at.radio(key="dataset_kind").set_value("torchvision dataset").run()
+    at.button(key="use_tv").click().run()
+    assert "needs internet access" in at.error[0].value
+
+
+def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, shapes_folder):
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Folder on the server").run()
+    at.selectbox(key="server_folder").set_value("shapes").run()
+    at.button(key="use_folder").click().run()
+    assert {m.label: m.value for m in at.metric}["Classes"] == "3"
+    assert any("not an image" in str(df.value) for df in at.dataframe)  # the problems table
+
+
+def test_backbones_page_table_filters_and_choice(ui):
+    at = open_page("pages/2_Backbones.py")
+    table = at.dataframe[0].value
+    assert len(table) > 20 and {"acc1", "ms_per_image", "cached"} <= set(table.columns)
+    assert "Recommended" in at.success[0].value
+    at.multiselect(key="bb_family").set_value(["resnet"]).run()
+    assert set(at.dataframe[0].value.family) == {"resnet"}
+    at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
+    at.button(key="bb_use").click().run()
+    assert "mobilenet_v3_small selected" in at.success[-1].value
+    assert any(m.value == "**mobilenet_v3_small**" for m in at.sidebar.markdown)
+
+
+def _tiny_settings(at: AppTest, epochs: int) -> None:
+    at.checkbox(key="train_scratch").check()
+    at.radio(key="train_strategy").set_value("full")
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.number_input(key="train_batch").set_value(16)
+    at.number_input(key="train_size").set_value(48)
+    at.number_input(key="train_patience").set_value(0)
+    at.run()
+
+
+def test_demo_flow_train_predict_evaluate(ui):
+    from tl_core import prefs
+
+    prefs.save(backbone="mobilenet_v3_small")
+    at = open_page("pages/3_Train.py")
+    assert at.radio(key="train_strategy").options == ["features", "finetune", "full"]
+    _tiny_settings(at, 2)
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader))
+    assert at.get("plotly_chart") and any(m.label == "Best val accuracy" for m in at.metric)
+    assert len(at.dataframe[0].value) == 1  # run history
+
+    at = open_page("pages/4_Predict.py")
+    star = sorted((Path(st_home()) / "demo-v1" / "val" / "star").iterdir())[0]
+    at.file_uploader(key="predict_upload").set_value([(star.name, star.read_bytes(), "image/png"),
+                                                      ("junk.png", b"not an image", "image/png")]).run()
+    assert not at.exception
+    assert any(m.value.startswith("**") and "%" in m.value for m in at.markdown)  # top class and probability
+    assert any("not an image" in e.value for e in at.error)
+    assert at.get("download_button")
+    at.button(key="eval_btn").click().run()
+    assert any(m.label == "Validation accuracy" for m in at.metric)
+    assert at.selectbox(key="eval_cell").options
+    at.button(key="export_btn").click().run()
+    assert any(b.proto.label.startswith("Download model") for b in at.get("download_button"))
+
+
+def st_home() -> str:
+    import os
+
+    return os.environ["TL_STUDIO_HOME"]
+
+
+def test_start_busy_then_stop(ui):
+    from tl_core import prefs
+
+    prefs.save(backbone="mobilenet_v3_small")
+    tab_a, tab_b = open_page("pages/3_Train.py"), open_page("pages/3_Train.py")
+    _tiny_settings(tab_a, 200)
+    _tiny_settings(tab_b, 200)
+    tab_a.button(key="train_start").click().run()
+    assert any("is running" in i.value for i in tab_a.info)
+    tab_b.button(key="train_start").click().run()  # the second tab still shows its form
+    assert any("Busy" in w.value for w in tab_b.warning)
+    wait_for(tab_a, lambda a: any("running" in s.value for s in a.subheader) and a.button(key="train_stop"))
+    tab_a.button(key="train_stop").click().run()
+    wait_for(tab_a, lambda a: any(": stopped" in s.value for s in a.subheader), 60)
+
+
+def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in shapes_folder.rglob("*.png"):
+            zf.write(p, f"upl/{p.relative_to(shapes_folder)}")
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    at.file_uploader(key="zip_upload").set_value(("upl.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="use_zip").click().run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["Classes"] == "3"
+    Image.open(next(shapes_folder.rglob("*.png")))  # the source is untouched

@@ -1,0 +1,80 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from tl_core import backbones
+
+
+def test_registry_comes_from_torchvision_with_real_metadata():
+    rows = backbones.list_backbones()
+    names = {r.name for r in rows}
+    assert len(rows) >= 70 and {"resnet18", "mobilenet_v2", "vit_b_16", "efficientnet_b0"} <= names
+    r18 = next(r for r in rows if r.name == "resnet18")
+    assert r18.family == "resnet" and 11 < r18.params_m < 12 and r18.acc1 == pytest.approx(69.758)
+    assert r18.input_size == 224 and r18.weight_file.startswith("resnet18-") and r18.cached is False
+
+
+def test_cached_weights_are_detected_and_preferred(with_real_weights):
+    info = backbones.describe("mobilenet_v2")
+    assert info.cached and info.weights.endswith("IMAGENET1K_V1") and info.acc1 == pytest.approx(71.878)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5",
+                                  "efficientnet_b0", "googlenet", "regnet_x_400mf", "vit_b_16", "alexnet"])
+def test_every_family_gets_a_new_head(name):
+    model, head, prep = backbones.build(name, 3, pretrained=False)
+    model.eval()
+    size = prep.crop
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size))
+    assert out.shape == (1, 3)
+    assert len(backbones.stages(model, head)) >= 3
+
+
+def test_strategies_choose_what_trains():
+    model, head, _ = backbones.build("resnet18", 4, pretrained=False)
+    trainable = lambda: {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    backbones.apply_strategy(model, head, "features")
+    assert trainable() == {"fc"}
+    backbones.apply_strategy(model, head, "finetune", 2)
+    assert all(n == "fc" or n.startswith("layer4") for n in trainable()) and any(n.startswith("layer4.0") for n in trainable())
+    backbones.apply_strategy(model, head, "full")
+    assert all(p.requires_grad for p in model.parameters())
+    backbones.apply_strategy(model, head, "features")
+    model.train()
+    backbones.freeze_batchnorm(model)
+    assert not model.bn1.training and not model.layer4[1].bn2.training
+
+
+def test_missing_weights_name_the_file_and_folder():
+    with pytest.raises(backbones.WeightsUnavailable) as e:
+        backbones.build("resnet18", 2)
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and os.environ["TORCH_HOME"] in msg and "from scratch" in msg
+
+
+def test_user_weight_files_load_safely(tmp_path):
+    model, head, _ = backbones.build("resnet18", 5, pretrained=False)
+    good = tmp_path / "mine.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, good)
+    other, head2, _ = backbones.build("resnet18", 5, pretrained=False, weights_path=str(good))
+    assert torch.equal(other.layer3[0].conv1.weight, model.layer3[0].conv1.weight)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(ValueError, match="not a loadable weight file"):
+        backbones.load_weight_file(evil)
+    assert not marker.exists()
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save(backbones.build("mobilenet_v3_small", 5, pretrained=False)[0].state_dict(), wrong)
+    with pytest.raises(ValueError, match="wrong architecture"):
+        backbones.build("resnet18", 5, pretrained=False, weights_path=str(wrong))

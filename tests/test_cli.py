@@ -1,0 +1,50 @@
+"""The command line as scripts use it: names, JSON shapes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_backbones_and_scan_json():
+    rows = json.loads(cli("backbones", "--json").stdout)
+    assert any(r["name"] == "resnet50" and r["acc1"] > 75 for r in rows)
+    report = json.loads(cli("scan", "demo", "--json").stdout)
+    assert report["n_images"] == 380 and report["problems"] == [] and len(report["classes"]) == 5
+
+
+def test_train_predict_evaluate_export(tmp_path, with_real_weights):
+    env = {"TORCH_HOME": str(with_real_weights)}
+    out = cli("train", "demo", "--backbone", "mobilenet_v2", "--epochs", "3", "--runs-dir", str(tmp_path), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"run_dir", "best_val_accuracy", "epochs_completed", "seconds"} <= set(result)
+    assert result["best_val_accuracy"] > 0.6 and result["epochs_completed"] == 3
+    run = result["run_dir"]
+    folder = Path(os.environ["TL_STUDIO_HOME"]) / "demo-v1" / "val" / "circle"
+    preds = json.loads(cli("predict", run, str(folder), "--top-k", "2", "--json").stdout)
+    assert len(preds) == 16 and all(len(p["top"]) == 2 for p in preds)
+    assert sum(p["top"][0][0] == "circle" for p in preds) >= 10
+    ev = json.loads(cli("evaluate", run, "--json").stdout)
+    assert {"accuracy", "per_class", "confusion_matrix", "classes", "mistakes"} <= set(ev)
+    assert ev["accuracy"] > 0.6
+    listed = json.loads(cli("runs", "--runs-dir", str(tmp_path), "--json").stdout)
+    assert listed[0]["status"] == "finished"
+    exp = cli("export", run, str(tmp_path / "m.zip"), "--json")
+    assert json.loads(exp.stdout)["checked"] is True
+
+
+def test_errors_are_one_line_without_traceback():
+    out = cli("train", "/no/such/folder", "--epochs", "1")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "does not exist" in out.stderr
+    bad = cli("train", "demo", "--backbone", "not_a_net", "--epochs", "1")
+    assert bad.returncode == 1 and "Unknown backbone" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,78 @@
+"""The fast paths must give what the plain path gives: same preprocessing, same embeddings, same predictions."""
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.models import MobileNet_V2_Weights
+
+from tl_core import backbones
+from tl_core.backbones import Preprocessing
+from tl_core.datasets import load_dataset
+from tl_core.embeddings import EmbeddingCache, embed, fuse_for_inference, group_key, headless
+from tl_core.pipeline import Batcher, decode_many, decode_square
+
+
+def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).filter(
+        __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(3)).save(path, quality=95)
+    weights = MobileNet_V2_Weights.IMAGENET1K_V1
+    reference = weights.transforms()(Image.open(path).convert("RGB"))
+    ours = Batcher(backbones.preprocessing_of(weights), torch.device("cpu"), "none").eval(
+        torch.from_numpy(decode_square(str(path), 256)).permute(2, 0, 1)[None])[0]
+    assert ours.shape == reference.shape
+    assert (ours - reference).abs().mean() < 0.02
+
+
+def test_batch_augmentation_is_seeded_and_keeps_shape():
+    u8 = torch.randint(0, 255, (4, 3, 73, 73), dtype=torch.uint8)
+    b = Batcher(Preprocessing.imagenet(64), torch.device("cpu"), "strong")
+    a1 = b.train(u8, torch.Generator().manual_seed(1))
+    a2 = b.train(u8, torch.Generator().manual_seed(1))
+    assert a1.shape == (4, 3, 64, 64) and torch.equal(a1, a2)
+    assert not torch.equal(a1, b.train(u8, torch.Generator().manual_seed(2)))
+
+
+def test_fused_bf16_embeddings_match_plain_float32(with_real_weights):
+    model, head, prep = backbones.build("mobilenet_v2", 5)
+    ds = load_dataset("demo")
+    u8, _, _ = decode_many(ds.split("val")[:32], prep.resize)
+    x = Batcher(prep, torch.device("cpu"), "none").eval(u8)
+    with headless(model, head):
+        plain = embed(model.eval(), x.contiguous(), None)
+        fast = embed(fuse_for_inference(model).to(memory_format=torch.channels_last), x, torch.bfloat16)
+    cos = torch.nn.functional.cosine_similarity(plain, fast, dim=1)
+    assert cos.min() > 0.99
+    layer = torch.nn.Linear(plain.shape[1], 5)
+    torch.nn.init.normal_(layer.weight, std=0.05)
+    agree = (layer(plain).argmax(1) == layer(fast).argmax(1)).float().mean()
+    assert agree >= 0.9
+
+
+def test_embedding_cache_is_keyed_and_bounded(tmp_path):
+    key_a = group_key(backbone="m", weights="w1", prep={"crop": 224}, view=0)
+    assert key_a == group_key(backbone="m", weights="w1", prep={"crop": 224}, view=0)
+    assert key_a != group_key(backbone="m", weights="w2", prep={"crop": 224}, view=0)
+    assert key_a != group_key(backbone="m", weights="w1", prep={"crop": 192}, view=0)
+    cache = EmbeddingCache(key_a, tmp_path, max_bytes=300_000)
+    cache.save({"h1": torch.ones(1000)})
+    assert torch.equal(cache.load()["h1"], torch.ones(1000))
+    for i in range(120):
+        EmbeddingCache(f"g{i}", tmp_path, max_bytes=300_000).save({"h": torch.ones(1000)})
+    total = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
+    assert total <= 300_000 + 5000
+
+
+def test_fast_feature_path_gives_the_same_model_as_running_the_backbone(with_real_weights, tmp_path):
+    """Head trained on cached embeddings == head trained with the backbone run every step (no augmentation)."""
+    from tl_core.config import TrainConfig
+    from tl_core.predict import evaluate
+    from tl_core.trainer import train
+
+    cfg = dict(backbone="mobilenet_v2", epochs=3, augment="none", seed=3, patience=0, amp=False)
+    fast = train("demo", TrainConfig(strategy="features", **cfg), tmp_path / "a")
+    slow = train("demo", TrainConfig(strategy="features", embedding_cache=False, **cfg), tmp_path / "b")
+    ev_fast, ev_slow = evaluate(fast.run_dir), evaluate(slow.run_dir)
+    agree = np.mean([a["predicted"] == b["predicted"] for a, b in zip(ev_fast.predictions, ev_slow.predictions)])
+    assert abs(ev_fast.accuracy - ev_slow.accuracy) < 0.08 and agree > 0.85

@@ -1,0 +1,109 @@
+"""Training end to end on CPU: real outcomes on held-out images, stop/resume, crashes, bad files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HYMENOPTERA
+
+from tl_core.config import TrainConfig
+from tl_core.runs import INTERRUPTED, list_runs, load_run
+from tl_core.trainer import TrainingError, resume, train
+
+TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
+
+
+def test_demo_end_to_end_beats_chance_by_far(with_real_weights, tmp_path):
+    events = []
+    result = train("demo", TrainConfig(epochs=6), tmp_path, [events.append])
+    assert result.status == "finished" and result.epochs_completed == 6
+    assert result.best_val_accuracy >= 0.7  # 5 classes: chance is 0.2
+    names = [e.name for e in events]
+    assert names[0] == "run_start" and names[-1] == "run_end" and names.count("epoch_end") == 6
+    assert {"phase", "progress", "step_end"} <= set(names)
+    run = load_run(result.run_dir)
+    assert len(run.metrics()) == 6 and run.summary["status"] == "finished"
+    assert {"backbone.safetensors", "best.safetensors", "last.safetensors", "split.json"} <= {p.name for p in run.dir.iterdir()}
+
+
+@pytest.mark.skipif(not HYMENOPTERA.exists(), reason="../shared/data is absent")
+def test_ants_vs_bees_fast_path_reaches_093(with_real_weights, tmp_path):
+    result = train(str(HYMENOPTERA), TrainConfig(backbone="mobilenet_v2", epochs=5), tmp_path)
+    assert result.best_val_accuracy >= 0.93
+    assert result.skipped == 0  # the .gif is a real image: it is used, not skipped
+
+
+def test_scratch_training_learns(tmp_path):
+    result = train("demo", TrainConfig(**TINY, epochs=4, lr=3e-3), tmp_path)
+    rows = load_run(result.run_dir).metrics()
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["train_acc"] > 0.3
+
+
+def test_bad_files_are_skipped_with_reasons(shapes_folder, tmp_path):
+    result = train(str(shapes_folder), TrainConfig(**TINY, epochs=1), tmp_path)
+    assert result.status == "finished" and result.skipped >= 3
+    skipped = {Path(s["path"]).name: s["reason"] for s in load_run(result.run_dir).summary["skipped"]}
+    assert "broken.jpg" in skipped and ".DS_Store" in skipped and "notes.txt" in skipped
+
+
+def test_stop_is_honoured_within_a_step_and_resume_finishes(tmp_path):
+    stop = threading.Event()
+    steps_after_stop = []
+
+    def listener(e):
+        if stop.is_set() and e.name == "step_end":
+            steps_after_stop.append(e)
+        if e.name == "epoch_end" and e.data["epoch"] == 1:
+            stop.set()
+
+    result = train("demo", TrainConfig(**TINY, epochs=3), tmp_path, [listener], stop)
+    assert result.status == "stopped" and result.epochs_completed == 1 and not steps_after_stop
+    run = load_run(result.run_dir)
+    assert run.has_checkpoint() and run.summary["status"] == "stopped"
+    resumed = resume(run.dir)
+    assert resumed.status == "finished" and resumed.epochs_completed == 3
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3]
+
+
+def test_a_run_that_cannot_train_says_why_and_keeps_its_folder(tmp_path, shapes_folder):
+    single = tmp_path / "one"
+    (single / "circle").mkdir(parents=True)
+    for p in list((shapes_folder / "circle").glob("*.png")):
+        (single / "circle" / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(TrainingError, match="at least two classes") as e:
+        train(str(single), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    assert load_run(e.value.run_dir).summary["status"] == "failed"
+
+
+def test_a_killed_run_keeps_its_epochs_and_can_resume(tmp_path):
+    runs = tmp_path / "runs"
+    code = ("import sys; from tl_core.config import TrainConfig; from tl_core.trainer import train; "
+            "train('demo', TrainConfig(backbone='mobilenet_v3_small', pretrained=False, strategy='full', "
+            "image_size=48, batch_size=16, patience=0, epochs=50), sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(runs)], env=os.environ.copy(),
+                            cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            found = list(runs.glob("*/metrics.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no epoch finished in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run = list_runs(runs)[0]
+    assert run.summary["status"] == INTERRUPTED
+    done = len(run.metrics())
+    assert done >= 2 and run.has_checkpoint()
+    json.loads((run.dir / "summary.json").read_text())  # never half-written
+    result = resume(run.dir, epochs=done + 1)
+    assert result.status == "finished" and result.epochs_completed == done + 1

@@ -1,0 +1,3 @@
+from tl_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""`python -m tl_core bench`: TL Studio's trainer against the loop everyone copies, same data, device, backbone.
+
+The reference is written out plainly here, exactly as the widely copied tutorials do it: ImageFolder + PIL
+transforms decoded every epoch, DataLoader(batch_size=32, num_workers=0), frozen pretrained backbone
+(requires_grad=False) with a new final Linear, Adam, model.train() then model.eval() each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import datasets, models
+from torchvision import transforms as T
+
+from tl_core import backbones
+from tl_core.config import TrainConfig
+from tl_core.devices import describe_device, pick_device
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
+SHARED_WEIGHTS = {"mobilenet_v2-b0353104.pth": SHARED / "weights" / "mobilenet_v2_qnnpack_dequantized-93d7100e.pth"}
+
+
+def link_shared_weights(torch_home: Path) -> None:
+    """Make ../shared/data's real MobileNetV2 file visible to torchvision's own weights API (offline)."""
+    ckpt = torch_home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for name, src in SHARED_WEIGHTS.items():
+        if src.exists() and not (ckpt / name).exists():
+            (ckpt / name).symlink_to(src)
+
+
+class PeakMemory:
+    """Peak resident memory (CPU) or peak allocated memory (CUDA) while the block runs, above its start."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = self.rss()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return round((self.peak - self.base) / 2**20, 1)
+
+
+def reference_loop(root: Path, backbone: str, epochs: int, device: torch.device, full: bool,
+                   pretrained: bool, log=print) -> dict:
+    """The copied tutorial, end to end: model load, decoding and validation all inside the wall time."""
+    t0 = time.perf_counter()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    train_tf = T.Compose([T.Resize((224, 224)), T.RandomAffine(0, shear=10, scale=(0.8, 1.2)),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    val_tf = T.Compose([T.Resize((224, 224)), T.ToTensor(), T.Normalize(mean, std)])
+    train_ds = datasets.ImageFolder(root / "train", train_tf)
+    val_ds = datasets.ImageFolder(root / "val", val_tf)
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=32, shuffle=True, num_workers=0)
+    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=32, shuffle=False, num_workers=0)
+    weights = backbones.pick_weights(backbone) if pretrained else None
+    model = models.get_model(backbone, weights=weights)
+    for p in model.parameters():
+        p.requires_grad = full
+    backbones.replace_head(model, len(train_ds.classes))  # the new final Linear (trainable)
+    model = model.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    criterion = nn.CrossEntropyLoss()
+    accs = []
+    for epoch in range(epochs):
+        model.train()
+        for x, y in train_dl:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in val_dl:
+                correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        accs.append(correct / len(val_ds))
+        log(f"  reference epoch {epoch + 1}/{epochs}: val acc {accs[-1]:.3f}")
+    wall = time.perf_counter() - t0
+    return {"seconds": round(wall, 2), "images_per_s": round(len(train_ds) * epochs / wall, 1),
+            "best_val_accuracy": round(max(accs), 4), "final_val_accuracy": round(accs[-1], 4),
+            "n_train": len(train_ds), "n_val": len(val_ds)}
+
+
+@contextmanager
+def cold_cache():
+    """TL Studio's caches in a fresh folder: the embedding cache starts empty, so timings are honest."""
+    old = os.environ.get("TL_STUDIO_HOME")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["TL_STUDIO_HOME"] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop("TL_STUDIO_HOME", None)
+            else:
+                os.environ["TL_STUDIO_HOME"] = old
+
+
+def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
+    from tl_core.runs import load_run
+    from tl_core.trainer import train
+
+    with tempfile.TemporaryDirectory() as runs, cold_cache():
+        t0 = time.perf_counter()
+        result = train(str(root), config, runs, [lambda e: e.name == "epoch_end" and log(
+            f"  TL Studio epoch {e.data['epoch']}/{e.data['epochs']}: val acc {e.data['val_acc']:.3f}")])
+        wall = time.perf_counter() - t0
+        metrics = load_run(result.run_dir).metrics()
+        n_train = len(load_run(result.run_dir).split("train"))
+    return {"seconds": round(wall, 2), "images_per_s": round(n_train * result.epochs_completed / wall, 1),
+            "best_val_accuracy": round(result.best_val_accuracy, 4),
+            "final_val_accuracy": round(metrics[-1]["val_acc"], 4), "epochs": result.epochs_completed}
+
+
+def default_data() -> tuple[Path, bool]:
+    """Ants vs bees with the real MobileNetV2 weights when ../shared/data is there, else the demo set."""
+    if HYMENOPTERA.exists():
+        return HYMENOPTERA, True
+    from tl_core.demo import demo_root
+
+    return demo_root(), False
+
+
+def run_bench(data: str | None, backbone: str, epochs: int, device_name: str | None, modes: list[str],
+              progress=None) -> dict:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if "TORCH_HOME" not in os.environ and SHARED.exists():
+        os.environ["TORCH_HOME"] = str(Path(tempfile.gettempdir()) / "tl_studio_torch_home")
+    link_shared_weights(Path(torch.hub.get_dir()).parent)
+    if data in (None, "demo"):
+        root, _ = default_data() if data is None else (None, False)
+        if root is None:
+            from tl_core.demo import demo_root
+
+            root = demo_root()
+    else:
+        root = Path(data)
+    device = pick_device(device_name)
+    weights = backbones.pick_weights(backbone)
+    pretrained = backbones.is_cached(weights)
+    if not pretrained:
+        log(f"note: {backbones.weight_file(weights)} is not cached; both sides train from scratch")
+    out = {"data": str(root), "backbone": backbone, "epochs": epochs, "device": describe_device(device),
+           "pretrained": pretrained, "torch": torch.__version__, "modes": {}}
+    for mode in modes:
+        log(f"[{mode}] reference loop ...")
+        with PeakMemory(device) as mem:
+            ref = reference_loop(root, backbone, epochs, device, mode == "full", pretrained, log)
+        ref["peak_memory_mb"] = mem.mb
+        log(f"[{mode}] TL Studio ...")
+        config = TrainConfig(backbone=backbone, strategy="features" if mode == "features" else "full", epochs=epochs,
+                             device=str(device), pretrained=pretrained)
+        with PeakMemory(device) as mem:
+            ours = studio_run(root, config, log)
+        ours["peak_memory_mb"] = mem.mb
+        ours["speedup"] = round(ref["seconds"] / ours["seconds"], 2)
+        out["modes"][mode] = {"reference": ref, "tl_studio": ours}
+    _print(out)
+    return out
+
+
+def _print(out: dict) -> None:
+    print(f"{out['backbone']} on {out['data']}, {out['epochs']} epochs, {out['device']}", file=sys.stderr)
+    cols = ("seconds", "images_per_s", "peak_memory_mb", "best_val_accuracy", "final_val_accuracy")
+    print(f"{'mode':<10}{'side':<11}" + "".join(f"{c:>20}" for c in cols) + f"{'speed-up':>10}", file=sys.stderr)
+    for mode, sides in out["modes"].items():
+        for side, r in sides.items():
+            print(f"{mode:<10}{side:<11}" + "".join(f"{r[c]:>20}" for c in cols) + f"{r.get('speedup', ''):>10}",
+                  file=sys.stderr)
+
+
+def make_synthetic(root: Path, n: int, classes: int = 5, seed: int = 0) -> Path:
+    """n demo-style JPEGs in train/ and val/ class folders (80/20) for the scale benchmark."""
+    import numpy as np
+
+    from tl_core.demo import CLASSES, draw
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        kind = CLASSES[i % classes]
+        split = "val" if i % 5 == 0 else "train"
+        folder = root / split / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        draw(kind, rng, 128).save(folder / f"{i:06d}.jpg", quality=90)
+    return root
+
+
+def scale_point(n: int, backbone: str, device_name: str | None) -> dict:
+    """One scale measurement in a child process, so its peak memory is its own."""
+    code = (
+        "import json,resource,sys,time,tempfile;from tl_core.config import TrainConfig;from tl_core.trainer import train;"
+        f"t=time.perf_counter();r=train(sys.argv[1],TrainConfig(backbone={backbone!r},epochs=5,device={device_name!r}),tempfile.mkdtemp());"
+        "print(json.dumps({'seconds':time.perf_counter()-t,'best_val_accuracy':r.best_val_accuracy,"
+        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        data = make_synthetic(Path(tmp) / "data", n)
+        made = time.perf_counter() - t
+        env = {**os.environ, "TL_STUDIO_HOME": str(Path(tmp) / "home")}
+        proc = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row.update(images=n, seconds=round(row["seconds"], 1), peak_rss_mb=round(row["peak_rss_mb"]),
+               seconds_per_1k=round(row["seconds"] / n * 1000, 2), synth_seconds=round(made, 1))
+    return row

@@ -1,0 +1,317 @@
+"""`python -m tl_core ...`: every engine capability, headless. Errors are one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tl_core.events import Event
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr); silent when piped, so JSON output stays clean."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.enabled, self.last = stream, stream.isatty(), 0.0
+
+    def bar(self, label: str, done: int, total: int, extra: str = "") -> None:
+        now = time.time()
+        if not self.enabled or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = done / total if total else 0
+        filled = int(frac * 30)
+        self.stream.write(f"\r{label[:28]:<28} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {extra}\033[K")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r{message}\033[K\n")
+            self.stream.flush()
+
+    def __call__(self, e: Event) -> None:
+        d = e.data
+        if e.name == "progress":
+            self.bar(d["phase"], d["done"], d["total"])
+        elif e.name == "step_end" and d.get("eta") is not None:
+            self.bar(f"epoch {d['epoch']}", d["step"], d["steps"], f"{d['images_per_s']:.0f} img/s, ETA {d['eta']:.0f}s")
+        elif e.name == "epoch_end":
+            self.say(f"epoch {d['epoch']}/{d['epochs']}  train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f}  "
+                     f"val loss {d['val_loss']:.3f} acc {d['val_acc']:.3f}" + ("  *" if d["improved"] else ""))
+        elif e.name in ("phase", "log"):
+            self.say(d["message"])
+        elif e.name == "run_error":
+            self.say(f"error: {d['message']}")
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_backbones(args) -> int:
+    from tl_core import backbones, speed
+    from tl_core.devices import pick_device
+
+    device = pick_device(args.device)
+    if args.measure:
+        bar = Progress()
+        speed.measure_many(args.names or speed.SHORTLIST, device,
+                           lambda i, n, name: bar.bar(f"measuring {name}", i, n))
+    speeds = speed.load_speeds(device)
+    rows = []
+    for b in backbones.list_backbones():
+        row = b.to_dict()
+        s = speeds.get(b.name)
+        row["ms_per_image"] = s.ms_per_image if s else None
+        row["images_per_s"] = s.images_per_s if s else None
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _print_table(rows, ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "input_size",
+                            "ms_per_image", "images_per_s", "cached"])
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from tl_core.datasets import load_dataset
+    from tl_core.scan import scan
+
+    bar = Progress()
+    report = scan(load_dataset(args.data, args.val_fraction, args.seed), lambda d, n: bar.bar("checking images", d, n))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(f"{report.name}: {report.n_images} usable images, {len(report.classes)} classes ({report.split_source})")
+    _print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
+    if report.problems:
+        print(f"\n{len(report.problems)} problem(s):")
+        for p in report.problems[:50]:
+            print(f"  {p.path}: {p.reason}")
+    return 0
+
+
+def _config(args):
+    from tl_core.config import TrainConfig
+
+    fields = ("backbone", "strategy", "epochs", "batch_size", "lr", "device", "optimizer", "schedule", "augment",
+              "patience", "seed", "image_size", "weights_path", "finetune_stages", "feature_views", "val_fraction")
+    cfg = TrainConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
+    cfg.pretrained = not args.scratch
+    cfg.amp = not args.no_amp
+    cfg.compile = args.compile
+    return cfg
+
+
+def _report(result, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
+    else:
+        print(f"{result.status}: best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) "
+              f"after {result.epochs_completed} epochs, {result.seconds:.1f}s -> {result.run_dir}")
+    return 0 if result.status in ("finished", "stopped") else 1
+
+
+def cmd_train(args) -> int:
+    from tl_core.trainer import train
+
+    return _report(train(args.data, _config(args), args.runs_dir, [Progress()]), args.json)
+
+
+def cmd_resume(args) -> int:
+    from tl_core.trainer import resume
+
+    return _report(resume(args.run_dir, [Progress()], epochs=args.epochs), args.json)
+
+
+def cmd_predict(args) -> int:
+    from tl_core.predict import Predictor, expand_inputs
+
+    files = expand_inputs(args.images)
+    if not files:
+        raise ValueError("No image files found in the given paths.")
+    predictions = Predictor.from_run(args.run_dir, args.device).predict(files, args.top_k)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions]))
+    else:
+        for p in predictions:
+            print(f"{p.file}: " + (f"error: {p.error}" if p.error else ", ".join(f"{c} {v:.3f}" for c, v in p.top)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tl_core.predict import evaluate
+
+    bar = Progress()
+    ev = evaluate(args.run_dir, args.split, args.device, lambda d, n: bar.bar("evaluating", d, n))
+    if args.json:
+        d = ev.to_dict()
+        d.pop("predictions")
+        print(json.dumps(d))
+        return 0
+    print(f"accuracy on {args.split}: {ev.accuracy:.3f}")
+    _print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"])
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    _print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
+                 ["true", *ev.classes])
+    if ev.mistakes:
+        print(f"\nmost confident mistakes ({len(ev.mistakes)}):")
+        for m in ev.mistakes[:10]:
+            print(f"  {m['file']}: {m['true']} predicted as {m['predicted']} ({m['confidence']:.2f})")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from tl_core.runs import delete_run, list_runs, load_run
+
+    if args.delete:
+        for r in args.delete:
+            delete_run(load_run(Path(args.runs_dir) / r if not Path(r).exists() else r))
+            print(f"deleted {r}")
+        return 0
+    rows = [{"id": r.id, **{k: r.summary.get(k) for k in ("status", "best_val_accuracy", "epochs_completed")},
+             "backbone": r.info["config"]["backbone"], "strategy": r.info["config"]["strategy"]}
+            for r in list_runs(args.runs_dir)]
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        _print_table(rows, ["id", "status", "best_val_accuracy", "epochs_completed", "backbone", "strategy"])
+    else:
+        print(f"no runs in {args.runs_dir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tl_core.predict import export
+
+    path = export(args.run_dir, args.output)
+    print(json.dumps({"export": str(path), "checked": True}) if args.json else f"wrote and checked {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from tl_core.bench import run_bench, scale_point
+
+    if args.scale:
+        rows = []
+        for n in args.scale:
+            rows.append(scale_point(n, args.backbone, args.device))
+            print(f"{n} images: {rows[-1]}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"scale": rows}))
+        return 0
+    result = run_bench(args.data, args.backbone, args.epochs, args.device, args.modes, progress=Progress())
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from tl_core import paths
+
+    p = argparse.ArgumentParser(prog="python -m tl_core", description="TL Studio: transfer learning, headless.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("backbones", help="list backbones (ImageNet accuracy, size, measured speed)")
+    b.add_argument("--measure", action="store_true", help="measure inference speed on this device")
+    b.add_argument("--names", nargs="*", help="backbones to measure (default: a shortlist of small ones)")
+    b.add_argument("--device")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backbones)
+
+    s = sub.add_parser("scan", help="check a dataset: classes, counts, problems")
+    s.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_scan)
+
+    t = sub.add_parser("train", help="train a run")
+    t.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    t.add_argument("--backbone")
+    t.add_argument("--strategy", choices=["features", "finetune", "full"])
+    t.add_argument("--finetune-stages", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=["adamw", "sgd"])
+    t.add_argument("--schedule", choices=["cosine", "onecycle"])
+    t.add_argument("--augment", choices=["none", "light", "strong"])
+    t.add_argument("--feature-views", type=int)
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--weights-path", help="your own weight file (.safetensors or a state dict)")
+    t.add_argument("--scratch", action="store_true", help="no pretrained weights (train from scratch)")
+    t.add_argument("--no-amp", action="store_true", help="full float32 precision")
+    t.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning")
+    t.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    t.add_argument("--runs-dir", default=str(paths.runs_dir()))
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("resume", help="continue a stopped or interrupted run")
+    r.add_argument("run_dir")
+    r.add_argument("--epochs", type=int, help="new total number of epochs")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_resume)
+
+    pr = sub.add_parser("predict", help="classify images with a trained run")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--device")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, mistakes")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="val")
+    e.add_argument("--device")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    ru = sub.add_parser("runs", help="list (or delete) runs")
+    ru.add_argument("--runs-dir", default=str(paths.runs_dir()))
+    ru.add_argument("--delete", nargs="*", metavar="RUN")
+    ru.add_argument("--json", action="store_true")
+    ru.set_defaults(func=cmd_runs)
+
+    x = sub.add_parser("export", help="write a checked, self-contained model .zip")
+    x.add_argument("run_dir")
+    x.add_argument("output")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="TL Studio vs the copied tutorial loop, side by side")
+    be.add_argument("data", nargs="?", help="default: ../shared/data ants vs bees when present, else demo")
+    be.add_argument("--backbone", default="mobilenet_v2")
+    be.add_argument("--epochs", type=int, default=5)
+    be.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    be.add_argument("--modes", nargs="+", default=["features", "full"], choices=["features", "full"])
+    be.add_argument("--scale", type=int, nargs="+", metavar="N", help="feature path time/memory at N synthetic images")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line, no traceback
+        suggestion = getattr(e, "suggestion", None)
+        print(f"error: {e}" + (f" ({suggestion})" if suggestion else ""), file=sys.stderr)
+        return 1

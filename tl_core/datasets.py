@@ -1,0 +1,252 @@
+"""Find the images and classes of a dataset, whatever shape the user's folder, zip or name has."""
+
+from __future__ import annotations
+
+import random
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tl_core import paths
+from tl_core.images import IMAGE_EXTENSIONS, is_hidden
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+MAX_ZIP_BYTES = 4 * 2**30
+MAX_ZIP_FILES = 100_000
+MAX_ZIP_RATIO = 200  # a member inflating more than this is treated as a decompression bomb
+TORCHVISION_DATASETS = ("Flowers102", "OxfordIIITPet", "EuroSAT")
+
+
+class DatasetError(ValueError):
+    """A dataset we cannot use, with a message that says what to change."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+    split: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageDataset:
+    """Every usable image with its class and split, plus what was skipped and why."""
+
+    name: str
+    root: str
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[Problem] = field(default_factory=list)
+    split_source: str = "folders"  # or "random 20% (seed 0)"
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "val", "test") if any(x.split == s for x in self.samples)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} with zeros kept, so a class missing from a split shows."""
+        out = {s: dict.fromkeys(self.classes, 0) for s in self.splits}
+        for s in self.samples:
+            out[s.split][self.classes[s.label]] += 1
+        return out
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
+
+
+def _class_files(folder: Path, skipped: list[Problem]) -> list[Path]:
+    """Image files below one class folder (nested folders included); the rest goes to `skipped`."""
+    files = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(is_hidden(part) for part in rel.parts):
+            if p.is_file() or is_hidden(p.name):
+                skipped.append(Problem(str(p), "hidden or system file"))
+            continue
+        if not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(p)
+        else:
+            skipped.append(Problem(str(p), f"not an image file ({p.suffix or 'no extension'})"))
+    return files
+
+
+def _descend(root: Path) -> Path:
+    """A zip or folder that wraps everything in one folder (`flowers/train/...`) is opened up."""
+    while True:
+        dirs = _visible_dirs(root)
+        files = [p for p in root.iterdir() if p.is_file() and not is_hidden(p.name)]
+        if len(dirs) == 1 and not files and dirs[0].name.lower() not in SPLIT_NAMES:
+            inner = _visible_dirs(dirs[0])
+            if inner:
+                root = dirs[0]
+                continue
+        return root
+
+
+def from_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0, name: str | None = None) -> ImageDataset:
+    """Split folders (`train/`, `val|validation|valid|test/`) of class folders, or class folders only."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder.")
+    root = _descend(root)
+    top = _visible_dirs(root)
+    if not top:
+        raise DatasetError(f"{root} has no class folders: put each class's images in a folder named after it.")
+    skipped: list[Problem] = [Problem(str(p), "hidden or system file") for p in root.iterdir() if is_hidden(p.name)]
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in top if d.name.lower() in SPLIT_NAMES}
+    if split_dirs:
+        if "train" not in split_dirs:
+            raise DatasetError(f"{root} has split folders ({', '.join(d.name for d in split_dirs.values())}) but no train/.")
+        if "val" not in split_dirs and "test" in split_dirs:  # train+test only: test is the held-out split
+            split_dirs["val"] = split_dirs.pop("test")
+        classes = sorted({c.name for d in split_dirs.values() for c in _visible_dirs(d)})
+        samples = []
+        for split, d in split_dirs.items():
+            for c in _visible_dirs(d):
+                for f in _class_files(c, skipped):
+                    samples.append(Sample(str(f), classes.index(c.name), split))
+        ds = ImageDataset(name or root.name, str(root), classes, samples, skipped)
+        if "val" not in split_dirs:
+            ds = random_split(ds, val_fraction, seed)
+        return ds
+    classes = [d.name for d in top]
+    samples = [Sample(str(f), i, "train") for i, d in enumerate(top) for f in _class_files(d, skipped)]
+    return random_split(ImageDataset(name or root.name, str(root), classes, samples, skipped), val_fraction, seed)
+
+
+def random_split(ds: ImageDataset, val_fraction: float, seed: int) -> ImageDataset:
+    """Stratified: each class keeps the fraction (at least one image when it has two or more)."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError("The validation fraction must be between 0 and 1.")
+    rng = random.Random(seed)
+    samples = []
+    for label in range(len(ds.classes)):
+        items = sorted((s for s in ds.samples if s.label == label and s.split == "train"), key=lambda s: s.path)
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction)
+        n_val = max(n_val, 1) if len(items) >= 2 else 0
+        samples += [Sample(s.path, s.label, "val" if i < n_val else "train") for i, s in enumerate(items)]
+    samples += [s for s in ds.samples if s.split == "test"]
+    return ImageDataset(ds.name, ds.root, ds.classes, samples, ds.skipped, f"random {val_fraction:.0%} (seed {seed})")
+
+
+def safe_extract(archive: str | Path, target: str | Path) -> Path:
+    """Extract a user's zip with no path outside `target`, no links, and bounded size and count."""
+    target = Path(target).resolve()
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise DatasetError("The upload is not a valid .zip file.") from None
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_FILES:
+            raise DatasetError(f"The zip holds {len(members):,} entries; the limit is {MAX_ZIP_FILES:,}.")
+        total = sum(m.file_size for m in members)
+        if total > MAX_ZIP_BYTES:
+            raise DatasetError(f"The zip unpacks to {total / 2**30:.1f} GB; the limit is {MAX_ZIP_BYTES / 2**30:.0f} GB.")
+        for m in members:
+            name = PurePosixPath(m.filename.replace("\\", "/"))
+            if name.is_absolute() or ".." in name.parts or (m.filename[1:3] == ":/"):
+                raise DatasetError(f"Unsafe path in zip: {m.filename!r} points outside the dataset.")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DatasetError(f"The zip contains a symbolic link ({m.filename}); links are not accepted.")
+            if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO and m.file_size > 10 * 2**20:
+                raise DatasetError(f"{m.filename} inflates {m.file_size / m.compress_size:.0f}x: refused as a zip bomb.")
+        target.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for m in members:
+            if m.is_dir() or any(is_hidden(p) for p in PurePosixPath(m.filename).parts):
+                continue
+            dest = (target / m.filename).resolve()
+            if not dest.is_relative_to(target):
+                raise DatasetError(f"Unsafe path in zip: {m.filename!r}.")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(dest, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_ZIP_BYTES:  # sizes in the header can lie
+                        raise DatasetError("The zip unpacks to more than its header says; refused.")
+                    out.write(chunk)
+    return target
+
+
+def from_zip(archive: str | Path, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    archive = Path(archive)
+    target = paths.home() / "uploads" / archive.stem
+    if not (target / ".extracted").exists():
+        safe_extract(archive, target)
+        (target / ".extracted").touch()
+    return from_folder(target, val_fraction, seed, name=archive.stem)
+
+
+def from_torchvision(name: str, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """Flowers102 / OxfordIIITPet / EuroSAT, downloaded into TL Studio's folder when online."""
+    import torchvision.datasets as tvd
+
+    if name not in TORCHVISION_DATASETS:
+        raise DatasetError(f"Unknown torchvision dataset {name!r}; choose one of {', '.join(TORCHVISION_DATASETS)}.")
+    root = paths.home() / "torchvision" / name
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        if name == "Flowers102":
+            parts = {"train": tvd.Flowers102(root, "train", download=True), "val": tvd.Flowers102(root, "val", download=True)}
+            files = {s: (d._image_files, d._labels) for s, d in parts.items()}
+            classes = [f"flower_{i:03d}" for i in range(102)]
+        elif name == "OxfordIIITPet":
+            parts = {"train": tvd.OxfordIIITPet(root, "trainval", download=True), "val": tvd.OxfordIIITPet(root, "test", download=True)}
+            files = {s: (d._images, d._labels) for s, d in parts.items()}
+            classes = list(parts["train"].classes)
+        else:
+            d = tvd.EuroSAT(root, download=True)
+            ds = ImageDataset(name, str(root), list(d.classes), [Sample(p, y, "train") for p, y in d.samples])
+            return random_split(ds, val_fraction, seed)
+    except (OSError, RuntimeError) as e:
+        raise DatasetError(
+            f"Could not download {name} ({type(e).__name__}: {e}). This needs internet access; "
+            "offline, use the demo dataset, a folder or a .zip instead."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    samples = [Sample(str(p), int(y), s) for s, (fs, ys) in files.items() for p, y in zip(fs, ys)]
+    return ImageDataset(name, str(root), classes, samples)
+
+
+def load_dataset(source: str, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """One entry point: `demo`, `torchvision:NAME`, a .zip path, or a folder path."""
+    if source == "demo":
+        from tl_core.demo import demo_root
+
+        return from_folder(demo_root(), val_fraction, seed, name="demo (shapes)")
+    if source.startswith("torchvision:"):
+        return from_torchvision(source.split(":", 1)[1], val_fraction, seed)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{source} does not exist.")
+    if path.suffix.lower() == ".zip":
+        return from_zip(path, val_fraction, seed)
+    return from_folder(path, val_fraction, seed)
+
+
+def resolve_in_root(relative: str, root: str | Path) -> Path:
+    """A server folder chosen in the dashboard: it must exist inside the configured data root."""
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise DatasetError(f"{relative} is outside the data root {root}; only folders inside it can be used.")
+    if not path.is_dir():
+        raise DatasetError(f"{relative} is not a folder inside {root}.")
+    return path

@@ -1,0 +1,80 @@
+"""Decode any image a user might have into RGB, safely: bombs, truncation, odd modes, EXIF rotation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 80_000_000  # Pillow raises past 2x this; above it we refuse (decompression bombs)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SYSTEM_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".ipynb_checkpoints"}
+
+
+class BadImage(ValueError):
+    """A file that cannot be used as an image; the message is the reason shown to the user."""
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_NAMES or name.startswith("._")
+
+
+def content_hash(path: str | Path) -> str:
+    """sha1 of the bytes: finds the same image in two splits and keys the embedding cache."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: 16-bit and float are rescaled, transparency is put on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def open_rgb(source: str | Path | BinaryIO, min_side: int | None = None) -> Image.Image:
+    """Open, fully decode and convert one image, or raise BadImage with the reason.
+
+    `min_side` lets JPEG decode at a reduced scale (Pillow `draft`) while keeping at least that many
+    pixels on the short side: large photos decode several times faster for the same result after resizing.
+    """
+    try:
+        img = Image.open(source)
+        if img.width * img.height > MAX_PIXELS:
+            raise BadImage(f"too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS:,})")
+        if min_side and img.format == "JPEG":
+            w, h = img.size
+            scale = min(w, h) / min_side
+            if scale >= 2:
+                img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large: {e}") from None
+    except OSError as e:
+        raise BadImage(f"unreadable or truncated ({e})") from None
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"corrupt ({e})") from None

@@ -1,0 +1,120 @@
+"""Images to normalised batches: decode once (threads, JPEG draft), then crop/flip/jitter whole batches on the device.
+
+Decoding dominates the copied tutorial loop (every epoch re-reads and re-resizes every JPEG); here each file
+is decoded once to a uint8 `S x S` tensor (S = the weights' resize size) and augmentation is tensor math.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.ops import roi_align
+
+from tl_core.backbones import Preprocessing
+from tl_core.datasets import Problem, Sample
+from tl_core.images import BadImage, open_rgb
+
+AUGMENTATIONS = ("none", "light", "strong")
+MAX_DECODED_BYTES = 3 * 2**30
+
+
+def decode_square(path: str, size: int) -> np.ndarray:
+    """Resize the short side to `size` (bilinear, antialiased like torchvision on PIL) and centre-crop a square."""
+    img = open_rgb(path, min_side=size)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
+    return np.array(img.crop((left, top, left + size, top + size)))
+
+
+def decode_many(
+    samples: Sequence[Sample], size: int, progress: Callable[[int, int], None] | None = None
+) -> tuple[torch.Tensor, list[int], list[Problem]]:
+    """Decode in threads (Pillow releases the GIL). Returns (N x 3 x S x S uint8, kept indices, problems)."""
+    out = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+    kept, problems = [], []
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda s: _try_decode(s.path, size), samples)
+        for i, (arr, err) in enumerate(results):
+            if err:
+                problems.append(Problem(samples[i].path, err))
+            else:
+                out[len(kept)] = torch.from_numpy(arr).permute(2, 0, 1)
+                kept.append(i)
+            if progress and (i % 16 == 0 or i == len(samples) - 1):
+                progress(i + 1, len(samples))
+    return out[: len(kept)], kept, problems
+
+
+def _try_decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return decode_square(path, size), None
+    except BadImage as e:
+        return None, str(e)
+    except Exception as e:  # a hostile file must never stop training
+        return None, f"cannot decode ({type(e).__name__})"
+
+
+class Batcher:
+    """Turns uint8 square batches into normalised model input on `device`, augmented or centre-cropped."""
+
+    def __init__(self, prep: Preprocessing, device: torch.device, augment: str = "light"):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        self.prep, self.device, self.augment = prep, device, augment
+        self.mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
+
+    def _to_device(self, u8: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            u8 = u8.pin_memory()
+        return u8.to(self.device, non_blocking=True).float()
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def eval(self, u8: torch.Tensor) -> torch.Tensor:
+        x = self._to_device(u8)
+        s, c = x.shape[-1], self.prep.crop
+        o = int(round((s - c) / 2))
+        return self._normalise(x[..., o : o + c, o : o + c])
+
+    def train(self, u8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.augment == "none":
+            return self.eval(u8)
+        x = self._to_device(u8)
+        n, s, c = x.shape[0], x.shape[-1], self.prep.crop
+        g = generator
+        min_area = 0.35 if self.augment == "light" else 0.15
+        area = torch.empty(n).uniform_(min_area, 1.0, generator=g) * s * s
+        ratio = torch.exp(torch.empty(n).uniform_(np.log(3 / 4), np.log(4 / 3), generator=g))
+        w = torch.sqrt(area * ratio).clamp(max=s)
+        h = torch.sqrt(area / ratio).clamp(max=s)
+        x0 = torch.rand(n, generator=g) * (s - w)
+        y0 = torch.rand(n, generator=g) * (s - h)
+        boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1).to(self.device)
+        x = roi_align(x, boxes, output_size=(c, c), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        flip = (torch.rand(n, generator=g) < 0.5).to(self.device).view(n, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+        if self.augment == "strong":  # brightness, contrast and saturation jitter of +-30%
+            b, ct, sat = (torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=g).to(self.device) for _ in range(3))
+            grey = x.mean(1, keepdim=True)
+            x = grey + (x - grey) * sat
+            m = x.mean((1, 2, 3), keepdim=True)
+            x = ((x - m) * ct + m) * b
+            x = x.clamp(0, 255)
+        return self._normalise(x)
+
+
+def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
