@@ -2,13 +2,16 @@
 
 import streamlit as st
 
-from pages._shared import choices, device_text, job_manager, sidebar
-
 st.set_page_config(page_title="TL Studio", page_icon=":material/model_training:", layout="wide")
+
+from pages._shared import choices, device_text, job_manager, page_setup, use_router  # noqa: E402  (after the page config)
+
+use_router()  # before st.navigation, which would otherwise leave Streamlit's automatic page list in place
 
 
 def home() -> None:
     st.title("TL Studio")
+    page_setup()
     st.markdown(
         "Fine-tune a pretrained ImageNet backbone on **your own images**, watch it learn, then use it.\n\n"
         "1. **Dataset**: the built-in demo (shapes), a folder, a .zip or a torchvision dataset; checked image by image.\n"
@@ -37,6 +40,4 @@ pages = [
     st.Page("pages/3_Train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/4_Predict.py", title="Predict", icon=":material/image_search:"),
 ]
-page = st.navigation(pages)
-sidebar()
-page.run()
+st.navigation(pages).run()

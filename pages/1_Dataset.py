@@ -6,11 +6,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import choices, choose, dataset, scan_report
+from pages._shared import choices, choose, dataset, page_setup, scan_report
 from tl_core import paths
 from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, resolve_in_root
 
 st.title("Dataset")
+page_setup()
 c = choices()
 
 kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
@@ -18,7 +19,7 @@ source = st.radio("Source", kinds, horizontal=True, key="dataset_kind")
 if source == "Built-in demo":
     st.caption("Five classes of shapes drawn on noisy backgrounds, generated on this machine (no download).")
     if st.button("Use the demo dataset", key="use_demo"):
-        choose(dataset="demo")
+        choose("Using the demo dataset.", dataset="demo")
 elif source == "Folder on the server":
     root = paths.data_root()
     st.caption(f"Folders inside the data root `{root}` (set TL_STUDIO_DATA_ROOT to change it). Use `train/` and "
@@ -27,9 +28,11 @@ elif source == "Folder on the server":
     rel = st.selectbox("Folder", folders, key="server_folder") if folders else st.text_input("Folder (relative to the data root)")
     if st.button("Use this folder", key="use_folder", disabled=not rel):
         try:
-            choose(dataset=str(resolve_in_root(rel, root)))
+            folder = resolve_in_root(rel, root)
         except DatasetError as e:
             st.error(str(e))
+        else:
+            choose(f"Using {folder}.", dataset=str(folder))
 elif source == "Upload a .zip":
     up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
     if up is not None and st.button("Unpack and use", key="use_zip"):
@@ -43,7 +46,7 @@ elif source == "Upload a .zip":
         try:
             with st.spinner("Unpacking safely..."):
                 dataset(str(dest), c["val_fraction"], c["seed"])
-            choose(dataset=str(dest))
+            choose(f"Using {up.name}.", dataset=str(dest))
         except DatasetError as e:
             st.error(str(e))
         bar.empty()
@@ -54,7 +57,7 @@ else:
         try:
             with st.spinner(f"Downloading {name}..."):
                 dataset(f"torchvision:{name}", c["val_fraction"], c["seed"])
-            choose(dataset=f"torchvision:{name}")
+            choose(f"Using {name}.", dataset=f"torchvision:{name}")
         except DatasetError as e:
             st.error(str(e))
 

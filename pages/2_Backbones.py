@@ -4,12 +4,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import backbone_rows, choices, choose, device_text, speeds
+from pages._shared import backbone_rows, choices, choose, device_text, page_setup, speeds
 from tl_core import speed
 from tl_core.backbones import recommend
 from tl_core.devices import pick_device
 
 st.title("Backbones")
+page_setup()
 st.caption(f"Measured on {device_text()}")
 
 rows = backbone_rows()
@@ -67,5 +68,4 @@ if not row.cached:
     st.warning(f"{pick}'s weights ({row.weight_file}) are not on this machine: they download on first use, "
                "or train it from scratch (much less accurate).")
 if st.button("Use for training", type="primary", key="bb_use"):
-    choose(backbone=pick)
-    st.success(f"{pick} selected: go to **Train**.")
+    choose(f"{pick} selected: go to **Train**.", backbone=pick)

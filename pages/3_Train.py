@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._shared import backbone_rows, choices, chosen_backbone, dataset, job_manager, speeds
+from pages._shared import backbone_rows, choices, chosen_backbone, dataset, job_manager, page_setup, speeds
 from tl_core import paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError
@@ -16,6 +16,7 @@ from tl_core.runs import list_runs
 from tl_core.speed import estimate_seconds
 
 st.title("Train")
+page_setup()
 jobs = job_manager()
 c = choices()
 name = chosen_backbone()
@@ -131,6 +132,8 @@ def live() -> None:
 active = jobs.active() is not None
 if active:
     st.info("A training job is running. It continues if you close or refresh this page.")
+    with st.expander("Settings for the next run"):
+        settings_form()  # starting here while the job runs gets a clear "busy" answer
 else:
     settings_form()
 st.fragment(live, run_every=1.5 if active else None)()

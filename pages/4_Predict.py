@@ -7,12 +7,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import choices, choose
+from pages._shared import choices, choose, page_setup
 from tl_core import paths
 from tl_core.predict import Predictor, evaluate, export
 from tl_core.runs import latest_finished, list_runs
 
 st.title("Predict")
+page_setup()
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint()]
 if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")

@@ -6,6 +6,7 @@ Logic lives in tl_core; this module only caches and renders.
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from tl_core import backbones, paths, prefs, speed
 from tl_core.datasets import ImageDataset, load_dataset
@@ -13,6 +14,29 @@ from tl_core.devices import describe_device, pick_device
 from tl_core.jobs import JobManager
 from tl_core.runs import list_runs
 from tl_core.scan import ScanReport, scan
+
+
+def use_router() -> None:
+    """Make st.navigation's page list the only one a browser sees.
+
+    On the first run after the server starts, Streamlit treats an existing pages/ folder as automatic
+    (v1) pages: every pages/*.py, this module included, is listed and the entrypoint is called
+    "streamlit app". Turning that off and rerunning once routes every later run through st.navigation.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if not st.session_state.get("routed"):
+            st.session_state.routed = True
+            st.rerun()
+    st.session_state.routed = True
+
+
+def page_setup() -> None:
+    """Called first by every page: routing, the shared sidebar, and the message a choice left behind."""
+    use_router()
+    sidebar()
+    if message := st.session_state.pop("flash", None):
+        st.success(message)
 
 
 @st.cache_resource
@@ -55,8 +79,12 @@ def choices() -> dict:
     return st.session_state.prefs
 
 
-def choose(**changes) -> None:
+def choose(message: str | None = None, **changes) -> None:
+    """Store a choice for every page (and the next refresh); rerun so the sidebar shows it at once."""
     st.session_state.prefs = prefs.save(**changes)
+    if message:
+        st.session_state.flash = message
+    st.rerun()
 
 
 def chosen_backbone() -> str:

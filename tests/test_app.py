@@ -66,7 +66,7 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
     assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
     assert metrics["Problems"] == "0" and at.success
     assert at.radio(key="dataset_kind").options == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
-    assert len(at.get("plotly_chart")) == 2 and len(at.get("imgs")) >= 1
+    assert len(at.get("plotly_chart")) == 2 and len(at.image) == 12  # one page of samples
     at.radio(key="dataset_kind").set_value("torchvision dataset").run()
     at.button(key="use_tv").click().run()
     assert "needs internet access" in at.error[0].value
@@ -91,7 +91,7 @@ def test_backbones_page_table_filters_and_choice(ui):
     assert set(at.dataframe[0].value.family) == {"resnet"}
     at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
     at.button(key="bb_use").click().run()
-    assert "mobilenet_v3_small selected" in at.success[-1].value
+    assert any("mobilenet_v3_small selected" in s.value for s in at.success)
     assert any(m.value == "**mobilenet_v3_small**" for m in at.sidebar.markdown)
 
 
@@ -110,7 +110,7 @@ def test_demo_flow_train_predict_evaluate(ui):
 
     prefs.save(backbone="mobilenet_v3_small")
     at = open_page("pages/3_Train.py")
-    assert at.radio(key="train_strategy").options == ["features", "finetune", "full"]
+    assert at.radio(key="train_strategy").options[0].startswith("Feature extraction")
     _tiny_settings(at, 2)
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any("finished" in s.value for s in a.subheader))

@@ -46,7 +46,8 @@ def test_fused_bf16_embeddings_match_plain_float32(with_real_weights):
     assert cos.min() > 0.99
     layer = torch.nn.Linear(plain.shape[1], 5)
     torch.nn.init.normal_(layer.weight, std=0.05)
-    agree = (layer(plain).argmax(1) == layer(fast).argmax(1)).float().mean()
+    with torch.no_grad():
+        agree = (layer(plain).argmax(1) == layer(fast).argmax(1)).float().mean()
     assert agree >= 0.9
 
 

@@ -24,8 +24,11 @@ MAX_DECODED_BYTES = 3 * 2**30
 
 
 def decode_square(path: str, size: int) -> np.ndarray:
+    return square(open_rgb(path, min_side=size), size)
+
+
+def square(img: Image.Image, size: int) -> np.ndarray:
     """Resize the short side to `size` (bilinear, antialiased like torchvision on PIL) and centre-crop a square."""
-    img = open_rgb(path, min_side=size)
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))

@@ -12,14 +12,14 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.devices import fast_dtype, pick_device
-from tl_core.images import IMAGE_EXTENSIONS, BadImage, is_hidden, open_rgb
-from tl_core.pipeline import Batcher, decode_square
+from tl_core.images import IMAGE_EXTENSIONS, BadImage, is_hidden, open_rgb, to_rgb
+from tl_core.pipeline import Batcher, decode_square, square
 from tl_core.runs import Run, load_run
 
 ImageInput = str | Path | Image.Image | BinaryIO
@@ -33,15 +33,6 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {})}
-
-
-def _square(img: Image.Image, size: int) -> np.ndarray:
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
-    return np.array(img.crop((left, top, left + size, top + size)))
 
 
 def build_model(backbone: str, num_classes: int, head: str, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -81,8 +72,8 @@ class Predictor:
             name = str(item) if isinstance(item, (str, Path)) else getattr(item, "name", f"image {i + 1}")
             names.append(name)
             try:
-                img = open_rgb(item, min_side=self.prep.resize) if not isinstance(item, Image.Image) else _to_rgb(item)
-                arrays.append(_square(img, self.prep.resize))
+                img = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item, min_side=self.prep.resize)
+                arrays.append(square(img, self.prep.resize))
             except BadImage as e:
                 errors[i] = str(e)
         u8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
@@ -97,12 +88,6 @@ class Predictor:
             values, idx = p.topk(k)
             results.append(Prediction(name, [(self.classes[j], round(float(v), 6)) for v, j in zip(values, idx)]))
         return results
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    from tl_core.images import to_rgb
-
-    return to_rgb(img)
 
 
 def expand_inputs(items: Sequence[str]) -> list[str]:
@@ -232,7 +217,3 @@ def check_export(path: Path, state: dict[str, torch.Tensor], meta: dict) -> None
     with torch.inference_mode():
         if not torch.allclose(original(x), reloaded.model.float()(x.contiguous(memory_format=torch.channels_last)), atol=1e-4):
             raise RuntimeError("Export check failed: the re-loaded model predicts differently.")
-
-
-def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(path)
