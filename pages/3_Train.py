@@ -47,8 +47,9 @@ def settings_form() -> None:
     scratch = False
     if not info.cached:
         cached = [r.name for r in backbone_rows() if r.cached]
-        st.warning(f"{name}'s weights ({info.weight_file}) are not cached; starting will try to download them. "
-                   + (f"Cached now: {', '.join(cached)}." if cached else "No backbone's weights are cached."))
+        st.warning(f"{name}'s weights are not cached: starting will try to download them. Offline, put "
+                   f"`{info.weight_file}` into `{paths.torch_checkpoints()}`. "
+                   + (f"Cached now: {', '.join(cached)}." if cached else "No backbone's weights are cached yet."))
         scratch = st.checkbox("Train from scratch instead (no pretrained weights: far less accurate)", key="train_scratch")
     labels = {"features": "Feature extraction (frozen backbone, fastest)", "finetune": "Fine-tune the last K stages",
               "full": "Full fine-tune (backbone learns slowly, head fast)"}

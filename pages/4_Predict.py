@@ -83,11 +83,9 @@ with tab_eval:
         clicked = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
         cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
         points = clicked.selection.points if clicked and clicked.selection else []
-        if points:
-            st.session_state.eval_cell = f"{points[0]['y']} -> {points[0]['x']}"
-        labels = [f"{t} -> {p}" for t, p in cells]
-        cell = st.selectbox("Cell (true -> predicted)", labels, key="eval_cell",
-                            index=next((i for i, (t, p) in enumerate(cells) if t != p), 0))
+        picked = (points[0].get("y"), points[0].get("x")) if points else None
+        index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
+        cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
         true, pred = cell.split(" -> ")
         shown = ev.cell(true, pred)
         st.caption(f"{len(shown)} image(s) of {true} predicted as {pred}, most confident first")

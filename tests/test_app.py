@@ -127,7 +127,7 @@ def test_demo_flow_train_predict_evaluate(ui):
     assert at.get("download_button")
     at.button(key="eval_btn").click().run()
     assert any(m.label == "Validation accuracy" for m in at.metric)
-    assert at.selectbox(key="eval_cell").options
+    assert at.selectbox(key="eval_cell_None").options
     at.button(key="export_btn").click().run()
     assert any(b.proto.label.startswith("Download model") for b in at.get("download_button"))
 
@@ -168,3 +168,26 @@ def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
     at.button(key="use_zip").click().run()
     assert not at.exception and {m.label: m.value for m in at.metric}["Classes"] == "3"
     Image.open(next(shapes_folder.rglob("*.png")))  # the source is untouched
+
+
+def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
+    from tl_core import prefs
+
+    prefs.save(backbone="resnet18")
+    at = open_page("pages/3_Train.py")
+    assert any("resnet18-f37072fd.pth" in w.value and "checkpoints" in w.value for w in at.warning)
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
+    assert any("resnet18-f37072fd.pth" in e.value for e in at.error)
+    assert any(i.value.startswith("Suggestion:") and "from scratch" in i.value for i in at.info)
+
+
+def test_backbones_page_measures_on_this_device(ui):
+    at = open_page("pages/2_Backbones.py")
+    at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
+    assert at.dataframe[0].value.ms_per_image.isna().all()
+    at.button(key="bb_measure").click().run()
+    table = at.dataframe[0].value
+    assert set(table.name) == {"mobilenet_v3_small", "mobilenet_v3_large"} and (table.ms_per_image > 0).all()
+    assert at.get("plotly_chart")  # accuracy against measured latency

@@ -57,10 +57,12 @@ def test_embedding_cache_is_keyed_and_bounded(tmp_path):
     assert key_a != group_key(backbone="m", weights="w2", prep={"crop": 224}, view=0)
     assert key_a != group_key(backbone="m", weights="w1", prep={"crop": 192}, view=0)
     cache = EmbeddingCache(key_a, tmp_path, max_bytes=300_000)
-    cache.save({"h1": torch.ones(1000)})
-    assert torch.equal(cache.load()["h1"], torch.ones(1000))
+    cache.save(["h1", "h2"], torch.stack([torch.ones(1000), torch.zeros(1000)]))
+    cache.save(["h3"], torch.full((1, 1000), 3.0))
+    loaded = cache.load()
+    assert torch.equal(loaded["h1"], torch.ones(1000)) and torch.equal(loaded["h3"], torch.full((1000,), 3.0))
     for i in range(120):
-        EmbeddingCache(f"g{i}", tmp_path, max_bytes=300_000).save({"h": torch.ones(1000)})
+        EmbeddingCache(f"g{i}", tmp_path, max_bytes=300_000).save(["h"], torch.ones(1, 1000))
     total = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
     assert total <= 300_000 + 5000
 

@@ -40,6 +40,13 @@ def link_shared_weights(torch_home: Path) -> None:
             (ckpt / name).symlink_to(src)
 
 
+def prepare_weights() -> None:
+    """Without a TORCH_HOME of one's own, use a private one holding ../shared/data's weights (when present)."""
+    if "TORCH_HOME" not in os.environ and SHARED.exists():
+        os.environ["TORCH_HOME"] = str(Path(tempfile.gettempdir()) / "tl_studio_torch_home")
+    link_shared_weights(Path(torch.hub.get_dir()).parent)
+
+
 class PeakMemory:
     """Peak resident memory (CPU) or peak allocated memory (CUDA) while the block runs, above its start."""
 
@@ -164,9 +171,7 @@ def run_bench(data: str | None, backbone: str, epochs: int, device_name: str | N
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    if "TORCH_HOME" not in os.environ and SHARED.exists():
-        os.environ["TORCH_HOME"] = str(Path(tempfile.gettempdir()) / "tl_studio_torch_home")
-    link_shared_weights(Path(torch.hub.get_dir()).parent)
+    prepare_weights()
     if data in (None, "demo"):
         root, _ = default_data() if data is None else (None, False)
         if root is None:
@@ -218,7 +223,7 @@ def make_synthetic(root: Path, n: int, classes: int = 5, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for i in range(n):
         kind = CLASSES[i % classes]
-        split = "val" if i % 5 == 0 else "train"
+        split = "val" if (i // classes) % 5 == 0 else "train"  # 20% of each class
         folder = root / split / kind
         folder.mkdir(parents=True, exist_ok=True)
         draw(kind, rng, 128).save(folder / f"{i:06d}.jpg", quality=90)
@@ -227,9 +232,12 @@ def make_synthetic(root: Path, n: int, classes: int = 5, seed: int = 0) -> Path:
 
 def scale_point(n: int, backbone: str, device_name: str | None) -> dict:
     """One scale measurement in a child process, so its peak memory is its own."""
+    prepare_weights()
+    pretrained = backbones.is_cached(backbones.pick_weights(backbone))
+    config = f"TrainConfig(backbone={backbone!r},epochs=5,device={device_name!r},pretrained={pretrained})"
     code = (
         "import json,resource,sys,time,tempfile;from tl_core.config import TrainConfig;from tl_core.trainer import train;"
-        f"t=time.perf_counter();r=train(sys.argv[1],TrainConfig(backbone={backbone!r},epochs=5,device={device_name!r}),tempfile.mkdtemp());"
+        f"t=time.perf_counter();r=train(sys.argv[1],{config},tempfile.mkdtemp());"
         "print(json.dumps({'seconds':time.perf_counter()-t,'best_val_accuracy':r.best_val_accuracy,"
         "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
     )
@@ -242,6 +250,6 @@ def scale_point(n: int, backbone: str, device_name: str | None) -> dict:
         if proc.returncode:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1])
         row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row.update(images=n, seconds=round(row["seconds"], 1), peak_rss_mb=round(row["peak_rss_mb"]),
+    row.update(images=n, pretrained=pretrained, seconds=round(row["seconds"], 1), peak_rss_mb=round(row["peak_rss_mb"]),
                seconds_per_1k=round(row["seconds"] / n * 1000, 2), synth_seconds=round(made, 1))
     return row

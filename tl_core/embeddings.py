@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from tl_core import paths
@@ -50,7 +51,9 @@ def group_key(**parts) -> str:
 
 
 class EmbeddingCache:
-    """One folder per key group; each write adds a safetensors shard {content hash: embedding}."""
+    """One folder per key group; each write adds a safetensors shard: one [K, D] matrix whose rows are named
+    by content hash in the file's metadata. One matrix per shard (never a tensor per image) keeps memory
+    compact: thousands of small tensors fragment the heap and cost ~8x their size."""
 
     def __init__(self, key: str, root: Path | None = None, max_bytes: int = MAX_CACHE_BYTES):
         self.root = (root or paths.home() / "embeddings")
@@ -58,22 +61,28 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
 
     def load(self) -> dict[str, torch.Tensor]:
+        """{content hash: embedding row} (rows are views into each shard's matrix)."""
         found: dict[str, torch.Tensor] = {}
-        if self.dir.exists():
-            os.utime(self.dir)  # mark as recently used
-            for shard in sorted(self.dir.glob("*.safetensors")):
-                try:
-                    found.update(load_file(shard))
-                except Exception:  # a shard cut short by a crash is dropped, not trusted
-                    shard.unlink(missing_ok=True)
+        if not self.dir.exists():
+            return found
+        os.utime(self.dir)  # mark as recently used
+        for shard in sorted(self.dir.glob("*.safetensors")):
+            try:
+                with safe_open(shard, "pt") as f:
+                    names = json.loads(f.metadata()["hashes"])
+                    matrix = f.get_tensor("embeddings")
+            except Exception:  # a shard cut short by a crash is dropped, not trusted
+                shard.unlink(missing_ok=True)
+                continue
+            found.update(zip(names, matrix))
         return found
 
-    def save(self, entries: dict[str, torch.Tensor]) -> None:
-        if not entries:
+    def save(self, hashes: list[str], matrix: torch.Tensor) -> None:
+        if not hashes:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{uuid.uuid4().hex}.tmp"
-        save_file({k: v.contiguous() for k, v in entries.items()}, tmp)
+        save_file({"embeddings": matrix.contiguous()}, tmp, metadata={"hashes": json.dumps(hashes)})
         tmp.rename(self.dir / f"{time.time_ns()}.safetensors")
         self.evict()
 
@@ -119,7 +128,19 @@ def compute_views(
     """
     known = [c.load() for c in caches]
     need = [i for i in range(n_images) if any(hashes[i] not in k for k in known)]
-    fresh: list[dict[str, torch.Tensor]] = [{} for _ in range(n_views)]
+    dim = next((e.numel() for k in known for e in k.values()), None)
+    result: torch.Tensor | None = None
+
+    def store(v: int, rows: list[int], values: torch.Tensor) -> None:
+        nonlocal result
+        if result is None:
+            result = torch.empty(n_views, n_images, values.shape[1])
+        result[v, rows] = values
+
+    for v in range(n_views):
+        rows = [i for i in range(n_images) if hashes[i] in known[v]]
+        if rows and dim:
+            store(v, rows, torch.stack([known[v][hashes[i]] for i in rows]))
     if need:
         with headless(model, head):
             fast = fuse_for_inference(model)
@@ -132,12 +153,11 @@ def compute_views(
             if pad:
                 u8 = torch.cat([u8, u8[:1].expand(pad, *u8.shape[1:])])
             for v in range(n_views):
-                out = embed(fast, views(v, u8), dtype)[: len(idx)].cpu()
-                for i, e in zip(idx, out):
-                    fresh[v][hashes[i]] = e.clone()
+                store(v, idx, embed(fast, views(v, u8), dtype)[: len(idx)].cpu())
             if progress:
                 progress(min(start + batch_size, len(need)), len(need))
+    assert result is not None
     for v, cache in enumerate(caches):
-        cache.save({h: e for h, e in fresh[v].items() if h not in known[v]})
-        known[v].update(fresh[v])
-    return torch.stack([torch.stack([known[v][h] for h in hashes]) for v in range(n_views)])
+        new = [i for i in need if hashes[i] not in known[v]]
+        cache.save([hashes[i] for i in new], result[v, new])
+    return result
