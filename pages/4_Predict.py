@@ -58,15 +58,15 @@ with tab_predict:
         preds = predictor(str(run.dir), stamp).predict(images, top_k=k)
         for img, p in list(zip(images, preds))[:24]:
             a, b = st.columns([1, 2])
-            img.seek(0)
             if p.error:
                 a.error(f"{p.file}: {p.error}")
                 continue
-            a.image(img, caption=p.file, width="stretch")
+            a.image(img.getvalue(), caption=p.file, width="stretch")
             b.markdown(f"**{p.top[0][0]}** ({p.top[0][1]:.1%})")
             df = pd.DataFrame(p.top, columns=["class", "probability"])
-            b.plotly_chart(px.bar(df, x="probability", y="class", orientation="h", range_x=[0, 1], height=60 + 40 * len(df)),
-                           key=f"bars_{p.file}_{id(img)}")
+            bars = px.bar(df, x="probability", y="class", orientation="h", range_x=[0, 1], height=80 + 40 * len(df))
+            bars.update_yaxes(autorange="reversed")  # most likely class on top
+            b.plotly_chart(bars, key=f"bars_{p.file}_{id(img)}")
         table = pd.DataFrame([{"file": p.file, "prediction": p.top[0][0] if p.top else None,
                                "probability": p.top[0][1] if p.top else None, "error": p.error,
                                "top_k": "; ".join(f"{c} {v:.3f}" for c, v in p.top)} for p in preds])

@@ -53,6 +53,9 @@ def test_zip_with_wrapper_folder_and_macos_junk_loads(tmp_path, shapes_folder):
     entries["__MACOSX/mydata/._circle"] = b"junk"
     ds = load_dataset(_zip(tmp_path / "mydata.zip", entries))
     assert ds.classes == ["circle", "square", "triangle"] and len(ds.samples) == 30
+    fewer = {k: v for k, v in entries.items() if "/triangle/" not in k}
+    again = load_dataset(_zip(tmp_path / "mydata.zip", fewer))  # same name, new content: extracted anew
+    assert again.classes == ["circle", "square"]
 
 
 @pytest.mark.parametrize("bad,match", [("../evil.png", "outside"), ("/abs/evil.png", "outside"), ("a/../../evil.png", "outside")])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tl_core import paths
-from tl_core.images import IMAGE_EXTENSIONS, is_hidden
+from tl_core.images import IMAGE_EXTENSIONS, content_hash, is_hidden
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 MAX_ZIP_BYTES = 4 * 2**30
@@ -185,7 +185,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
 
 def from_zip(archive: str | Path, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     archive = Path(archive)
-    target = paths.home() / "uploads" / archive.stem
+    target = paths.home() / "uploads" / f"{archive.stem}-{content_hash(archive)[:12]}"  # a new upload never reuses an old one
     if not (target / ".extracted").exists():
         safe_extract(archive, target)
         (target / ".extracted").touch()

@@ -147,12 +147,13 @@ class Trainer:
         except Stopped:
             status = STOPPED
             self.events.emit("log", message=f"Stopped after {self.epoch} epoch(s); best checkpoint kept.")
-        except (Exception, KeyboardInterrupt) as e:
+        except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
+            run.write_summary(status=STOPPED, seconds=self._seconds())
+            raise
+        except Exception as e:
             message, suggestion = explain(e, self.config)
             run.write_summary(status=FAILED, error=message, suggestion=suggestion, seconds=self._seconds())
             self.events.emit("run_error", message=message, suggestion=suggestion, run_dir=str(run.dir))
-            if isinstance(e, KeyboardInterrupt):
-                raise
             raise TrainingError(message, suggestion, str(run.dir)) from e
         result = RunResult(str(run.dir), status, self.best_acc, self.best_epoch, self.epoch, self._seconds(),
                            self.images_per_s, len(self.skipped))
@@ -193,7 +194,7 @@ class Trainer:
         info = self.run.info
         info.update(head=head, preprocessing=asdict(prep), weights=self._weights_id(cfg))
         write_json(self.run.dir / "run.json", info)
-        self.model, self.head, self.prep, self.classes = model, head, prep, ds.classes
+        self.model, self.head, self.prep = model, head, prep
         linear_head = isinstance(model.get_submodule(head), nn.Linear)
         if cfg.strategy == "features" and linear_head and cfg.embedding_cache:
             self._fit_features(train, val, resume)
