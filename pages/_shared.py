@@ -98,14 +98,19 @@ def sidebar() -> None:
         st.markdown(f"**{c['dataset']}**")
         st.caption("Backbone")
         st.markdown(f"**{chosen_backbone()}**")
-        job = job_manager().current()
         st.caption("Training")
-        if job is None:
-            last = next(iter(list_runs(paths.runs_dir())), None)
-            st.markdown(f"last run: **{last.id}** ({last.summary.get('status')})" if last else "no runs yet")
-        else:
-            s = job.snapshot()
-            best = max((h["val_acc"] for h in s["history"]), default=None)
-            st.markdown(f"job {s['id']}: **{s['status']}**, epoch {s['epoch']}/{s['epochs']}"
-                        + (f", best val acc {best:.3f}" if best is not None else ""))
+        st.fragment(job_status, run_every=2 if job_manager().active() else None)()
         st.caption(device_text())
+
+
+def job_status() -> None:
+    """The live or last run, refreshed on its own while a job runs."""
+    job = job_manager().current()
+    if job is None:
+        last = next(iter(list_runs(paths.runs_dir())), None)
+        st.markdown(f"last run: **{last.id}** ({last.summary.get('status')})" if last else "no runs yet")
+        return
+    s = job.snapshot()
+    best = max((h["val_acc"] for h in s["history"]), default=None)
+    st.markdown(f"job {s['id']}: **{s['status']}**, epoch {s['epoch']}/{s['epochs']}"
+                + (f", best val acc {best:.3f}" if best is not None else ""))

@@ -113,11 +113,12 @@ def test_whole_flow_in_a_real_browser(server):
             m = re.search(r"epoch (\d+)/12", progress.inner_text())
             return int(m.group(1)) if m else 0
 
-        first = epoch()
+        first, points = epoch(), chart.locator("path.point").count()
         deadline = time.time() + 120
-        while epoch() <= first and time.time() < deadline:
+        while (epoch() <= first or chart.locator("path.point").count() <= points) and time.time() < deadline:
             time.sleep(0.5)
-        assert epoch() > first, "the live view did not move"
+        assert epoch() > first, "the live progress did not move"
+        assert page.locator(".js-plotly-plot").first.locator("path.point").count() > points, "the live chart did not change"
         page.screenshot(path=SHOTS / "train-live.png", full_page=True)
         job_title = page.get_by_role("heading", name=re.compile(r"Job 1")).inner_text()
 
@@ -133,5 +134,8 @@ def test_whole_flow_in_a_real_browser(server):
         top = page.get_by_test_id("stMarkdown").filter(has_text=re.compile(r"\(\d+\.\d%\)"))
         expect(top.first).to_be_visible()
         assert re.search(r"(circle|cross|square|star|triangle) \(\d+\.\d%\)", top.first.inner_text())
+        shown = page.get_by_test_id("stImage").locator("img").first
+        expect(shown).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown.element_handle())
         page.screenshot(path=SHOTS / "predict.png", full_page=True)
         browser.close()

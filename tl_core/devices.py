@@ -82,10 +82,19 @@ def device_info(device: torch.device | None = None) -> DeviceInfo:
         return DeviceInfo("cuda", props.name, props.total_memory / 2**30, f"{props.major}.{props.minor}", amp)
     if device.type == "mps":
         return DeviceInfo("mps", "Apple GPU", None, None, amp)
+    return DeviceInfo("cpu", f"{_cpu_name()}, {torch.get_num_threads()} threads", None, None, amp)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     import platform
 
-    name = platform.processor() or platform.machine()
-    return DeviceInfo("cpu", f"{name}, {torch.get_num_threads()} threads", None, None, amp)
+    return platform.processor() or platform.machine()
 
 
 def describe_device(device: torch.device | None = None) -> str:

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from tl_core.devices import amp_dtype, describe_device, device_info, needs_grad_scaler, pick_device
+
+
+def test_cpu_is_picked_and_described_when_there_is_no_gpu():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a GPU is present")
+    device = pick_device()
+    assert device.type == "cpu" and amp_dtype(device) is None
+    info = device_info(device)
+    assert info.kind == "cpu" and "threads" in info.name
+    assert describe_device(device).startswith("CPU: ") and "mixed precision" in describe_device(device)
+
+
+def test_explicit_requests_win_or_fail_clearly():
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            pick_device("cuda")
+    assert needs_grad_scaler(torch.float16) and not needs_grad_scaler(torch.bfloat16)
