@@ -8,9 +8,10 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._shared import backbone_rows, choices, chosen_backbone, dataset, job_manager, page_setup, speeds
-from tl_core import paths
+from tl_core import paths, speed
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError
+from tl_core.devices import pick_device
 from tl_core.jobs import JobBusy
 from tl_core.runs import list_runs
 from tl_core.speed import estimate_seconds
@@ -78,8 +79,12 @@ def settings_form() -> None:
                          weight_decay=float(weight_decay), image_size=int(image_size) or None, seed=int(seed), amp=amp,
                          val_fraction=float(c["val_fraction"]))
     seconds = estimate_seconds(speeds().get(name), n_train, n_val, strategy, int(epochs), config.feature_views)
-    st.caption(f"Estimated time: about {seconds:.0f} s (from {name}'s speed measured on this device)." if seconds
-               else "Estimated time: measure this backbone on the Backbones page for an estimate.")
+    if seconds:
+        st.caption(f"Estimated time: about {seconds:.0f} s (from {name}'s speed measured on this device).")
+    elif st.button(f"Estimate the time (measures {name} here, a few seconds)", key="train_measure"):
+        with st.spinner(f"Measuring {name}..."):
+            speed.measure(name, pick_device(config.device))
+        st.rerun()
     if st.button("Start training", type="primary", key="train_start"):
         try:
             jobs.start(c["dataset"], config.validate())

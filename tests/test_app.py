@@ -111,6 +111,8 @@ def test_demo_flow_train_predict_evaluate(ui):
     prefs.save(backbone="mobilenet_v3_small")
     at = open_page("pages/3_Train.py")
     assert at.radio(key="train_strategy").options[0].startswith("Feature extraction")
+    at.button(key="train_measure").click().run()
+    assert any(c.value.startswith("Estimated time: about") for c in at.caption)
     _tiny_settings(at, 2)
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any("finished" in s.value for s in a.subheader))
