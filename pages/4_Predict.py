@@ -77,13 +77,22 @@ with tab_eval:
     if st.button("Evaluate on the validation split", key="eval_btn") or st.session_state.get("evaluated") == run.id:
         st.session_state.evaluated = run.id
         ev = evaluation(str(run.dir), stamp)
-        st.metric("Validation accuracy", f"{ev.accuracy:.3f}", f"{len(ev.mistakes)} mistakes of {len(ev.predictions)}")
-        fig = px.imshow(ev.confusion_matrix, x=ev.classes, y=ev.classes, text_auto=True, color_continuous_scale="Blues",
-                        labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix (click a cell)")
+        st.metric("Validation accuracy", f"{ev.accuracy:.3f}", f"{len(ev.mistakes)} mistakes of {len(ev.predictions)}",
+                  delta_color="off")
+        grid = pd.DataFrame([{"true": t, "predicted": p, "images": ev.confusion_matrix[i][j]}
+                             for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)])
+        fig = px.scatter(grid, x="predicted", y="true", color="images", text="images", color_continuous_scale="Blues",
+                         title="Confusion matrix: click a cell to see its images")
+        fig.update_traces(marker={"symbol": "square", "size": 46, "line": {"width": 0}}, textfont={"color": "#111"})
+        fig.update_xaxes(categoryorder="array", categoryarray=ev.classes, side="top")
+        fig.update_yaxes(categoryorder="array", categoryarray=ev.classes, autorange="reversed")
+        fig.update_layout(height=180 + 62 * len(ev.classes), clickmode="event+select")
         clicked = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
         cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
         points = clicked.selection.points if clicked and clicked.selection else []
         picked = (points[0].get("y"), points[0].get("x")) if points else None
+        if picked and picked not in cells:
+            st.info(f"No validation image of {picked[0]} was predicted as {picked[1]}.")
         index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
         cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
         true, pred = cell.split(" -> ")

@@ -138,4 +138,19 @@ def test_whole_flow_in_a_real_browser(server):
         expect(shown).to_be_visible()
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown.element_handle())
         page.screenshot(path=SHOTS / "predict.png", full_page=True)
+
+        page.get_by_role("tab", name="Evaluate the run").click()
+        page.get_by_role("button", name="Evaluate on the validation split").click()
+        matrix = page.get_by_test_id("stPlotlyChart").filter(has_text="Confusion matrix")
+        expect(matrix).to_be_visible()
+        caption = page.get_by_text(re.compile(r"image\(s\) of \w+ predicted as \w+"))
+        before = caption.inner_text()
+        classes = ["circle", "cross", "square", "star", "triangle"]
+        shown_true, shown_pred = re.search(r"of (\w+) predicted as (\w+)", before).groups()
+        counts = [int(t) for t in matrix.locator(".textpoint").all_text_contents()]  # row-major: true x predicted
+        current = classes.index(shown_true) * len(classes) + classes.index(shown_pred)
+        target = next(i for i, n in enumerate(counts) if n and i != current)  # another cell with images
+        matrix.locator("path.point").nth(target).click(force=True)
+        expect(caption).not_to_have_text(before)  # the click chose another cell and its images
+        page.screenshot(path=SHOTS / "evaluate.png", full_page=True)
         browser.close()
