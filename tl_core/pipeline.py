@@ -57,6 +57,20 @@ def decode_many(
     return out[: len(kept)], kept, problems
 
 
+def decode_filled(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, list[int], list[Problem]]:
+    """Decode a batch keeping its shape: a file that fails becomes zeros at its position.
+
+    Returns (N x 3 x S x S uint8, positions that failed, problems); for batches whose labels are already fixed.
+    """
+    u8, kept, problems = decode_many(samples, size)
+    if not problems:
+        return u8, [], []
+    full = torch.zeros((len(samples), 3, size, size), dtype=torch.uint8)
+    full[kept] = u8
+    kept_set = set(kept)
+    return full, [i for i in range(len(samples)) if i not in kept_set], problems
+
+
 def _try_decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_square(path, size), None

@@ -28,7 +28,7 @@ from tl_core.devices import fast_dtype, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
 from tl_core.events import Emitter, Listener
 from tl_core.images import content_hash
-from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_many
+from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.runs import FAILED, FINISHED, RUNNING, STOPPED, Run, load_run, new_run, save_state, write_json
 
 
@@ -92,12 +92,8 @@ class ImageStore:
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.data is not None:
             return self.data[idx]
-        u8, kept, problems = decode_many([self.samples[i] for i in idx.tolist()], self.size)
-        if problems:  # files that went bad mid-run: zeros, labelled as they were, recorded once
-            full = torch.zeros((len(idx), 3, self.size, self.size), dtype=torch.uint8)
-            full[kept] = u8
-            self.problems += [p for p in problems if p not in self.problems]
-            return full
+        u8, _, problems = decode_filled([self.samples[i] for i in idx.tolist()], self.size)
+        self.problems += [p for p in problems if p not in self.problems]  # files that went bad mid-run, once
         return u8
 
 
@@ -273,14 +269,10 @@ class Trainer:
             bad: set[int] = set()
 
             def images(idx: torch.Tensor) -> torch.Tensor:
-                chosen = [samples[i] for i in idx.tolist()]
-                u8, kept, problems = decode_many(chosen, self.prep.resize)
-                full = torch.zeros((len(chosen), 3, self.prep.resize, self.prep.resize), dtype=torch.uint8)
-                full[kept] = u8
-                for p in problems:
-                    bad.add(idx[[s.path for s in chosen].index(p.path)].item())
-                    self.skipped.append(p)
-                return full
+                u8, failed, problems = decode_filled([samples[i] for i in idx.tolist()], self.prep.resize)
+                bad.update(idx[failed].tolist())
+                self.skipped += problems
+                return u8
 
             gen = torch.Generator().manual_seed(cfg.seed)
             x = compute_views(
