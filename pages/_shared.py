@@ -23,12 +23,12 @@ def use_router() -> None:
     (v1) pages: every pages/*.py, this module included, is listed and the entrypoint is called
     "streamlit app". Turning that off and rerunning once routes every later run through st.navigation.
     """
+    first_run = not st.session_state.get("routed")
+    st.session_state.routed = True
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        if not st.session_state.get("routed"):
-            st.session_state.routed = True
+        if first_run:
             st.rerun()
-    st.session_state.routed = True
 
 
 def page_setup() -> None:

@@ -157,13 +157,13 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
             "final_val_accuracy": round(metrics[-1]["val_acc"], 4), "epochs": result.epochs_completed}
 
 
-def default_data() -> tuple[Path, bool]:
-    """Ants vs bees with the real MobileNetV2 weights when ../shared/data is there, else the demo set."""
+def default_data() -> Path:
+    """Ants vs bees when ../shared/data is there (its real MobileNetV2 weights come along), else the demo set."""
     if HYMENOPTERA.exists():
-        return HYMENOPTERA, True
+        return HYMENOPTERA
     from tl_core.demo import demo_root
 
-    return demo_root(), False
+    return demo_root()
 
 
 def run_bench(data: str | None, backbone: str, epochs: int, device_name: str | None, modes: list[str],
@@ -172,12 +172,12 @@ def run_bench(data: str | None, backbone: str, epochs: int, device_name: str | N
         print(msg, file=sys.stderr, flush=True)
 
     prepare_weights()
-    if data in (None, "demo"):
-        root, _ = default_data() if data is None else (None, False)
-        if root is None:
-            from tl_core.demo import demo_root
+    if data is None:
+        root = default_data()
+    elif data == "demo":
+        from tl_core.demo import demo_root
 
-            root = demo_root()
+        root = demo_root()
     else:
         root = Path(data)
     device = pick_device(device_name)

@@ -128,7 +128,6 @@ def compute_views(
     """
     known = [c.load() for c in caches]
     need = [i for i in range(n_images) if any(hashes[i] not in k for k in known)]
-    dim = next((e.numel() for k in known for e in k.values()), None)
     result: torch.Tensor | None = None
 
     def store(v: int, rows: list[int], values: torch.Tensor) -> None:
@@ -139,7 +138,7 @@ def compute_views(
 
     for v in range(n_views):
         rows = [i for i in range(n_images) if hashes[i] in known[v]]
-        if rows and dim:
+        if rows:
             store(v, rows, torch.stack([known[v][hashes[i]] for i in rows]))
     if need:
         with headless(model, head):
