@@ -55,6 +55,30 @@ def server(tmp_path, studio_home):
     proc.wait(10)
 
 
+def select_option(page, label: str, value: str, attempts: int = 4) -> None:
+    """Pick `value` in a Streamlit selectbox: type it while the app is idle, wait until the filtered list starts
+    with it, press Enter, verify; retry when a slow machine let a rerun or the filter lag get in the way."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_role("combobox", name=label)
+    for _ in range(attempts):
+        expect(page.get_by_test_id("stStatusWidget")).to_be_hidden()  # no rerun may repaint it mid-typing
+        box.click()
+        box.fill("")
+        box.press_sequentially(value, delay=20)
+        try:
+            expect(page.get_by_role("option").first).to_have_text(value, timeout=10_000)  # the filter has applied
+        except AssertionError:
+            page.keyboard.press("Escape")
+            continue
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if box.input_value() == value:
+            return
+        page.keyboard.press("Escape")
+    expect(box).to_have_value(value)
+
+
 def test_whole_flow_in_a_real_browser(server):
     from playwright.sync_api import expect, sync_playwright
 
@@ -83,12 +107,7 @@ def test_whole_flow_in_a_real_browser(server):
 
         nav.get_by_role("link", name="Backbones").click()
         expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="Recommended")).to_be_visible()
-        box = page.get_by_role("combobox", name="Backbone for training")
-        box.click()
-        box.press_sequentially("mobilenet_v3_small", delay=20)
-        expect(page.get_by_role("option", name="mobilenet_v3_small", exact=True)).to_be_visible()
-        box.press("Enter")
-        expect(box).to_have_value("mobilenet_v3_small")
+        select_option(page, "Backbone for training", "mobilenet_v3_small")
         page.get_by_role("button", name="Use for training").click()
         expect(page.get_by_text("mobilenet_v3_small selected")).to_be_visible()
         page.screenshot(path=SHOTS / "backbones.png", full_page=True)
