@@ -6,20 +6,21 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import choices, choose, dataset, page_setup, scan_report
+from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
 from tl_core import paths
-from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, resolve_in_root
+from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root
 
-st.title("Dataset")
-page_setup()
-c = choices()
+page_setup("Dataset")
+spec = choices().dataset
 
 kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
-source = st.radio("Source", kinds, horizontal=True, key="dataset_kind")
+current_kind = (0 if spec.source == "demo" else 3 if spec.source.startswith("torchvision:")
+                else 2 if spec.source.lower().endswith(".zip") else 1)
+source = st.radio("Source", kinds, index=current_kind, horizontal=True, key="dataset_kind")
 if source == "Built-in demo":
     st.caption("Five classes of shapes drawn on noisy backgrounds, generated on this machine (no download).")
     if st.button("Use the demo dataset", key="use_demo"):
-        choose("Using the demo dataset.", dataset="demo")
+        choose("Using the demo dataset.", source="demo")
 elif source == "Folder on the server":
     root = paths.data_root()
     st.caption(f"Folders inside the data root `{root}` (set TL_STUDIO_DATA_ROOT to change it). Use `train/` and "
@@ -32,7 +33,7 @@ elif source == "Folder on the server":
         except DatasetError as e:
             st.error(str(e))
         else:
-            choose(f"Using {folder}.", dataset=str(folder))
+            choose(f"Using {folder.name}.", source=str(folder))
 elif source == "Upload a .zip":
     up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
     if up is not None and st.button("Unpack and use", key="use_zip"):
@@ -45,8 +46,8 @@ elif source == "Upload a .zip":
                 bar.progress(min(1.0, (i + (8 << 20)) / len(data)), text="Saving the upload...")
         try:
             with st.spinner("Unpacking safely..."):
-                dataset(str(dest), c["val_fraction"], c["seed"])
-            choose(f"Using {up.name}.", dataset=str(dest))
+                scan_report(DatasetSpec(str(dest), spec.val_fraction, spec.split_seed))
+            choose(f"Using {up.name}.", source=str(dest))
         except DatasetError as e:
             st.error(str(e))
         bar.empty()
@@ -56,35 +57,33 @@ else:
     if st.button("Download and use", key="use_tv"):
         try:
             with st.spinner(f"Downloading {name}..."):
-                dataset(f"torchvision:{name}", c["val_fraction"], c["seed"])
-            choose(f"Using {name}.", dataset=f"torchvision:{name}")
+                scan_report(DatasetSpec(f"torchvision:{name}", spec.val_fraction, spec.split_seed))
+            choose(f"Using {name}.", source=f"torchvision:{name}")
         except DatasetError as e:
             st.error(str(e))
 
-c = choices()
 try:
-    ds = dataset(c["dataset"], c["val_fraction"], c["seed"])
-    report = scan_report(c["dataset"], c["val_fraction"], c["seed"])
+    report = scan_report(spec)
 except DatasetError as e:
-    st.error(f"{c['dataset']}: {e}")
+    st.error(f"{dataset_label(spec)}: {e}")
     st.stop()
 
 st.subheader(report.name)
-if ds.split_source != "folders":
-    st.caption("This dataset has no validation folder: images are split at random, per class.")
+if report.split_source != "folders":
+    st.caption("This dataset has no validation folder: usable images are split at random, per class. "
+               "Training uses exactly this split.")
     col1, col2 = st.columns(2)
-    frac = col1.slider("Validation fraction", 0.05, 0.5, float(c["val_fraction"]), 0.05, key="val_fraction")
-    seed = col2.number_input("Split seed", 0, 10_000, int(c["seed"]), key="split_seed")
-    if frac != c["val_fraction"] or seed != c["seed"]:
-        choose(val_fraction=frac, seed=int(seed))
-        st.rerun()
+    frac = col1.slider("Validation fraction", 0.05, 0.5, float(spec.val_fraction), 0.05, key="val_fraction")
+    seed = col2.number_input("Split seed", 0, 10_000, int(spec.split_seed), key="split_seed")
+    if frac != spec.val_fraction or seed != spec.split_seed:
+        choose(val_fraction=frac, split_seed=int(seed))
 
 counts = report.counts
 m = st.columns(4)
 m[0].metric("Classes", len(report.classes))
 for col, split in zip(m[1:], ("train", "val")):
     col.metric(f"{split} images", sum(counts.get(split, {}).values()))
-m[3].metric("Problems", len(report.problems))
+m[3].metric("Problems", len(report.problems), f"{len(report.skipped)} file(s) skipped", delta_color="off")
 
 rows = [{"split": sp, "class": cl, "images": n} for sp, per in counts.items() for cl, n in per.items()]
 st.plotly_chart(px.bar(pd.DataFrame(rows), x="class", y="images", color="split", barmode="group",
@@ -111,7 +110,9 @@ if report.images:
 
 st.subheader("Problems")
 if report.problems:
-    st.caption("Training skips unusable files and records why; nothing here stops a run.")
-    st.dataframe(pd.DataFrame([{"file": p.path, "reason": p.reason} for p in report.problems]), hide_index=True)
+    st.caption("Counts above are of usable images only. Training leaves out the skipped files and records why; "
+               "the other rows are warnings about images it uses.")
+    st.dataframe(pd.DataFrame([{"file": p.path, "reason": p.reason, "used in training": "no" if p in report.skipped else "yes"}
+                               for p in report.problems]), hide_index=True)
 else:
     st.success("No problems found: every file is a readable image and every class is in every split.")

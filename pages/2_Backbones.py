@@ -4,13 +4,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import backbone_rows, choices, choose, device_text, page_setup, speeds
+from pages.ui.shared import backbone_rows, choices, choose, device_text, page_setup, speeds
 from tl_core import speed
 from tl_core.backbones import recommend
 from tl_core.devices import pick_device
 
-st.title("Backbones")
-page_setup()
+page_setup("Backbones")
 st.caption(f"Measured on {device_text()}")
 
 rows = backbone_rows()
@@ -61,7 +60,7 @@ if not plot.empty:
     st.plotly_chart(fig, key="bb_scatter")
 
 names = list(table.name)
-current = choices()["backbone"] or best
+current = choices().backbone or best
 pick = st.selectbox("Backbone for training", names, index=names.index(current) if current in names else 0, key="bb_pick")
 row = table[table.name == pick].iloc[0]
 if not row.cached:

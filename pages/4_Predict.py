@@ -7,19 +7,18 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import choices, choose, page_setup
+from pages.ui.shared import choices, choose, page_setup
 from tl_core import paths
 from tl_core.predict import Predictor, evaluate, export
 from tl_core.runs import latest_finished, list_runs
 
-st.title("Predict")
-page_setup()
+page_setup("Predict")
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint()]
 if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")
     st.stop()
 
-default = choices()["run"]
+default = choices().run
 ids = [r.id for r in runs]
 latest = latest_finished(paths.runs_dir())
 index = ids.index(default) if default in ids else ids.index(latest.id) if latest and latest.id in ids else 0

@@ -24,7 +24,7 @@ def ui(tmp_path, monkeypatch, studio_home):
     st.cache_data.clear()
     st.cache_resource.clear()
     yield tmp_path
-    from pages._shared import job_manager
+    from pages.ui.shared import job_manager
 
     jobs = job_manager()
     if jobs.active():
@@ -96,21 +96,25 @@ def test_backbones_page_table_filters_and_choice(ui):
 
 
 def _tiny_settings(at: AppTest, epochs: int) -> None:
-    at.checkbox(key="train_scratch").check()
-    at.radio(key="train_strategy").set_value("full")
-    at.number_input(key="train_epochs").set_value(epochs)
-    at.number_input(key="train_batch").set_value(16)
-    at.number_input(key="train_size").set_value(48)
-    at.number_input(key="train_patience").set_value(0)
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.radio(key="cfg_strategy").set_value("full").run()
+    at.number_input(key="cfg_epochs").set_value(epochs)
+    at.number_input(key="cfg_batch_size").set_value(16)
+    at.number_input(key="cfg_image_size").set_value(48)
+    at.number_input(key="cfg_patience").set_value(0)
     at.run()
 
 
-def test_demo_flow_train_predict_evaluate(ui):
+def use_backbone(name: str) -> None:
     from tl_core import prefs
 
-    prefs.save(backbone="mobilenet_v3_small")
+    prefs.save(prefs.Choices(backbone=name))
+
+
+def test_demo_flow_train_predict_evaluate(ui):
+    use_backbone("mobilenet_v3_small")
     at = open_page("pages/3_Train.py")
-    assert at.radio(key="train_strategy").options[0].startswith("Feature extraction")
+    assert at.radio(key="cfg_strategy").options[0].startswith("Feature extraction")
     at.button(key="train_measure").click().run()
     assert any(c.value.startswith("Estimated time: about") for c in at.caption)
     _tiny_settings(at, 2)
@@ -141,9 +145,7 @@ def st_home() -> str:
 
 
 def test_start_busy_then_stop(ui):
-    from tl_core import prefs
-
-    prefs.save(backbone="mobilenet_v3_small")
+    use_backbone("mobilenet_v3_small")
     tab_a, tab_b = open_page("pages/3_Train.py"), open_page("pages/3_Train.py")
     _tiny_settings(tab_a, 200)
     _tiny_settings(tab_b, 200)
@@ -173,12 +175,10 @@ def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
 
 
 def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
-    from tl_core import prefs
-
-    prefs.save(backbone="resnet18")
+    use_backbone("resnet18")
     at = open_page("pages/3_Train.py")
     assert any("resnet18-f37072fd.pth" in w.value and "checkpoints" in w.value for w in at.warning)
-    at.number_input(key="train_epochs").set_value(1).run()
+    at.number_input(key="cfg_epochs").set_value(1).run()
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
     assert any("resnet18-f37072fd.pth" in e.value for e in at.error)

@@ -94,7 +94,7 @@ def test_whole_flow_in_a_real_browser(server):
         expect.set_options(timeout=60_000)
         page.goto(server)
         expect(page.get_by_text("Fine-tune a pretrained ImageNet backbone")).to_be_visible()
-        nav = page.get_by_test_id("stSidebarNav")
+        nav = page.get_by_test_id("stSidebar")
         labels = [t.strip().splitlines()[-1] for t in nav.get_by_role("link").all_inner_texts()]  # drop icon names
         assert labels == ["Home", "Dataset", "Backbones", "Train", "Predict"], labels  # each page once, in order
         page.screenshot(path=SHOTS / "home.png", full_page=True)
@@ -113,15 +113,16 @@ def test_whole_flow_in_a_real_browser(server):
         page.screenshot(path=SHOTS / "backbones.png", full_page=True)
 
         nav.get_by_role("link", name="Train").click()
-        page.get_by_text("Train from scratch instead").click()
         page.get_by_text("Full fine-tune").click()
-        page.get_by_label("Epochs").fill("12")
-        page.get_by_label("Epochs").press("Enter")
+        expect(page.get_by_label("Epochs", exact=True)).to_have_value("5")  # the strategy's own default follows it
+        page.get_by_label("Epochs", exact=True).fill("12")
+        page.get_by_label("Epochs", exact=True).press("Enter")
         page.get_by_text("More settings").click()
-        page.get_by_label("Image size (0 = the weights' own)").fill("48")
-        page.get_by_label("Image size (0 = the weights' own)").press("Enter")
-        page.get_by_label("Early-stopping patience (0 = off)").fill("0")
-        page.get_by_label("Early-stopping patience (0 = off)").press("Enter")
+        page.get_by_text("Pretrained weights").click()
+        page.get_by_label("Image size", exact=True).fill("48")
+        page.get_by_label("Image size", exact=True).press("Enter")
+        page.get_by_label("Early-stopping patience", exact=True).fill("0")
+        page.get_by_label("Early-stopping patience", exact=True).press("Enter")
         time.sleep(1)
         page.get_by_role("button", name="Start training").click()
         chart = page.locator(".js-plotly-plot").first
@@ -148,7 +149,7 @@ def test_whole_flow_in_a_real_browser(server):
         expect(page.get_by_role("heading", name=re.compile(r"Job 1: finished"))).to_be_visible(timeout=240_000)
         page.screenshot(path=SHOTS / "train-done.png", full_page=True)
 
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Predict").click()
+        nav.get_by_role("link", name="Predict").click()
         page.locator("input[type=file]").first.set_input_files(str(demo_star))
         top = page.get_by_test_id("stMarkdown").filter(has_text=re.compile(r"\(\d+\.\d%\)"))
         expect(top.first).to_be_visible()

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 from conftest import solid
 
-from tl_core.datasets import DatasetError, from_folder, load_dataset, safe_extract
+from tl_core.datasets import DatasetError, DatasetSpec, from_folder, load_dataset, safe_extract
 
 
 def test_split_folders_are_recognised_by_their_usual_names(tmp_path):
@@ -19,16 +19,16 @@ def test_split_folders_are_recognised_by_their_usual_names(tmp_path):
 
 
 def test_class_folders_are_split_stratified_and_reproducibly(shapes_folder):
-    a = from_folder(shapes_folder, val_fraction=0.3, seed=7)
-    b = from_folder(shapes_folder, val_fraction=0.3, seed=7)
-    c = from_folder(shapes_folder, val_fraction=0.3, seed=8)
+    a = load_dataset(DatasetSpec(str(shapes_folder), val_fraction=0.3, split_seed=7))
+    b = load_dataset(DatasetSpec(str(shapes_folder), val_fraction=0.3, split_seed=7))
+    c = load_dataset(DatasetSpec(str(shapes_folder), val_fraction=0.3, split_seed=8))
     assert a.samples == b.samples and a.samples != c.samples
     counts = a.counts()
-    assert counts["val"] == {"circle": 3, "square": 3, "triangle": 3}  # 10 files: broken.jpg is still listed
-    assert counts["train"]["circle"] == 7
+    assert counts["val"] == {"circle": 3, "square": 3, "triangle": 3}  # of usable images: broken.jpg is not counted
+    assert counts["train"] == {"circle": 7, "square": 7, "triangle": 7}  # triangle: 10 usable + broken.jpg
     reasons = {p.path.rsplit("/", 1)[-1]: p.reason for p in a.skipped}
     assert reasons[".DS_Store"] == "hidden or system file"
-    assert "not an image file" in reasons["notes.txt"]
+    assert "not an image file" in reasons["notes.txt"] and "broken.jpg" in reasons
 
 
 def test_a_folder_without_classes_is_a_clear_error(tmp_path):

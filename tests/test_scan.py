@@ -2,7 +2,7 @@ import shutil
 
 from conftest import solid
 
-from tl_core.datasets import from_folder
+from tl_core.datasets import DatasetSpec
 from tl_core.scan import scan
 
 
@@ -15,7 +15,7 @@ def test_scan_reports_every_kind_of_problem_with_a_reason(tmp_path, shapes_folde
     (root / "train" / "empty").mkdir()  # empty class
     solid(root / "train" / "circle" / "tiny.png", (1, 2, 3), size=(8, 8))
     (root / "train" / ".ipynb_checkpoints").mkdir()
-    report = scan(from_folder(root))
+    report = scan(DatasetSpec(str(root)))
     reasons = {(p.path.rsplit("/", 1)[-1], p.reason.split(" (")[0]) for p in report.problems}
     assert ("broken.jpg", "not an image") in reasons or any(r[0] == "broken.jpg" for r in reasons)
     assert ("notes.txt", "not an image file") in reasons

@@ -13,6 +13,7 @@ import pytest
 from conftest import HYMENOPTERA
 
 from tl_core.config import TrainConfig
+from tl_core.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
 from tl_core.runs import INTERRUPTED, list_runs, load_run
 from tl_core.trainer import TrainingError, resume, train
 
@@ -24,9 +25,10 @@ def test_demo_end_to_end_beats_chance_by_far(with_real_weights, tmp_path):
     result = train("demo", TrainConfig(epochs=6), tmp_path, [events.append])
     assert result.status == "finished" and result.epochs_completed == 6
     assert result.best_val_accuracy >= 0.7  # 5 classes: chance is 0.2
-    names = [e.name for e in events]
-    assert names[0] == "run_start" and names[-1] == "run_end" and names.count("epoch_end") == 6
-    assert {"phase", "progress", "step_end"} <= set(names)
+    kinds = [type(e) for e in events]
+    started = kinds.index(RunStarted)
+    assert kinds[-1] is RunEnded and kinds.count(EpochEnded) == 6
+    assert {PhaseStarted, PhaseProgress, StepEnded} <= set(kinds[started:])
     run = load_run(result.run_dir)
     assert len(run.metrics()) == 6 and run.summary["status"] == "finished"
     assert {"backbone.safetensors", "best.safetensors", "last.safetensors", "split.json"} <= {p.name for p in run.dir.iterdir()}
@@ -58,9 +60,9 @@ def test_stop_is_honoured_within_a_step_and_resume_finishes(tmp_path):
     steps_after_stop = []
 
     def listener(e):
-        if stop.is_set() and e.name == "step_end":
+        if stop.is_set() and isinstance(e, StepEnded):
             steps_after_stop.append(e)
-        if e.name == "epoch_end" and e.data["epoch"] == 1:
+        if isinstance(e, EpochEnded) and e.row.epoch == 1:
             stop.set()
 
     result = train("demo", TrainConfig(**TINY, epochs=3), tmp_path, [listener], stop)
@@ -72,14 +74,14 @@ def test_stop_is_honoured_within_a_step_and_resume_finishes(tmp_path):
     assert [r["epoch"] for r in run.metrics()] == [1, 2, 3]
 
 
-def test_a_run_that_cannot_train_says_why_and_keeps_its_folder(tmp_path, shapes_folder):
+def test_a_run_that_cannot_train_says_why_before_making_a_folder(tmp_path, shapes_folder):
     single = tmp_path / "one"
     (single / "circle").mkdir(parents=True)
     for p in list((shapes_folder / "circle").glob("*.png")):
         (single / "circle" / p.name).write_bytes(p.read_bytes())
     with pytest.raises(TrainingError, match="at least two classes") as e:
         train(str(single), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
-    assert load_run(e.value.run_dir).summary["status"] == "failed"
+    assert e.value.run_dir is None and list_runs(tmp_path / "runs") == []  # nothing left behind
 
 
 def test_a_killed_run_keeps_its_epochs_and_can_resume(tmp_path):

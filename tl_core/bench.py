@@ -25,6 +25,7 @@ from torchvision import transforms as T
 from tl_core import backbones
 from tl_core.config import TrainConfig
 from tl_core.devices import describe_device, pick_device
+from tl_core.events import EpochEnded
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
@@ -147,8 +148,8 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
 
     with tempfile.TemporaryDirectory() as runs, cold_cache():
         t0 = time.perf_counter()
-        result = train(str(root), config, runs, [lambda e: e.name == "epoch_end" and log(
-            f"  TL Studio epoch {e.data['epoch']}/{e.data['epochs']}: val acc {e.data['val_acc']:.3f}")])
+        result = train(str(root), config, runs, [lambda e: isinstance(e, EpochEnded) and log(
+            f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {e.row.val_acc:.3f}")])
         wall = time.perf_counter() - t0
         metrics = load_run(result.run_dir).metrics()
         n_train = len(load_run(result.run_dir).split("train"))

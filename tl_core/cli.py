@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tl_core.events import Event
+from tl_core.events import EpochEnded, Event, Logged, PhaseProgress, PhaseStarted, RunFailed, StepEnded
 
 
 class Progress:
@@ -35,18 +35,18 @@ class Progress:
             self.stream.flush()
 
     def __call__(self, e: Event) -> None:
-        d = e.data
-        if e.name == "progress":
-            self.bar(d["phase"], d["done"], d["total"])
-        elif e.name == "step_end" and d.get("eta") is not None:
-            self.bar(f"epoch {d['epoch']}", d["step"], d["steps"], f"{d['images_per_s']:.0f} img/s, ETA {d['eta']:.0f}s")
-        elif e.name == "epoch_end":
-            self.say(f"epoch {d['epoch']}/{d['epochs']}  train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f}  "
-                     f"val loss {d['val_loss']:.3f} acc {d['val_acc']:.3f}" + ("  *" if d["improved"] else ""))
-        elif e.name in ("phase", "log"):
-            self.say(d["message"])
-        elif e.name == "run_error":
-            self.say(f"error: {d['message']}")
+        if isinstance(e, PhaseProgress):
+            self.bar(e.phase, e.done, e.total, f"{e.rate:.0f}/s" if e.rate else "")
+        elif isinstance(e, StepEnded) and e.eta is not None:
+            self.bar(f"epoch {e.epoch}", e.step, e.steps, f"{e.images_per_s:.0f} img/s, ETA {e.eta:.0f}s")
+        elif isinstance(e, EpochEnded):
+            r = e.row
+            self.say(f"epoch {r.epoch}/{e.epochs}  train loss {r.train_loss:.3f} acc {r.train_acc:.3f}  "
+                     f"val loss {r.val_loss:.3f} acc {r.val_acc:.3f}" + ("  *" if e.improved else ""))
+        elif isinstance(e, (PhaseStarted, Logged)):
+            self.say(e.message)
+        elif isinstance(e, RunFailed):
+            self.say(f"error: {e.message}")
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -81,17 +81,27 @@ def cmd_backbones(args) -> int:
     return 0
 
 
-def cmd_scan(args) -> int:
-    from tl_core.datasets import load_dataset
+def _spec(args):
+    from tl_core.datasets import DatasetSpec
+
+    return DatasetSpec(args.data, args.val_fraction, args.split_seed)
+
+
+def _scan(args):
     from tl_core.scan import scan
 
     bar = Progress()
-    report = scan(load_dataset(args.data, args.val_fraction, args.seed), lambda d, n: bar.bar("checking images", d, n))
+    return scan(_spec(args), lambda d, n: bar.bar("checking images", d, n))
+
+
+def cmd_scan(args) -> int:
+    report = _scan(args)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     print(f"{report.name}: {report.n_images} usable images, {len(report.classes)} classes ({report.split_source})")
-    _print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
+    if report.classes:
+        _print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
     if report.problems:
         print(f"\n{len(report.problems)} problem(s):")
         for p in report.problems[:50]:
@@ -99,31 +109,30 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _config(args):
-    from tl_core.config import TrainConfig
+def cmd_estimate(args) -> int:
+    from tl_core.config import from_arguments
+    from tl_core.estimate import estimate
 
-    fields = ("backbone", "strategy", "epochs", "batch_size", "lr", "device", "optimizer", "schedule", "augment",
-              "patience", "seed", "image_size", "weights_path", "finetune_stages", "feature_views", "val_fraction")
-    cfg = TrainConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
-    cfg.pretrained = not args.scratch
-    cfg.amp = not args.no_amp
-    cfg.compile = args.compile
-    return cfg
+    est = estimate(_scan(args), from_arguments(args).validate())
+    print(json.dumps(est.to_dict()) if args.json else est.describe())
+    return 0
 
 
 def _report(result, as_json: bool) -> int:
     if as_json:
         print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
     else:
-        print(f"{result.status}: best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) "
+        why = f" ({result.stop_reason})" if result.stop_reason else ""
+        print(f"{result.status}{why}: best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) "
               f"after {result.epochs_completed} epochs, {result.seconds:.1f}s -> {result.run_dir}")
     return 0 if result.status in ("finished", "stopped") else 1
 
 
 def cmd_train(args) -> int:
+    from tl_core.config import from_arguments
     from tl_core.trainer import train
 
-    return _report(train(args.data, _config(args), args.runs_dir, [Progress()]), args.json)
+    return _report(train(_spec(args), from_arguments(args), args.runs_dir, [Progress()]), args.json)
 
 
 def cmd_resume(args) -> int:
@@ -214,8 +223,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """The dataset spec: the same three values the Dataset page chooses."""
+    p.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share when there is no val/ folder")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of that random split (never the training seed)")
+
+
 def parser() -> argparse.ArgumentParser:
     from tl_core import paths
+    from tl_core.config import add_arguments
 
     p = argparse.ArgumentParser(prog="python -m tl_core", description="TL Studio: transfer learning, headless.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,37 +244,23 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_backbones)
 
-    s = sub.add_parser("scan", help="check a dataset: classes, counts, problems")
-    s.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("scan", help="check a dataset: classes, usable images per split, problems")
+    _data_arguments(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_scan)
 
-    t = sub.add_parser("train", help="train a run")
-    t.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
-    t.add_argument("--backbone")
-    t.add_argument("--strategy", choices=["features", "finetune", "full"])
-    t.add_argument("--finetune-stages", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["adamw", "sgd"])
-    t.add_argument("--schedule", choices=["cosine", "onecycle"])
-    t.add_argument("--augment", choices=["none", "light", "strong"])
-    t.add_argument("--feature-views", type=int)
-    t.add_argument("--patience", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--val-fraction", type=float)
-    t.add_argument("--weights-path", help="your own weight file (.safetensors or a state dict)")
-    t.add_argument("--scratch", action="store_true", help="no pretrained weights (train from scratch)")
-    t.add_argument("--no-amp", action="store_true", help="full float32 precision")
-    t.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning")
-    t.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    t = sub.add_parser("train", help="train a run (every option of the Train page)")
+    _data_arguments(t)
+    add_arguments(t)
     t.add_argument("--runs-dir", default=str(paths.runs_dir()))
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    es = sub.add_parser("estimate", help="how long `train` would take here, from measured rates")
+    _data_arguments(es)
+    add_arguments(es)
+    es.add_argument("--json", action="store_true")
+    es.set_defaults(func=cmd_estimate)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_dir")

@@ -1,61 +1,95 @@
-"""The training configuration: one dataclass, defaults that work, validation with clear messages."""
+"""The training configuration, declared once: each option's type, default, choices and help live here.
+
+The CLI flags (`add_arguments`), the Train page's widgets and validation are all derived from these declarations,
+so the command line and the dashboard can set exactly the same things. Defaults that depend on the strategy
+(epochs) follow the strategy unless the user sets them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
-from tl_core.backbones import DEFAULT_BACKBONE, STRATEGIES
+from tl_core.backbones import DEFAULT_BACKBONE, STRATEGIES, check_name
 from tl_core.pipeline import AUGMENTATIONS
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle")
+DEVICES = ("cpu", "cuda", "mps")
+EPOCHS_BY_STRATEGY = {"features": 10, "finetune": 5, "full": 5}
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one option is shown and checked: label and help for people, bounds and choices for validation."""
+
+    label: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    advanced: bool = True  # shown under "More settings" on the Train page
+    page: bool = True  # False: set from elsewhere on the page (backbone: Backbones page)
+
+
+def option(default: Any, label: str, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"option": Option(label, help, **kw)})
 
 
 @dataclass
 class TrainConfig:
-    backbone: str = DEFAULT_BACKBONE
-    pretrained: bool = True  # False trains from scratch (clearly worse; for when no weights exist)
-    weights_path: str | None = None  # a user's own weight file (safetensors or a plain state dict)
-    strategy: str = "features"  # features | finetune (last K stages) | full
-    finetune_stages: int = 2
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # None: 1e-3 for AdamW, 1e-2 for SGD (head); backbone gets lr * backbone_lr_factor
-    backbone_lr_factor: float = 0.1
-    optimizer: str = "adamw"  # adamw | sgd
-    schedule: str = "cosine"  # cosine | onecycle
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    augment: str = "light"  # none | light | strong
-    embedding_cache: bool = True  # frozen backbone: train the head on cached embeddings (False: run it every step)
-    feature_views: int = 2  # with frozen backbone and augmentation: cached views per image (1 clean + rest augmented)
-    patience: int = 5  # early stopping: epochs without a better val accuracy; 0 = off
-    seed: int = 0
-    amp: bool = True
-    image_size: int | None = None  # None: the weights' own crop size
-    device: str | None = None  # None: CUDA, else MPS, else CPU
-    compile: bool = False  # torch.compile the model for fine-tuning (pays off on long GPU runs)
-    val_fraction: float = 0.2  # for datasets without a validation folder
+    backbone: str = option(DEFAULT_BACKBONE, "Backbone", "torchvision classifier name (`backbones` lists them)", page=False)
+    strategy: str = option("features", "Strategy", "features: frozen backbone, new head; finetune: last K stages; full: everything",
+                           choices=STRATEGIES, advanced=False)
+    epochs: int | None = option(None, "Epochs", "passes over the training images (default: 10 for features, 5 otherwise)",
+                                low=1, high=500, advanced=False)
+    batch_size: int = option(32, "Batch size", "images per step", low=1, high=1024, advanced=False)
+    lr: float | None = option(None, "Learning rate (head)", "blank: 1e-3 for AdamW, 1e-2 for SGD; the backbone gets lr x factor",
+                              low=1e-7, high=10.0, advanced=False)
+    finetune_stages: int = option(2, "Stages to fine-tune (K)", "with strategy finetune: how many final stages learn", low=1, high=20,
+                                  advanced=False)
+    pretrained: bool = option(True, "Pretrained weights", "off: train from scratch (far less accurate; when no weights exist)")
+    weights_path: str | None = option(None, "Own weight file", "a .safetensors or state-dict file on the server (never unpickled)")
+    optimizer: str = option("adamw", "Optimizer", "AdamW or SGD with momentum 0.9", choices=OPTIMIZERS)
+    schedule: str = option("cosine", "Schedule", "cosine with warm-up, or one-cycle", choices=SCHEDULES)
+    backbone_lr_factor: float = option(0.1, "Backbone lr factor", "backbone learning rate = head lr x this", low=0.0, high=10.0)
+    weight_decay: float = option(1e-4, "Weight decay", "L2 penalty of the optimiser", low=0.0, high=1.0)
+    label_smoothing: float = option(0.1, "Label smoothing", "softens the targets of the loss", low=0.0, high=0.5)
+    augment: str = option("light", "Augmentation", "random crops and flips (light), plus colour jitter (strong)", choices=AUGMENTATIONS)
+    embedding_cache: bool = option(True, "Cache embeddings", "frozen backbone: train the head on cached embeddings (off: run it each step)")
+    feature_views: int = option(2, "Feature views", "frozen backbone: cached views per training image (1 clean + the rest augmented)",
+                                low=1, high=16)
+    patience: int = option(5, "Early-stopping patience", "epochs without a better val accuracy before stopping; 0 = off", low=0, high=100)
+    seed: int = option(0, "Training seed", "initialisation, batch order and augmentation (never the split)", low=0, high=2**31 - 1)
+    amp: bool = option(True, "Mixed precision", "bf16/fp16 autocast where the device has it")
+    image_size: int | None = option(None, "Image size", "blank: the weights' own crop size", low=16, high=1024)
+    device: str | None = option(None, "Device", "blank: CUDA, else Apple MPS, else CPU", choices=DEVICES)
+    compile: bool = option(False, "torch.compile", "compile the model for fine-tuning (pays off on long GPU runs)")
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.strategy in EPOCHS_BY_STRATEGY:
+            self.epochs = EPOCHS_BY_STRATEGY[self.strategy]
 
     @property
     def head_lr(self) -> float:
         return self.lr if self.lr is not None else (1e-2 if self.optimizer == "sgd" else 1e-3)
 
     def validate(self) -> TrainConfig:
+        """Every option against its declaration; one message listing every problem."""
         problems = []
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy must be one of {', '.join(STRATEGIES)}")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"augment must be one of {', '.join(AUGMENTATIONS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            problems.append("optimizer must be adamw or sgd")
-        if self.schedule not in ("cosine", "onecycle"):
-            problems.append("schedule must be cosine or onecycle")
-        if self.epochs < 1 or self.batch_size < 1 or self.feature_views < 1 or self.finetune_stages < 1:
-            problems.append("epochs, batch size, feature views and fine-tune stages must be at least 1")
-        if self.lr is not None and not 0 < self.lr < 10:
-            problems.append("learning rate must be between 0 and 10")
-        if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            problems.append("image size must be between 16 and 1024")
+        for f in fields(self):
+            opt: Option = f.metadata["option"]
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if opt.choices and value not in opt.choices:
+                problems.append(f"{f.name} must be one of {', '.join(opt.choices)}")
+            elif opt.low is not None and not (isinstance(value, (int, float)) and opt.low <= value <= opt.high):
+                problems.append(f"{f.name} must be between {opt.low:g} and {opt.high:g}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
+        check_name(self.backbone)
         return self
 
     def to_dict(self) -> dict:
@@ -65,3 +99,27 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def options() -> list[tuple[str, type, Option, Any]]:
+    """(name, value type, declaration, default) for every option, in declaration order."""
+    out = []
+    for f in fields(TrainConfig):
+        kind = str(f.type).replace(" | None", "")
+        out.append((f.name, {"int": int, "float": float, "bool": bool}.get(kind, str), f.metadata["option"], f.default))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option (`--batch-size`, `--amp/--no-amp`); unset flags stay None so the declared default applies."""
+    for name, kind, opt, default in options():
+        flag = "--" + name.replace("_", "-")
+        help = f"{opt.help} (default: {default})" if default is not None else opt.help
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            parser.add_argument(flag, type=kind, choices=opt.choices, default=None, help=help)
+
+
+def from_arguments(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{name: getattr(args, name) for name, *_ in options() if getattr(args, name, None) is not None})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tl_core import paths
@@ -18,8 +18,28 @@ MAX_ZIP_RATIO = 200  # a member inflating more than this is treated as a decompr
 TORCHVISION_DATASETS = ("Flowers102", "OxfordIIITPet", "EuroSAT")
 
 
+UNSPLIT = "unsplit"  # split_source of a listing whose validation split the spec's random split will make
+
+
 class DatasetError(ValueError):
     """A dataset we cannot use, with a message that says what to change."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data and how it is split: chosen once (Dataset page or CLI) and passed unchanged to the scan, the
+    Train page, the trainer and run.json. The training seed never changes a split."""
+
+    source: str = "demo"
+    val_fraction: float = 0.2  # used only when the data has no validation folder
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise DatasetError("The validation fraction must be between 0 and 1.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -44,7 +64,7 @@ class ImageDataset:
     classes: list[str]
     samples: list[Sample]
     skipped: list[Problem] = field(default_factory=list)
-    split_source: str = "folders"  # or "random 20% (seed 0)"
+    split_source: str = "folders"  # or "random 20% (seed 0)", or UNSPLIT before the spec's split
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -96,8 +116,12 @@ def _descend(root: Path) -> Path:
         return root
 
 
-def from_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0, name: str | None = None) -> ImageDataset:
-    """Split folders (`train/`, `val|validation|valid|test/`) of class folders, or class folders only."""
+def from_folder(root: str | Path, name: str | None = None) -> ImageDataset:
+    """Split folders (`train/`, `val|validation|valid|test/`) of class folders, or class folders only.
+
+    Lists candidate files only: which are usable, and the random split of layouts without a validation folder,
+    are decided by the scan (`tl_core.scan.scan`), so counts and splits are always of usable images.
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder.")
@@ -107,24 +131,21 @@ def from_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0, name
         raise DatasetError(f"{root} has no class folders: put each class's images in a folder named after it.")
     skipped: list[Problem] = [Problem(str(p), "hidden or system file") for p in root.iterdir() if is_hidden(p.name)]
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in top if d.name.lower() in SPLIT_NAMES}
-    if split_dirs:
-        if "train" not in split_dirs:
-            raise DatasetError(f"{root} has split folders ({', '.join(d.name for d in split_dirs.values())}) but no train/.")
-        if "val" not in split_dirs and "test" in split_dirs:  # train+test only: test is the held-out split
-            split_dirs["val"] = split_dirs.pop("test")
-        classes = sorted({c.name for d in split_dirs.values() for c in _visible_dirs(d)})
-        samples = []
-        for split, d in split_dirs.items():
-            for c in _visible_dirs(d):
-                for f in _class_files(c, skipped):
-                    samples.append(Sample(str(f), classes.index(c.name), split))
-        ds = ImageDataset(name or root.name, str(root), classes, samples, skipped)
-        if "val" not in split_dirs:
-            ds = random_split(ds, val_fraction, seed)
-        return ds
-    classes = [d.name for d in top]
-    samples = [Sample(str(f), i, "train") for i, d in enumerate(top) for f in _class_files(d, skipped)]
-    return random_split(ImageDataset(name or root.name, str(root), classes, samples, skipped), val_fraction, seed)
+    if not split_dirs:
+        classes = [d.name for d in top]
+        samples = [Sample(str(f), i, "train") for i, d in enumerate(top) for f in _class_files(d, skipped)]
+        return ImageDataset(name or root.name, str(root), classes, samples, skipped, UNSPLIT)
+    if "train" not in split_dirs:
+        raise DatasetError(f"{root} has split folders ({', '.join(d.name for d in split_dirs.values())}) but no train/.")
+    if "val" not in split_dirs and "test" in split_dirs:  # train+test only: test is the held-out split
+        split_dirs["val"] = split_dirs.pop("test")
+    classes = sorted({c.name for d in split_dirs.values() for c in _visible_dirs(d)})
+    samples = []
+    for split, d in split_dirs.items():
+        for c in _visible_dirs(d):
+            for f in _class_files(c, skipped):
+                samples.append(Sample(str(f), classes.index(c.name), split))
+    return ImageDataset(name or root.name, str(root), classes, samples, skipped, "folders" if "val" in split_dirs else UNSPLIT)
 
 
 def random_split(ds: ImageDataset, val_fraction: float, seed: int) -> ImageDataset:
@@ -141,6 +162,11 @@ def random_split(ds: ImageDataset, val_fraction: float, seed: int) -> ImageDatas
         samples += [Sample(s.path, s.label, "val" if i < n_val else "train") for i, s in enumerate(items)]
     samples += [s for s in ds.samples if s.split == "test"]
     return ImageDataset(ds.name, ds.root, ds.classes, samples, ds.skipped, f"random {val_fraction:.0%} (seed {seed})")
+
+
+def apply_split(ds: ImageDataset, spec: DatasetSpec) -> ImageDataset:
+    """The spec's random split where the data has no validation folder; folder splits are kept as they are."""
+    return random_split(ds, spec.val_fraction, spec.split_seed) if ds.split_source == UNSPLIT else ds
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> Path:
@@ -183,16 +209,16 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
     return target
 
 
-def from_zip(archive: str | Path, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+def from_zip(archive: str | Path) -> ImageDataset:
     archive = Path(archive)
     target = paths.home() / "uploads" / f"{archive.stem}-{content_hash(archive)[:12]}"  # a new upload never reuses an old one
     if not (target / ".extracted").exists():
         safe_extract(archive, target)
         (target / ".extracted").touch()
-    return from_folder(target, val_fraction, seed, name=archive.stem)
+    return from_folder(target, name=archive.stem)
 
 
-def from_torchvision(name: str, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+def from_torchvision(name: str) -> ImageDataset:
     """Flowers102 / OxfordIIITPet / EuroSAT, downloaded into TL Studio's folder when online."""
     import torchvision.datasets as tvd
 
@@ -212,8 +238,7 @@ def from_torchvision(name: str, val_fraction: float = 0.2, seed: int = 0) -> Ima
             classes = list(parts["train"].classes)
         else:
             d = tvd.EuroSAT(root, download=True)
-            ds = ImageDataset(name, str(root), list(d.classes), [Sample(p, y, "train") for p, y in d.samples])
-            return random_split(ds, val_fraction, seed)
+            return ImageDataset(name, str(root), list(d.classes), [Sample(p, y, "train") for p, y in d.samples], split_source=UNSPLIT)
     except (OSError, RuntimeError) as e:
         raise DatasetError(
             f"Could not download {name} ({type(e).__name__}: {e}). This needs internet access; "
@@ -225,20 +250,28 @@ def from_torchvision(name: str, val_fraction: float = 0.2, seed: int = 0) -> Ima
     return ImageDataset(name, str(root), classes, samples)
 
 
-def load_dataset(source: str, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
-    """One entry point: `demo`, `torchvision:NAME`, a .zip path, or a folder path."""
+def list_files(source: str) -> ImageDataset:
+    """Candidate files of `demo`, `torchvision:NAME`, a .zip path or a folder path (nothing opened yet)."""
     if source == "demo":
         from tl_core.demo import demo_root
 
-        return from_folder(demo_root(), val_fraction, seed, name="demo (shapes)")
+        return from_folder(demo_root(), name="demo (shapes)")
     if source.startswith("torchvision:"):
-        return from_torchvision(source.split(":", 1)[1], val_fraction, seed)
+        return from_torchvision(source.split(":", 1)[1])
     path = Path(source).expanduser()
     if not path.exists():
         raise DatasetError(f"{source} does not exist.")
     if path.suffix.lower() == ".zip":
-        return from_zip(path, val_fraction, seed)
-    return from_folder(path, val_fraction, seed)
+        return from_zip(path)
+    return from_folder(path)
+
+
+def load_dataset(source: str | DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """The usable images of a dataset, split as its spec says (the scan decides what is usable)."""
+    from tl_core.scan import scan
+
+    spec = source if isinstance(source, DatasetSpec) else DatasetSpec(source, val_fraction, seed)
+    return scan(spec).dataset
 
 
 def resolve_in_root(relative: str, root: str | Path) -> Path:

@@ -77,6 +77,17 @@ class EmbeddingCache:
             found.update(zip(names, matrix))
         return found
 
+    def known(self) -> set[str]:
+        """Content hashes this cache holds, read from the shards' metadata only (no tensors loaded)."""
+        found: set[str] = set()
+        for shard in self.dir.glob("*.safetensors") if self.dir.exists() else ():
+            try:
+                with safe_open(shard, "pt") as f:
+                    found.update(json.loads(f.metadata()["hashes"]))
+            except Exception:
+                continue
+        return found
+
     def save(self, hashes: list[str], matrix: torch.Tensor) -> None:
         if not hashes:
             return
@@ -140,6 +151,8 @@ def compute_views(
         rows = [i for i in range(n_images) if hashes[i] in known[v]]
         if rows:
             store(v, rows, torch.stack([known[v][hashes[i]] for i in rows]))
+    if progress:
+        progress(n_images - len(need), n_images)
     if need:
         with headless(model, head):
             fast = fuse_for_inference(model)
@@ -153,8 +166,8 @@ def compute_views(
                 u8 = torch.cat([u8, u8[:1].expand(pad, *u8.shape[1:])])
             for v in range(n_views):
                 store(v, idx, embed(fast, views(v, u8), dtype)[: len(idx)].cpu())
-            if progress:
-                progress(min(start + batch_size, len(need)), len(need))
+            if progress:  # counted over every image: cached ones are already done
+                progress(n_images - len(need) + min(start + batch_size, len(need)), n_images)
     assert result is not None
     for v, cache in enumerate(caches):
         new = [i for i in need if hashes[i] not in known[v]]

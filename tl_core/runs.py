@@ -13,12 +13,25 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-FINISHED, STOPPED, FAILED, RUNNING, INTERRUPTED = "finished", "stopped", "failed", "running", "interrupted"
+
+class RunStatus(StrEnum):
+    """A run's state on disk; the job states add STARTING and STOPPING (tl_core.jobs.JobStatus)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+FINISHED, STOPPED, FAILED, RUNNING, INTERRUPTED = (RunStatus.FINISHED, RunStatus.STOPPED, RunStatus.FAILED, RunStatus.RUNNING,
+                                                   RunStatus.INTERRUPTED)
 
 
 def write_json(path: Path, data) -> None:
@@ -32,6 +45,24 @@ def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, tmp)
     os.replace(tmp, path)
+
+
+def save_trainer_state(run_dir: Path, state: dict) -> None:
+    """Optimiser and schedule for resume, written atomically: a kill mid-write never leaves a broken file."""
+    tmp = run_dir / ".trainer_state.pt.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / "trainer_state.pt")
+
+
+def load_trainer_state(run_dir: Path) -> dict | None:
+    """The saved trainer state, or None when it is missing or unreadable (resume then starts that run over)."""
+    try:
+        return torch.load(run_dir / "trainer_state.pt", weights_only=True)
+    except Exception:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -147,3 +178,16 @@ def delete_run(run: Run) -> None:
     if run.summary.get("status") == RUNNING:
         raise RuntimeError(f"Run {run.id} is still training; stop it first.")
     shutil.rmtree(run.dir)
+
+
+def history_rows(runs: list[Run]) -> list[dict]:
+    """The run-history table (Train page, `runs`): one row a run, the same columns everywhere."""
+    rows = []
+    for r in runs:
+        s, cfg = r.summary, r.info.get("config", {})
+        rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error"),
+                     "best val acc": s.get("best_val_accuracy"), "epochs": s.get("epochs_completed"),
+                     "backbone": cfg.get("backbone"), "strategy": cfg.get("strategy"), "lr": cfg.get("lr"),
+                     "batch": cfg.get("batch_size"), "dataset": r.info.get("dataset", {}).get("name"),
+                     "seconds": round(s.get("seconds") or 0, 1)})
+    return rows

@@ -1,10 +1,12 @@
-"""Fine-tune a backbone on a dataset; emits named events and keeps every finished epoch on disk.
+"""Fine-tune a backbone on a dataset: exactly one training loop, varied by a small per-strategy object.
 
-Two paths share one epoch loop:
-* frozen backbone with a linear head: embeddings are computed once (cached, a few augmented views per image)
-  and only the head trains on them; the same model as running the backbone every epoch, far faster;
-* fine-tuning (last K stages or full): images decoded once, batches augmented on the device, channels_last,
-  autocast (bf16, or fp16 with a grad scaler), optional torch.compile.
+`Trainer._loop` owns the epochs, steps, optimiser, schedule, stop checks, ETA, checkpoints and early stopping.
+A strategy supplies what differs (Ultralytics' BaseTrainer hooks, nanoGPT's single loop):
+* `HeadOnCachedEmbeddings`: frozen backbone; embeddings are computed once (cached, a few augmented views per image)
+  and only the new head trains on them. The same model as running the backbone every epoch, far faster.
+* `WholeNetwork`: fine-tuning (last K stages or full), or a frozen backbone run every step: images decoded once,
+  batches augmented on the device, channels_last, autocast (bf16, or fp16 with a grad scaler), optional torch.compile.
+Events are typed (tl_core.events); the run folder (tl_core.recorder), the CLI and the dashboard are listeners.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,13 +25,30 @@ from torch import nn
 
 from tl_core import backbones, paths
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetError, ImageDataset, Problem, Sample, load_dataset
+from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
-from tl_core.events import Emitter, Listener
+from tl_core.events import (
+    Emitter,
+    EpochEnded,
+    EpochRow,
+    Listener,
+    Logged,
+    PhaseProgress,
+    PhaseStarted,
+    RunEnded,
+    RunFailed,
+    RunResult,
+    RunStarted,
+    StepEnded,
+)
 from tl_core.images import content_hash
 from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
-from tl_core.runs import FAILED, FINISHED, RUNNING, STOPPED, Run, load_run, new_run, save_state, write_json
+from tl_core.recorder import RunRecorder
+from tl_core.runs import RunStatus, load_run, load_trainer_state, new_run, save_state, save_trainer_state, write_json
+from tl_core.scan import check_files, scan
+
+__all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
 
 
 class Stopped(Exception):
@@ -42,33 +61,67 @@ class TrainingError(RuntimeError):
         self.suggestion, self.run_dir = suggestion, run_dir
 
 
-@dataclass
-class RunResult:
-    run_dir: str
-    status: str
-    best_val_accuracy: float
-    best_epoch: int
-    epochs_completed: int
-    seconds: float
-    images_per_s: float
-    skipped: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def explain(exc: BaseException, config: TrainConfig) -> tuple[str, str]:
+def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False) -> tuple[str, str]:
     """An error as (message, what to do about it) for people, not a traceback."""
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return (f"Out of memory with batch size {config.batch_size}.",
-                "Lower the batch size or image size, choose a smaller backbone, or use feature extraction.")
+                "Lower the batch size or image size, choose a smaller backbone, or use feature extraction; then start again.")
     if isinstance(exc, backbones.WeightsUnavailable):
         return str(exc), "Choose a backbone marked 'cached', add the weight file, or train from scratch."
     if isinstance(exc, DatasetError):
         return str(exc), "Check the Dataset page's problems table and fix the folder layout."
     if isinstance(exc, ValueError):
         return str(exc), "Check the settings and the data."
-    return f"{type(exc).__name__}: {exc}", "See the log; the run keeps its finished epochs and best checkpoint."
+    kept = "the run keeps its finished epochs and best checkpoint" if has_checkpoint else "no epoch had finished, so nothing was kept"
+    return f"{type(exc).__name__}: {exc}", f"See the log; {kept}."
+
+
+def check_trainable(ds: ImageDataset) -> None:
+    """Refuse, before any run folder exists, data that cannot train a classifier."""
+    train, val = ds.split("train"), ds.split("val")
+    if len({s.label for s in train}) < 2:
+        raise DatasetError("Training needs usable images of at least two classes in the training split.")
+    if not val:
+        raise DatasetError("There are no usable validation images; add a val/ folder or use a random split.")
+
+
+def weights_id(cfg: TrainConfig) -> str:
+    """What the backbone's weights are, for the embedding cache's key and run.json."""
+    if cfg.weights_path:
+        return f"file:{content_hash(cfg.weights_path)}"
+    if not cfg.pretrained:
+        return f"scratch:seed{cfg.seed}"
+    return str(backbones.pick_weights(cfg.backbone))
+
+
+def embedding_caches(cfg: TrainConfig, prep: backbones.Preprocessing, dtype: torch.dtype | None) -> list[EmbeddingCache]:
+    """One cache per view: the clean view is shared by every run of these weights; augmented views by seed too."""
+    n_views = cfg.feature_views if cfg.augment != "none" else 1
+    base = dict(backbone=cfg.backbone, weights=weights_id(cfg), prep=asdict(prep), dtype=str(dtype))
+    return [EmbeddingCache(group_key(**base, view=0))] + [
+        EmbeddingCache(group_key(**base, view=v, augment=cfg.augment, seed=cfg.seed)) for v in range(1, n_views)]
+
+
+def uses_cached_embeddings(cfg: TrainConfig, model: nn.Module, head: str) -> bool:
+    return cfg.strategy == "features" and cfg.embedding_cache and isinstance(model.get_submodule(head), nn.Linear)
+
+
+# ---------------------------------------------------------------- strategies: what differs between paths
+
+
+class Strategy:
+    """Hooks the loop calls. `forward` returns (logits, labels) for a batch of training indices."""
+
+    autocast: torch.dtype | None = None
+    n_train: int = 0
+
+    def prepare(self, trainer: Trainer) -> None: ...
+    def param_groups(self) -> list[dict]: ...
+    def train_mode(self) -> None: ...
+    def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]: ...
+    def state(self) -> dict[str, torch.Tensor]: ...
+    def load(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class ImageStore:
@@ -97,6 +150,145 @@ class ImageStore:
         return u8
 
 
+class WholeNetwork(Strategy):
+    def __init__(self, trainer: Trainer, train: list[Sample], val: list[Sample]):
+        self.t, self.train_samples, self.val_samples = trainer, train, val
+
+    def prepare(self, trainer: Trainer) -> None:
+        t, cfg = self.t, self.t.config
+        t.phase("decoding", "Decoding images once into memory")
+        self.train_store = ImageStore(self.train_samples, t.prep.resize, t.progress("decoding train images"))
+        self.val_store = ImageStore(self.val_samples, t.prep.resize, t.progress("decoding val images"))
+        t.skipped += self.train_store.problems + self.val_store.problems
+        if not len(self.train_store) or not len(self.val_store):
+            raise DatasetError("No decodable images left in the train or val split.")
+        self.n_train = len(self.train_store)
+        model, head = t.model, t.head
+        backbones.apply_strategy(model, head, cfg.strategy, cfg.finetune_stages)
+        model.to(t.device, memory_format=torch.channels_last)
+        if t.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.net = torch.compile(model) if cfg.compile else model
+        self.batcher = Batcher(t.prep, t.device, cfg.augment)
+        self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
+        self.autocast = t.dtype
+
+    def param_groups(self) -> list[dict]:
+        cfg, model = self.t.config, self.t.model
+        head_params = list(model.get_submodule(self.t.head).parameters())
+        head_ids = {id(p) for p in head_params}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": head_params, "lr": cfg.head_lr}]
+        if body:
+            groups.append({"params": body, "lr": cfg.head_lr * cfg.backbone_lr_factor})
+        return groups
+
+    def train_mode(self) -> None:
+        self.t.model.train()
+        backbones.freeze_batchnorm(self.t.model)
+
+    def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.batcher.train(self.train_store.get(idx), gen)
+        return self.net(x), self.y_train[idx].to(self.t.device, non_blocking=True)
+
+    def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
+        t, store = self.t, self.val_store
+        self.net.eval()
+        loss_sum, correct = 0.0, 0
+        with torch.inference_mode(), torch.autocast(t.device.type, dtype=t.dtype, enabled=t.dtype is not None):
+            for idx in batches(len(store), t.config.batch_size * 2, False):
+                check_stop()
+                logits = self.net(self.batcher.eval(store.get(idx))).float()
+                y = self.y_val[idx].to(t.device)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+        return loss_sum / len(store), correct / len(store)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.t.model.state_dict()
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.t.model.load_state_dict(state)
+
+
+class HeadOnCachedEmbeddings(Strategy):
+    """Frozen backbone: embed every image once (clean view + augmented views, cached by content), train the head."""
+
+    DROPOUT = 0.2
+
+    def __init__(self, trainer: Trainer, train: list[Sample], val: list[Sample], hashes: dict[str, str]):
+        self.t, self.train_samples, self.val_samples, self.hashes = trainer, train, val, hashes
+
+    def prepare(self, trainer: Trainer) -> None:
+        t, cfg = self.t, self.t.config
+        t.model.to(t.device, memory_format=torch.channels_last)
+        batcher = Batcher(t.prep, t.device, cfg.augment)
+        caches = embedding_caches(cfg, t.prep, t.dtype)
+        n_views = len(caches)
+        t.phase("embedding", "Computing embeddings once (cached for later runs)")
+        self.x_train, self.y_train = self._embed(t, batcher, caches, self.train_samples, n_views, "train")
+        x_val, self.y_val = self._embed(t, batcher, caches, self.val_samples, 1, "val")
+        self.x_val = x_val[0]
+        self.n_train = len(self.y_train)
+        self.layer: nn.Linear = t.model.get_submodule(t.head).float().to(t.device)
+        self.prefix = t.head + "."
+        save_state(t.run.dir / "backbone.safetensors",
+                   {k: v for k, v in t.model.state_dict().items() if not k.startswith(self.prefix)})
+        self.x_train, self.y_train, self.x_val, self.y_val = (
+            v.to(t.device) for v in (self.x_train, self.y_train, self.x_val, self.y_val))
+
+    def _embed(self, t: Trainer, batcher: Batcher, caches: list[EmbeddingCache], samples: list[Sample], views: int,
+               split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        bad: set[int] = set()
+
+        def images(idx: torch.Tensor) -> torch.Tensor:
+            u8, failed, problems = decode_filled([samples[i] for i in idx.tolist()], t.prep.resize)
+            bad.update(idx[failed].tolist())
+            t.skipped += problems
+            return u8
+
+        gen = torch.Generator().manual_seed(t.config.seed)
+        hashes = [self.hashes.get(s.path) or content_hash(s.path) for s in samples]
+        try:
+            x = compute_views(
+                t.model, t.head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
+                len(samples), views, hashes, caches[:views], t.dtype, batch_size=32,
+                progress=t.progress(f"embedding {split} images"), should_stop=t.stop.is_set,
+            )
+        except InterruptedError:
+            raise Stopped from None
+        keep = torch.tensor([i for i in range(len(samples)) if i not in bad], dtype=torch.long)
+        labels = torch.tensor([s.label for s in samples])
+        return x[:, keep], labels[keep]
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.layer.parameters()), "lr": self.t.config.head_lr}]
+
+    def train_mode(self) -> None:
+        self.layer.train()
+
+    def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        view = torch.randint(0, self.x_train.shape[0], (len(idx),), generator=gen).to(self.t.device)
+        idx = idx.to(self.t.device)
+        x = F.dropout(self.x_train[view, idx], self.DROPOUT, training=True)
+        return self.layer(x), self.y_train[idx]
+
+    def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
+        self.layer.eval()
+        with torch.no_grad():
+            logits = self.layer(self.x_val)
+            return F.cross_entropy(logits, self.y_val).item(), (logits.argmax(1) == self.y_val).float().mean().item()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {self.prefix + k: v for k, v in self.layer.state_dict().items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.layer.load_state_dict({k.removeprefix(self.prefix): v for k, v in state.items() if k.startswith(self.prefix)})
+
+
+# ---------------------------------------------------------------- the trainer
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, listeners: list[Listener] | tuple = (), stop: threading.Event | None = None):
         self.config = config.validate()
@@ -104,105 +296,124 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.device = pick_device(config.device)
         self.dtype = fast_dtype(self.device) if config.amp else None
+        self.skipped: list[Problem] = []
+        self.run = None
 
-    # ---------------------------------------------------------------- entry points
+    # -- entry points
 
-    def fit(self, data: str | ImageDataset, runs_dir: str | Path | None = None) -> RunResult:
-        ds = load_dataset(data, self.config.val_fraction, self.config.seed) if isinstance(data, str) else data
+    def fit(self, data: str | DatasetSpec, runs_dir: str | Path | None = None) -> RunResult:
+        """Check the data and the weights first (a refused run leaves no folder), then train in a new run."""
+        spec = data if isinstance(data, DatasetSpec) else DatasetSpec(data)
+        try:
+            report = scan(spec, self.progress("checking images"))
+            ds = report.dataset
+            check_trainable(ds)
+            self._build(len(ds.classes))
+        except Exception as e:
+            raise self._failed(e) from e
         run = new_run(runs_dir or paths.runs_dir(), self.config.backbone)
         write_json(run.dir / "run.json", {
             "id": run.id, "created": time.time(), "config": self.config.to_dict(),
-            "dataset": {"source": data if isinstance(data, str) else ds.root, "name": ds.name, "root": ds.root,
-                        "split_source": ds.split_source},
-            "classes": ds.classes, "device": str(self.device), "dtype": str(self.dtype),
+            "dataset": {**spec.to_dict(), "name": ds.name, "root": ds.root, "split_source": ds.split_source},
+            "classes": ds.classes, "device": str(self.device), "dtype": str(self.dtype), "head": self.head,
+            "preprocessing": asdict(self.prep), "weights": weights_id(self.config),
         })
         write_json(run.dir / "split.json", {sp: [[s.path, s.label] for s in ds.split(sp)] for sp in ds.splits})
-        run.write_summary(status=RUNNING, best_val_accuracy=0.0, best_epoch=0, epochs_completed=0, seconds=0.0)
-        return self._guarded(run, ds, resume=False)
+        return self._guarded(run, ds, report.skipped, report.hashes(), resume=False)
 
     def resume(self, run_dir: str | Path) -> RunResult:
         run = load_run(run_dir)
         info = run.info
+        items = [(p, y, sp) for sp in ("train", "val", "test") for p, y in run.split(sp)]
+        checks = check_files(info["dataset"]["root"], [p for p, _, _ in items], self.progress("checking images"))
+        gone = [Problem(p, checks[p].reason) for p, _, _ in items if not checks[p].usable]
         ds = ImageDataset(info["dataset"]["name"], info["dataset"]["root"], info["classes"],
-                          [Sample(p, y, sp) for sp in ("train", "val", "test") for p, y in run.split(sp)])
-        run.write_summary(status=RUNNING)
-        return self._guarded(run, ds, resume=True)
-
-    # ---------------------------------------------------------------- common
-
-    def _guarded(self, run: Run, ds: ImageDataset, resume: bool) -> RunResult:
-        self.run, self.t0 = run, time.perf_counter()
-        self.seconds_before = run.summary.get("seconds", 0.0) if resume else 0.0
-        self.best_acc, self.best_epoch, self.epoch, self.skipped = 0.0, 0, 0, list(ds.skipped)
-        self.images_per_s = 0.0
-        self.events.emit("run_start", run_dir=str(run.dir), config=self.config.to_dict(), classes=ds.classes,
-                         device=str(self.device), dtype=str(self.dtype), resume=resume)
-        status = FINISHED
+                          [Sample(p, y, sp) for p, y, sp in items if checks[p].usable])
         try:
-            self._train(ds, resume)
-        except Stopped:
-            status = STOPPED
-            self.events.emit("log", message=f"Stopped after {self.epoch} epoch(s); best checkpoint kept.")
-        except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
-            run.write_summary(status=STOPPED, seconds=self._seconds())
-            raise
+            check_trainable(ds)
+            self._build(len(ds.classes))
         except Exception as e:
-            message, suggestion = explain(e, self.config)
-            run.write_summary(status=FAILED, error=message, suggestion=suggestion, seconds=self._seconds())
-            self.events.emit("run_error", message=message, suggestion=suggestion, run_dir=str(run.dir))
-            raise TrainingError(message, suggestion, str(run.dir)) from e
-        result = RunResult(str(run.dir), status, self.best_acc, self.best_epoch, self.epoch, self._seconds(),
-                           self.images_per_s, len(self.skipped))
-        run.write_summary(status=status, seconds=result.seconds, skipped=[asdict(p) for p in self.skipped][:1000])
-        self.events.emit("run_end", **result.to_dict())
-        return result
+            raise self._failed(e, str(run.dir)) from e
+        return self._guarded(run, ds, gone, {p: c.hash for p, c in checks.items() if c.usable}, resume=True)
 
-    def _seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.t0
+    # -- helpers the strategies call
 
-    def _check_stop(self) -> None:
-        if self.stop.is_set():
-            raise Stopped
+    def phase(self, phase: str, message: str) -> None:
+        self.events.emit(PhaseStarted(phase, message))
 
-    def _progress(self, phase: str) -> Callable[[int, int], None]:
+    def progress(self, phase: str) -> Callable[[int, int], None]:
+        t0 = time.perf_counter()
+
         def report(done: int, total: int) -> None:
-            self._check_stop()
-            self.events.emit("progress", phase=phase, done=done, total=total)
+            self.check_stop()
+            elapsed = time.perf_counter() - t0
+            rate = done / elapsed if done and elapsed > 0.2 else None
+            self.events.emit(PhaseProgress(phase, done, total, rate))
 
         return report
 
-    def _train(self, ds: ImageDataset, resume: bool) -> None:
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped
+
+    # -- the run
+
+    def _build(self, num_classes: int) -> None:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        train, val = ds.split("train"), ds.split("val")
-        if len({s.label for s in train}) < 2:
-            raise DatasetError("Training needs images of at least two classes in the training split.")
-        if not val:
-            raise DatasetError("There are no validation images; add a val/ folder or use a random split.")
-        self.events.emit("phase", phase="weights", message=f"Loading {cfg.backbone} weights")
-        model, head, prep = backbones.build(
-            cfg.backbone, len(ds.classes), cfg.pretrained, cfg.weights_path,
-            on_download=self._progress("downloading weights"),
-        )
-        if cfg.image_size:
-            prep = prep.at_size(cfg.image_size)
-        info = self.run.info
-        info.update(head=head, preprocessing=asdict(prep), weights=self._weights_id(cfg))
-        write_json(self.run.dir / "run.json", info)
-        self.model, self.head, self.prep = model, head, prep
-        linear_head = isinstance(model.get_submodule(head), nn.Linear)
-        if cfg.strategy == "features" and linear_head and cfg.embedding_cache:
-            self._fit_features(train, val, resume)
-        else:
-            self._fit_network(train, val, resume)
+        self.phase("weights", f"Loading {cfg.backbone} weights")
+        self.model, self.head, prep = backbones.build(cfg.backbone, num_classes, cfg.pretrained, cfg.weights_path,
+                                                      on_download=self.progress("downloading weights"))
+        self.prep = prep.at_size(cfg.image_size) if cfg.image_size else prep
 
-    def _weights_id(self, cfg: TrainConfig) -> str:
-        if cfg.weights_path:
-            return f"file:{content_hash(cfg.weights_path)}"
-        if not cfg.pretrained:
-            return f"scratch:seed{cfg.seed}"
-        return str(backbones.pick_weights(cfg.backbone))
+    def _failed(self, e: BaseException, run_dir: str | None = None) -> TrainingError:
+        message, suggestion = explain(e, self.config)
+        self.events.emit(RunFailed(message, suggestion, run_dir))
+        return TrainingError(message, suggestion, run_dir)
+
+    def _strategy(self, ds: ImageDataset, hashes: dict[str, str]) -> Strategy:
+        train, val = ds.split("train"), ds.split("val")
+        if uses_cached_embeddings(self.config, self.model, self.head):
+            return HeadOnCachedEmbeddings(self, train, val, hashes)
+        return WholeNetwork(self, train, val)
+
+    def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
+        self.run, self.t0, self.skipped = run, time.perf_counter(), list(skipped)
+        self.seconds_before = run.summary.get("seconds", 0.0) if resume else 0.0
+        self.best_acc, self.best_epoch, self.epoch, self.images_per_s = 0.0, 0, 0, 0.0
+        recorder = RunRecorder(run)
+        self.events.listeners.append(recorder)
+        try:
+            self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.config.epochs,
+                                        resume, len(self.skipped)))
+            for p in self.skipped[:20]:
+                self.events.emit(Logged(f"Skipped {Path(p.path).name}: {p.reason}"))
+            status, reason = RunStatus.FINISHED, None
+            try:
+                reason = self._loop(self._strategy(ds, hashes), resume)
+            except Stopped:
+                status, reason = RunStatus.STOPPED, f"stopped by request after epoch {self.epoch}"
+                self.events.emit(Logged(f"Stopped after {self.epoch} epoch(s); best checkpoint kept."))
+            except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
+                self.events.emit(RunEnded(self._result(RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(self.skipped)))
+                raise
+            except Exception as e:
+                message, suggestion = explain(e, self.config, run.has_checkpoint())
+                self.events.emit(RunFailed(message, suggestion, str(run.dir)))
+                raise TrainingError(message, suggestion, str(run.dir)) from e
+            result = self._result(status, reason)
+            self.events.emit(RunEnded(result, tuple(self.skipped)))
+            return result
+        finally:
+            self.events.listeners.remove(recorder)
+
+    def _result(self, status: str, reason: str | None) -> RunResult:
+        return RunResult(str(self.run.dir), status, self.best_acc, self.best_epoch, self.epoch, self._seconds(),
+                         self.images_per_s, len(self.skipped), reason)
+
+    def _seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
 
     def _optimizer(self, groups: list[dict], steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         cfg = self.config
@@ -218,202 +429,88 @@ class Trainer:
                 opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         return opt, sched
 
-    def _end_epoch(self, row: dict, trainable: dict[str, torch.Tensor], opt, sched) -> bool:
-        """Record the epoch, checkpoint, and say whether early stopping should end the run."""
-        self.epoch = row["epoch"]
-        improved = row["val_acc"] > self.best_acc or self.best_epoch == 0
-        if improved:
-            self.best_acc, self.best_epoch = row["val_acc"], row["epoch"]
-            save_state(self.run.dir / "best.safetensors", trainable)
-        save_state(self.run.dir / "last.safetensors", trainable)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": self.epoch,
-                    "best_acc": self.best_acc, "best_epoch": self.best_epoch}, self.run.dir / "trainer_state.pt")
-        row.update(seconds=round(self._seconds(), 3), best_val_acc=self.best_acc)
-        self.run.append_metrics(row)
-        self.run.write_summary(status=RUNNING, best_val_accuracy=self.best_acc, best_epoch=self.best_epoch,
-                               epochs_completed=self.epoch, seconds=self._seconds())
-        self.events.emit("epoch_end", **row, epochs=self.config.epochs, improved=improved)
-        patience = self.config.patience
-        if patience and self.epoch - self.best_epoch >= patience:
-            self.events.emit("log", message=f"Early stop: no better validation accuracy for {patience} epochs.")
-            return True
-        return False
-
-    def _restore(self, opt, sched, load: Callable[[dict], None]) -> int:
-        """Resume: load the last checkpoint and optimiser; returns the epoch to start from."""
-        load(self.run.model_state("last"))
-        state = torch.load(self.run.dir / "trainer_state.pt", weights_only=True)
+    def _restore(self, strategy: Strategy, opt, sched) -> int:
+        """Resume: the last checkpoint and optimiser state; 0 (start over) when no epoch had finished."""
+        state = load_trainer_state(self.run.dir)
+        if state is None or not (self.run.dir / "last.safetensors").exists():
+            self.events.emit(Logged("Nothing had finished before the interruption: this run starts from the beginning."))
+            return 0
+        strategy.load(self.run.model_state("last"))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.events.emit("log", message=f"Resuming after epoch {state['epoch']} (best {self.best_acc:.3f}).")
-        return state["epoch"]
+        self.events.emit(Logged(f"Resuming after epoch {state['epoch']} (best {self.best_acc:.3f})."))
+        return int(state["epoch"])
 
-    # ---------------------------------------------------------------- frozen backbone: cached embeddings
-
-    def _fit_features(self, train: list[Sample], val: list[Sample], resume: bool) -> None:
-        cfg, model, head = self.config, self.model, self.head
-        model.to(self.device, memory_format=torch.channels_last)
-        batcher = Batcher(self.prep, self.device, cfg.augment)
-        n_views = cfg.feature_views if cfg.augment != "none" else 1
-        base = dict(backbone=cfg.backbone, weights=self._weights_id(cfg), prep=asdict(self.prep), dtype=str(self.dtype))
-        caches = [EmbeddingCache(group_key(**base, view=0))] + [
-            EmbeddingCache(group_key(**base, view=v, augment=cfg.augment, seed=cfg.seed)) for v in range(1, n_views)]
-
-        def embed_split(samples: list[Sample], views: int, phase: str) -> tuple[torch.Tensor, torch.Tensor]:
-            hashes = []
-            for i, s in enumerate(samples):
-                hashes.append(content_hash(s.path))
-                if i % 64 == 0:
-                    self._progress(f"hashing {phase}")(i, len(samples))
-            bad: set[int] = set()
-
-            def images(idx: torch.Tensor) -> torch.Tensor:
-                u8, failed, problems = decode_filled([samples[i] for i in idx.tolist()], self.prep.resize)
-                bad.update(idx[failed].tolist())
-                self.skipped += problems
-                return u8
-
-            gen = torch.Generator().manual_seed(cfg.seed)
-            x = compute_views(
-                model, head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
-                len(samples), views, hashes, caches[:views], self.dtype, batch_size=32,
-                progress=self._progress(f"embedding {phase} images"), should_stop=self.stop.is_set,
-            )
-            keep = torch.tensor([i for i in range(len(samples)) if i not in bad], dtype=torch.long)
-            labels = torch.tensor([s.label for s in samples])
-            return x[:, keep], labels[keep]
-
-        try:
-            self.events.emit("phase", phase="embedding", message="Computing embeddings once (cached for later runs)")
-            t = time.perf_counter()
-            x_train, y_train = embed_split(train, n_views, "train")
-            x_val, y_val = embed_split(val, 1, "val")
-            x_val = x_val[0]
-        except InterruptedError:
-            raise Stopped from None
-        n_embedded = x_train.shape[0] * x_train.shape[1] + len(x_val)
-        self.images_per_s = n_embedded / max(time.perf_counter() - t, 1e-9)
-        layer: nn.Linear = model.get_submodule(head).float().to(self.device)
-        prefix = head + "."
-        save_state(self.run.dir / "backbone.safetensors",
-                   {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
-        steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
-        opt, sched = self._optimizer([{"params": layer.parameters(), "lr": cfg.head_lr}], cfg.epochs * steps_per_epoch)
-        start = self._restore(opt, sched, lambda st: layer.load_state_dict(
-            {k.removeprefix(prefix): v for k, v in st.items() if k.startswith(prefix)})) if resume else 0
-        x_train, y_train, x_val, y_val = (t.to(self.device) for t in (x_train, y_train, x_val, y_val))
+    def _loop(self, strategy: Strategy, resume: bool) -> str | None:
+        """The one training loop. Returns why it ended early (early stopping), or None."""
+        cfg = self.config
+        strategy.prepare(self)
+        steps_per_epoch = math.ceil(strategy.n_train / cfg.batch_size)
+        opt, sched = self._optimizer(strategy.param_groups(), cfg.epochs * steps_per_epoch)
+        start = self._restore(strategy, opt, sched) if resume else 0
+        self.epoch = start
+        scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(strategy.autocast))
         gen = torch.Generator().manual_seed(cfg.seed + start)
-        self.events.emit("phase", phase="training", message="Training the new head on cached embeddings")
+        self.phase("training", f"Training ({cfg.strategy}) on {strategy.n_train} images")
+        t_train, steps_done, seen, train_time = time.perf_counter(), 0, 0, 0.0
+        steps_left = (cfg.epochs - start) * steps_per_epoch
         for epoch in range(start + 1, cfg.epochs + 1):
             t_epoch, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-            layer.train()
-            for step, idx in enumerate(batches(len(y_train), cfg.batch_size, True, gen)):
-                self._check_stop()
-                view = torch.randint(0, x_train.shape[0], (len(idx),), generator=gen)
-                x = F.dropout(x_train[view.to(self.device), idx.to(self.device)], 0.2, training=True)
-                y = y_train[idx.to(self.device)]
-                logits = layer(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                loss_sum += loss.item() * len(y)
-                self.events.emit("step_end", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=loss.item(),
-                                 lr=sched.get_last_lr()[0], images_per_s=self.images_per_s, eta=None)
-            layer.eval()
-            with torch.no_grad():
-                logits = layer(x_val)
-                val_loss = F.cross_entropy(logits, y_val).item()
-                val_acc = (logits.argmax(1) == y_val).float().mean().item()
-            row = dict(epoch=epoch, train_loss=loss_sum / total, train_acc=correct / total, val_loss=val_loss,
-                       val_acc=val_acc, lr=sched.get_last_lr()[0], images_per_s=self.images_per_s,
-                       epoch_seconds=time.perf_counter() - t_epoch)
-            state = {prefix + k: v for k, v in layer.state_dict().items()}
-            if self._end_epoch(row, state, opt, sched):
-                break
-
-    # ---------------------------------------------------------------- fine-tuning: the whole network runs
-
-    def _fit_network(self, train: list[Sample], val: list[Sample], resume: bool) -> None:
-        cfg, model, head, device = self.config, self.model, self.head, self.device
-        self.events.emit("phase", phase="decoding", message="Decoding images once into memory")
-        train_store = ImageStore(train, self.prep.resize, self._progress("decoding train images"))
-        val_store = ImageStore(val, self.prep.resize, self._progress("decoding val images"))
-        self.skipped += train_store.problems + val_store.problems
-        if not len(train_store) or not len(val_store):
-            raise DatasetError("No decodable images left in the train or val split.")
-        backbones.apply_strategy(model, head, cfg.strategy, cfg.finetune_stages)
-        model.to(device, memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        net = torch.compile(model) if cfg.compile else model
-        head_params = list(model.get_submodule(head).parameters())
-        head_ids = {id(p) for p in head_params}
-        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-        groups = [{"params": head_params, "lr": cfg.head_lr}]
-        if body:
-            groups.append({"params": body, "lr": cfg.head_lr * cfg.backbone_lr_factor})
-        steps_per_epoch = math.ceil(len(train_store) / cfg.batch_size)
-        total_steps = cfg.epochs * steps_per_epoch
-        opt, sched = self._optimizer(groups, total_steps)
-        start = self._restore(opt, sched, lambda st: model.load_state_dict(st)) if resume else 0
-        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(self.dtype))
-        batcher = Batcher(self.prep, device, cfg.augment)
-        y_train, y_val = train_store.labels(), val_store.labels()
-        gen = torch.Generator().manual_seed(cfg.seed + start)
-        self.events.emit("phase", phase="training", message=f"Training ({cfg.strategy})")
-        t_run, seen = time.perf_counter(), 0
-        for epoch in range(start + 1, cfg.epochs + 1):
-            t_epoch, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-            model.train()
-            backbones.freeze_batchnorm(model)
-            for step, idx in enumerate(batches(len(train_store), cfg.batch_size, True, gen)):
-                self._check_stop()
-                x = batcher.train(train_store.get(idx), gen)
-                y = y_train[idx].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    logits = net(x)
+            strategy.train_mode()
+            for step, idx in enumerate(self._batches(strategy.n_train, gen)):
+                self.check_stop()
+                t_step = time.perf_counter()
+                with torch.autocast(self.device.type, dtype=strategy.autocast, enabled=strategy.autocast is not None):
+                    logits, y = strategy.forward(idx, gen)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                total += len(y)
-                seen += len(y)
+                loss_value = loss.item()
+                train_time += time.perf_counter() - t_step
+                total, seen, steps_done = total + len(y), seen + len(y), steps_done + 1
                 correct += (logits.argmax(1) == y).sum().item()
-                loss_sum += loss.item() * len(y)
-                self.images_per_s = seen / (time.perf_counter() - t_run)
-                done = (epoch - start - 1) * steps_per_epoch + step + 1
-                eta = (time.perf_counter() - t_run) / done * ((cfg.epochs - start) * steps_per_epoch - done)
-                self.events.emit("step_end", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=loss.item(),
-                                 lr=sched.get_last_lr()[0], images_per_s=self.images_per_s, eta=eta)
-            val_loss, val_acc = self._validate(net, batcher, val_store, y_val)
-            row = dict(epoch=epoch, train_loss=loss_sum / total, train_acc=correct / total, val_loss=val_loss,
-                       val_acc=val_acc, lr=sched.get_last_lr()[0], images_per_s=self.images_per_s,
-                       epoch_seconds=time.perf_counter() - t_epoch)
-            if self._end_epoch(row, model.state_dict(), opt, sched):
-                break
+                loss_sum += loss_value * len(y)
+                self.images_per_s = seen / max(train_time, 1e-9)
+                elapsed = time.perf_counter() - t_train  # includes validation, so the ETA does too
+                eta = elapsed / steps_done * (steps_left - steps_done)
+                self.events.emit(StepEnded(epoch, step + 1, steps_per_epoch, loss_value, sched.get_last_lr()[0],
+                                           self.images_per_s, eta))
+            val_loss, val_acc = strategy.validate(self.check_stop)
+            row = EpochRow(epoch, loss_sum / total, correct / total, val_loss, val_acc, sched.get_last_lr()[0],
+                           self.images_per_s, time.perf_counter() - t_epoch)
+            if self._end_epoch(row, strategy.state(), opt, sched):
+                return f"early-stopped at epoch {epoch} (patience {cfg.patience})"
+        return None
 
-    def _validate(self, net: nn.Module, batcher: Batcher, store: ImageStore, labels: torch.Tensor) -> tuple[float, float]:
-        net.eval()
-        loss_sum, correct = 0.0, 0
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            for idx in batches(len(store), self.config.batch_size * 2, False):
-                self._check_stop()
-                logits = net(batcher.eval(store.get(idx))).float()
-                y = labels[idx].to(self.device)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-        return loss_sum / len(store), correct / len(store)
+    def _batches(self, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        return batches(n, self.config.batch_size, True, gen)
+
+    def _end_epoch(self, row: EpochRow, trainable: dict[str, torch.Tensor], opt, sched) -> bool:
+        """Checkpoint, tell the listeners (the recorder writes metrics and summary), decide on early stopping."""
+        self.epoch = row.epoch
+        improved = row.val_acc > self.best_acc or self.best_epoch == 0
+        if improved:
+            self.best_acc, self.best_epoch = row.val_acc, row.epoch
+            save_state(self.run.dir / "best.safetensors", trainable)
+        save_state(self.run.dir / "last.safetensors", trainable)
+        save_trainer_state(self.run.dir, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": self.epoch,
+                                          "best_acc": self.best_acc, "best_epoch": self.best_epoch})
+        row = EpochRow(**{**row.to_dict(), "seconds": round(self._seconds(), 3), "best_val_acc": self.best_acc,
+                          "best_epoch": self.best_epoch})
+        self.events.emit(EpochEnded(row, self.config.epochs, improved))
+        patience = self.config.patience
+        if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.config.epochs:
+            self.events.emit(Logged(f"Early stop: no better validation accuracy for {patience} epochs."))
+            return True
+        return False
 
 
 def train(
-    data: str | ImageDataset,
+    data: str | DatasetSpec,
     config: TrainConfig,
     runs_dir: str | Path | None = None,
     listeners: list[Listener] | tuple = (),

@@ -1,0 +1,113 @@
+"""What every page shares: the page frame (config, navigation, sidebar), the one JobManager of this server
+process, cached engine calls, and this browser session's choices.
+
+Streamlit's automatic `pages/` navigation runs each page as its own script; `page_setup()` is the frame every
+page (and the home page, `streamlit_app.py`) calls first. Modules in `pages/ui/` are not pages (Streamlit ignores
+sub-folders of `pages/`). Logic lives in tl_core; this module only caches and renders.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tl_core import backbones, paths, prefs, speed
+from tl_core.datasets import DatasetSpec
+from tl_core.devices import describe_device, pick_device
+from tl_core.jobs import JobManager
+from tl_core.prefs import Choices
+from tl_core.runs import list_runs
+from tl_core.scan import ScanReport, scan
+
+NAV = (("streamlit_app.py", "Home", ":material/home:"), ("pages/1_Dataset.py", "Dataset", ":material/photo_library:"),
+       ("pages/2_Backbones.py", "Backbones", ":material/speed:"), ("pages/3_Train.py", "Train", ":material/model_training:"),
+       ("pages/4_Predict.py", "Predict", ":material/image_search:"))
+
+
+def page_setup(title: str) -> None:
+    """Called first by every page: page config, title, the shared sidebar, and the message a choice left behind."""
+    st.set_page_config(page_title=f"{title} · TL Studio", page_icon=":material/model_training:", layout="wide")
+    sidebar()
+    st.title(title)
+    if message := st.session_state.pop("flash", None):
+        st.success(message)
+
+
+@st.cache_resource
+def job_manager() -> JobManager:
+    """One per server process: every tab and every refresh attaches to the same jobs."""
+    return JobManager()
+
+
+@st.cache_resource
+def device_text() -> str:
+    return describe_device(pick_device())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def scan_report(spec: DatasetSpec) -> ScanReport:
+    """The one scan every page shows (usable images, the spec's split, problems); cached per spec."""
+    bar = st.progress(0.0, text="Checking every image...")
+    report = scan(spec, lambda d, n: bar.progress(d / max(n, 1), text=f"Checking images {d}/{n}"))
+    bar.empty()
+    return report
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def backbone_rows() -> list[backbones.BackboneInfo]:
+    return backbones.list_backbones()
+
+
+def speeds() -> dict[str, speed.Speed]:
+    return speed.load_speeds(pick_device())
+
+
+def choices() -> Choices:
+    """This browser session's dataset spec, backbone and run (the server's last choice is only the default)."""
+    if "choices" not in st.session_state:
+        st.session_state.choices = prefs.load()
+    return st.session_state.choices
+
+
+def choose(message: str | None = None, **changes) -> None:
+    """Change this session's choices (saved as the server default too); rerun so every widget shows it at once."""
+    st.session_state.choices = prefs.save(choices().with_changes(**changes))
+    if message:
+        st.session_state.flash = message
+    st.rerun()
+
+
+def chosen_backbone() -> str:
+    return choices().backbone or backbones.recommend(backbone_rows())
+
+
+def dataset_label(spec: DatasetSpec) -> str:
+    from pathlib import Path
+
+    return spec.source if spec.source == "demo" or spec.source.startswith("torchvision:") else Path(spec.source).name
+
+
+def sidebar() -> None:
+    c = choices()
+    with st.sidebar:
+        for path, label, icon in NAV:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
+        st.caption("Dataset")
+        st.markdown(f"**{dataset_label(c.dataset)}**")
+        st.caption("Backbone")
+        st.markdown(f"**{chosen_backbone()}**")
+        st.caption("Training")
+        st.fragment(job_status, run_every=2 if job_manager().active() else None)()
+        st.caption(device_text())
+
+
+def job_status() -> None:
+    """The live or last run, refreshed on its own while a job runs."""
+    job = job_manager().current()
+    if job is None:
+        last = next(iter(list_runs(paths.runs_dir())), None)
+        st.markdown(f"last run: **{last.id}** ({last.summary.get('status')})" if last else "no runs yet")
+        return
+    s = job.snapshot()
+    best = f", best val acc {s.best.val_acc:.3f}" if s.best else ""
+    st.markdown(f"job {s.id}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")
