@@ -79,7 +79,7 @@ def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, sha
     at.selectbox(key="server_folder").set_value("shapes").run()
     at.button(key="use_folder").click().run()
     assert {m.label: m.value for m in at.metric}["Classes"] == "3"
-    assert any("not an image" in str(df.value) for df in at.dataframe)  # the problems table
+    assert any("reason" in df.value and df.value.reason.str.contains("not an image").any() for df in at.dataframe)
 
 
 def test_backbones_page_table_filters_and_choice(ui):

@@ -1,11 +1,16 @@
 from tl_core import speed
+from tl_core.config import TrainConfig
+from tl_core.datasets import DatasetSpec
+from tl_core.estimate import estimate
+from tl_core.scan import scan
 
 
 def test_measured_speed_is_cached_per_device_and_feeds_the_estimate():
-    s = speed.measure("mobilenet_v3_small", batch=4, size=96)
-    assert s.ms_per_image > 0 and s.images_per_s > 0 and s.batch == 4
+    s = speed.measure("mobilenet_v3_small", batch=4, size=96, train_batch=4)
+    assert s.ms_per_image > 0 and s.images_per_s > 0 and s.batch == 4 and s.train_images_per_s > 0
     assert speed.load_speeds()["mobilenet_v3_small"] == s
-    features = speed.estimate_seconds(s, 300, 80, "features", 10)
-    full = speed.estimate_seconds(s, 300, 80, "full", 10)
-    assert 0 < features < full  # embedding once is cheaper than training the network every epoch
-    assert speed.estimate_seconds(None, 300, 80, "full", 10) is None
+    report = scan(DatasetSpec("demo"))
+    features = estimate(report, TrainConfig(backbone="mobilenet_v3_small", strategy="features", epochs=10), s)
+    full = estimate(report, TrainConfig(backbone="mobilenet_v3_small", strategy="full", epochs=10), s)
+    assert 0 < features.seconds < full.seconds  # embedding once is cheaper than training the network every epoch
+    assert set(full.phases) >= {"decoding", "training", "validation"} and "embedding" in features.phases
