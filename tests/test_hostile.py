@@ -257,7 +257,7 @@ def test_row06_a_reused_pid_does_not_keep_a_run_running(tmp_path, capsys):
     with pytest.raises(RuntimeError, match="still training"):
         delete_run(Run(run))
     summary = json.loads((run / "summary.json").read_text())
-    summary["pid_start"] = summary["pid_start"] + 1  # the pid now belongs to a process started at another time
+    summary["pid_start"] = summary.get("pid_start", 0) + 1  # the pid now belongs to a process started later
     (run / "summary.json").write_text(json.dumps(summary))
     assert Run(run).summary["status"] == "interrupted"
     assert run_cli(capsys, "runs", "--runs-dir", str(tmp_path), "--delete", run.name)[0] == 0
@@ -336,16 +336,30 @@ def clash_zip() -> bytes:
     return zip_bytes({"a/0.png": png_bytes(), "b": b"a file", "b/0.png": png_bytes((0, 0, 255))})
 
 
-@pytest.mark.parametrize("make, words", [(encrypted_zip, "password-protected"), (bad_crc_zip, "damaged"),
-                                         (clash_zip, "both a file and a folder")])
-def test_row12_encrypted_bad_crc_and_clashing_zips_are_one_clear_line(home, tmp_path, capsys, make, words):
-    archive = tmp_path / "data.zip"
-    archive.write_bytes(make())
-    with pytest.raises(DatasetError, match=words):
-        from_zip(archive)
-    assert not uploads_dir().exists() or not any(uploads_dir().iterdir())  # no partial extraction
-    code, out, err = run_cli(capsys, "scan", str(archive))
-    assert code == 1 and words in err and err.count("\n") == 1 and "Traceback" not in err
+BAD_ZIPS = {"password-protected": encrypted_zip, "damaged": bad_crc_zip, "both a file and a folder": clash_zip}
+
+
+def test_row12_encrypted_bad_crc_and_clashing_zips_are_one_clear_line(home, tmp_path, capsys, monkeypatch):
+    for words, make in BAD_ZIPS.items():
+        archive = tmp_path / "data.zip"
+        archive.write_bytes(make())
+        with pytest.raises(DatasetError, match=words):
+            from_zip(archive)
+        assert not uploads_dir().exists() or not any(uploads_dir().iterdir())  # no partial extraction
+        code, out, err = run_cli(capsys, "scan", str(archive))
+        assert code == 1 and words in err and err.count("\n") == 1 and "Traceback" not in err
+
+    (home / "prefs.json").write_text(json.dumps({"dataset": str(tmp_path / "none")}))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Dataset.py").run()
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    for words, make in BAD_ZIPS.items():  # the Dataset page: the same line, no traceback, nothing kept
+        at.file_uploader(key="zip_upload").set_value(("data.zip", make(), "application/zip")).run()
+        at.button(key="use_zip").click().run()
+        assert not at.exception and any(words in e.value and "\n" not in e.value for e in at.error)
+        assert not any(uploads_dir().iterdir())
 
 
 def test_row13_checkpoint_errors_are_one_line_naming_the_file(tmp_path, capsys):

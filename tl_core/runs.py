@@ -94,10 +94,9 @@ def load_trainer_state(run_dir: str | Path) -> dict | None:
 def process_start(pid: int) -> int | None:
     """When a process started (clock ticks since boot, /proc/<pid>/stat field 22); None without /proc."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):  # no /proc (macOS), or a process gone mid-read
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _alive(pid: int) -> bool:
