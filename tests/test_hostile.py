@@ -231,6 +231,15 @@ class Tripwire:
         return (Path.touch, (self.path,))
 
 
+HOLD_LOCK = """
+import sys, time
+from tl_core.runs import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
 def test_row05_one_writer_per_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -241,6 +250,18 @@ def test_row05_one_writer_per_run(tmp_path):
         owner = json.loads((run / "writer.lock").read_text())
         assert owner == {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
     assert not (run / "writer.lock").exists()
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunBusy, match=f"process {holder.pid}"):  # another live process writes the run
+            with RunLock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # killed without releasing: its lock is taken over
+        pass
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -128,20 +128,22 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
 
     def __enter__(self) -> RunLock:
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner_alive(owner.get("pid", -1), owner.get("pid_start")):
-                    raise RunBusy(f"Run {self.path.parent.name} is being written by process {owner['pid']}; "
-                                  "stop that job first or wait for it to finish.") from None
-                self.path.unlink(missing_ok=True)  # its owner is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_me(), f)
-            return self
-        raise RunBusy(f"Run {self.path.parent.name} is being taken by another process at the same time.")
+        mine = self.path.with_name(f".{LOCK}.{os.getpid()}.{secrets.token_hex(4)}")
+        mine.write_text(json.dumps(_me()))  # complete before it is visible: readers never see half a lock
+        try:
+            for _ in range(3):
+                try:
+                    os.link(mine, self.path)
+                    return self
+                except FileExistsError:
+                    owner = self._owner()
+                    if owner and owner_alive(owner.get("pid", -1), owner.get("pid_start")):
+                        raise RunBusy(f"Run {self.path.parent.name} is being written by process {owner['pid']}; "
+                                      "stop that job first or wait for it to finish.") from None
+                    self.path.unlink(missing_ok=True)  # its owner is gone
+            raise RunBusy(f"Run {self.path.parent.name} is being taken by another process at the same time.")
+        finally:
+            mine.unlink()
 
     def __exit__(self, *exc) -> None:
         if self._owner() == _me():
