@@ -332,6 +332,7 @@ def test_row11_class_names_in_the_weights_refuse_a_reordered_run_json(tmp_path):
         with pytest.raises(RunBroken) as e:
             action()
         assert str(run / "best.safetensors") in str(e.value) and "\n" not in str(e.value)
+        assert "output 0 is 'ant' in the weights but 'bee' in run.json" in str(e.value)
     assert not (tmp_path / "m.zip").exists()
 
 

@@ -59,9 +59,11 @@ def load_state(path: Path, classes: list[str] | None = None) -> dict[str, torch.
         state = load_file(path)
     except (SafetensorError, OSError) as e:
         raise RunBroken(f"{path} is not a readable safetensors file ({e}).") from None
-    if classes is not None and stored is not None and json.loads(stored) != classes:
-        raise RunBroken(f"{path} was trained for classes {json.loads(stored)} but run.json lists {classes}; "
-                        "refusing to mix them up (restore run.json).")
+    if classes is not None and stored is not None and (trained := json.loads(stored)) != classes:
+        i = next((i for i, (a, b) in enumerate(zip(trained, classes)) if a != b), min(len(trained), len(classes)))
+        label = lambda names: repr(names[i]) if i < len(names) else "nothing"
+        raise RunBroken(f"{path} does not match run.json: output {i} is {label(trained)} in the weights but "
+                        f"{label(classes)} in run.json ({len(trained)} vs {len(classes)} classes); restore run.json.")
     return state
 
 
