@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
 from tl_core import paths
-from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root
+from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 page_setup("Dataset")
 spec = choices().dataset
@@ -37,13 +37,8 @@ elif source == "Folder on the server":
 elif source == "Upload a .zip":
     up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
     if up is not None and st.button("Unpack and use", key="use_zip"):
-        dest = paths.home() / "uploads" / Path(up.name).name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        data, bar = up.getbuffer(), st.progress(0.0, text="Saving the upload...")
-        with open(dest, "wb") as f:
-            for i in range(0, len(data), 8 << 20):
-                f.write(data[i : i + (8 << 20)])
-                bar.progress(min(1.0, (i + (8 << 20)) / len(data)), text="Saving the upload...")
+        bar = st.progress(0.0, text="Saving the upload...")
+        dest = save_upload(up.name, up.getbuffer(), lambda f: bar.progress(f, text="Saving the upload..."))
         try:
             with st.spinner("Unpacking safely..."):
                 scan_report(DatasetSpec(str(dest), spec.val_fraction, spec.split_seed))

@@ -13,7 +13,7 @@ from tl_core.predict import Predictor, evaluate, export
 from tl_core.runs import latest_finished, list_runs
 
 page_setup("Predict")
-runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint()]
+runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]
 if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")
     st.stop()

@@ -7,8 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tl_core.events import EpochEnded, Event, Logged, PhaseProgress, PhaseStarted, RunFailed, StepEnded
+
+if TYPE_CHECKING:
+    from tl_core.runs import Run
 
 
 class Progress:
@@ -106,6 +110,9 @@ def cmd_scan(args) -> int:
         print(f"\n{len(report.problems)} problem(s):")
         for p in report.problems[:50]:
             print(f"  {p.path}: {p.reason}")
+    if not report.n_images:
+        print(f"error: no usable image in {args.data}: see the problems above.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -147,7 +154,8 @@ def cmd_predict(args) -> int:
     files = expand_inputs(args.images)
     if not files:
         raise ValueError("No image files found in the given paths.")
-    predictions = Predictor.from_run(args.run_dir, args.device).predict(files, args.top_k)
+    predictor = Predictor.from_run(args.run_dir, args.device)
+    predictions = predictor.predict(files, min(args.top_k, len(predictor.classes)))
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions]))
     else:
@@ -175,6 +183,10 @@ def cmd_evaluate(args) -> int:
         print(f"\nmost confident mistakes ({len(ev.mistakes)}):")
         for m in ev.mistakes[:10]:
             print(f"  {m['file']}: {m['true']} predicted as {m['predicted']} ({m['confidence']:.2f})")
+    if ev.skipped:
+        print(f"\nunreadable images, not counted ({len(ev.skipped)}):")
+        for s in ev.skipped:
+            print(f"  {s['file']}: {s['reason']}")
     return 0
 
 
@@ -186,16 +198,27 @@ def cmd_runs(args) -> int:
             delete_run(load_run(Path(args.runs_dir) / r if not Path(r).exists() else r))
             print(f"deleted {r}")
         return 0
-    rows = [{"id": r.id, **{k: r.summary.get(k) for k in ("status", "best_val_accuracy", "epochs_completed")},
-             "backbone": r.info["config"]["backbone"], "strategy": r.info["config"]["strategy"]}
-            for r in list_runs(args.runs_dir)]
+    rows = [_run_row(r) for r in list_runs(args.runs_dir)]
     if args.json:
         print(json.dumps(rows))
     elif rows:
         _print_table(rows, ["id", "status", "best_val_accuracy", "epochs_completed", "backbone", "strategy"])
+        for row in rows:
+            if "error" in row:
+                print(f"{row['id']}: {row['error']}")
     else:
         print(f"no runs in {args.runs_dir}")
     return 0
+
+
+def _run_row(run: Run) -> dict:
+    """One line of `runs`; a run whose run.json is unreadable is shown as broken, with why."""
+    from tl_core.runs import BROKEN
+
+    if reason := run.broken:
+        return {"id": run.id, "status": BROKEN, "error": reason}
+    return {"id": run.id, **{k: run.summary.get(k) for k in ("status", "best_val_accuracy", "epochs_completed")},
+            "backbone": run.info["config"]["backbone"], "strategy": run.info["config"]["strategy"]}
 
 
 def cmd_export(args) -> int:
@@ -228,6 +251,16 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share when there is no val/ folder")
     p.add_argument("--split-seed", type=int, default=0, help="seed of that random split (never the training seed)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -271,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify images with a trained run")
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (at most the run's)")
     pr.add_argument("--device")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)

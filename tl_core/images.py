@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 80_000_000  # Pillow raises past 2x this; above it we refuse (decompression bombs)
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+MAX_PIXELS = 80_000_000  # above this we refuse to decode (decompression bombs), before any pixel is read
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns or raises with its words; open_rgb checks instead
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SYSTEM_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".ipynb_checkpoints"}
 
@@ -23,8 +25,20 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name in SYSTEM_NAMES or name.startswith("._")
 
 
+def require_regular(path: str | Path) -> None:
+    """Refuse FIFOs, devices and sockets before opening: reading one can block the server forever."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise BadImage(f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})")
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
 def content_hash(path: str | Path) -> str:
     """sha1 of the bytes: finds the same image in two splits and keys the embedding cache."""
+    require_regular(path)
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -57,9 +71,12 @@ def open_rgb(source: str | Path | BinaryIO, min_side: int | None = None) -> Imag
     pixels on the short side: large photos decode several times faster for the same result after resizing.
     """
     try:
+        if isinstance(source, (str, Path)):
+            require_regular(source)
         img = Image.open(source)
         if img.width * img.height > MAX_PIXELS:
-            raise BadImage(f"too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS:,})")
+            img.close()
+            raise BadImage(f"too large to decode safely ({img.width}x{img.height} pixels, limit {MAX_PIXELS:,})")
         if min_side and img.format == "JPEG":
             w, h = img.size
             scale = min(w, h) / min_side
@@ -72,8 +89,6 @@ def open_rgb(source: str | Path | BinaryIO, min_side: int | None = None) -> Imag
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large: {e}") from None
     except OSError as e:
         raise BadImage(f"unreadable or truncated ({e})") from None
     except (ValueError, SyntaxError, EOFError) as e:

@@ -35,12 +35,20 @@ class Prediction:
         return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {})}
 
 
-def build_model(backbone: str, num_classes: int, head: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The trained network from its state dict alone: no weight download, no network."""
+def build_model(backbone: str, num_classes: int, head: str, state: dict[str, torch.Tensor],
+                source: str = "the weights") -> nn.Module:
+    """The trained network from its state dict alone: no weight download, no network.
+
+    Weights that do not fit (another class count, another backbone) are one line naming `source`.
+    """
     model = backbones.bare(backbone)
     backbones._drop_aux(model)
     backbones.replace_head(model, num_classes)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e)).rstrip(".")
+        raise ValueError(f"{source} does not fit {backbone} with {num_classes} classes ({detail[:200]}).") from None
     return model.eval()
 
 
@@ -55,7 +63,8 @@ class Predictor:
     def from_run(cls, run: Run | str | Path, device: str | None = None, which: str = "best") -> Predictor:
         run = run if isinstance(run, Run) else load_run(run)
         info = run.info
-        model = build_model(info["config"]["backbone"], len(info["classes"]), info["head"], run.model_state(which))
+        model = build_model(info["config"]["backbone"], len(info["classes"]), info["head"], run.model_state(which),
+                            str(run.dir / f"{which}.safetensors"))
         return cls(model, info["classes"], Preprocessing(**info["preprocessing"]), pick_device(device))
 
     def probabilities(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 from tl_core import backbones, paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
-from tl_core.devices import fast_dtype, needs_grad_scaler, pick_device
+from tl_core.devices import fast_dtype, is_out_of_memory, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
 from tl_core.events import (
     Emitter,
@@ -45,7 +45,17 @@ from tl_core.events import (
 from tl_core.images import content_hash
 from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.recorder import RunRecorder
-from tl_core.runs import RunStatus, load_run, load_trainer_state, new_run, save_state, save_trainer_state, write_json
+from tl_core.runs import (
+    RunBusy,
+    RunLock,
+    RunStatus,
+    load_run,
+    load_trainer_state,
+    new_run,
+    save_state,
+    save_trainer_state,
+    write_json,
+)
 from tl_core.scan import check_files, scan
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
@@ -63,13 +73,15 @@ class TrainingError(RuntimeError):
 
 def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False) -> tuple[str, str]:
     """An error as (message, what to do about it) for people, not a traceback."""
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return (f"Out of memory with batch size {config.batch_size}.",
                 "Lower the batch size or image size, choose a smaller backbone, or use feature extraction; then start again.")
     if isinstance(exc, backbones.WeightsUnavailable):
         return str(exc), "Choose a backbone marked 'cached', add the weight file, or train from scratch."
     if isinstance(exc, DatasetError):
         return str(exc), "Check the Dataset page's problems table and fix the folder layout."
+    if isinstance(exc, RunBusy):
+        return str(exc), "Wait for that process to finish, or stop it first."
     if isinstance(exc, ValueError):
         return str(exc), "Check the settings and the data."
     kept = "the run keeps its finished epochs and best checkpoint" if has_checkpoint else "no epoch had finished, so nothing was kept"
@@ -379,11 +391,24 @@ class Trainer:
         return WholeNetwork(self, train, val)
 
     def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
+        """One writer per run: a second resume of a run that is still training is refused, not interleaved."""
+        try:
+            lock = RunLock(run.dir)
+            lock.__enter__()
+        except RunBusy as e:
+            raise self._failed(e, str(run.dir)) from e
+        try:
+            return self._recorded(run, ds, skipped, hashes, resume)
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _recorded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
         self.run, self.t0, self.skipped = run, time.perf_counter(), list(skipped)
         self.seconds_before = run.summary.get("seconds", 0.0) if resume else 0.0
         self.best_acc, self.best_epoch, self.epoch, self.images_per_s = 0.0, 0, 0, 0.0
         recorder = RunRecorder(run)
         self.events.listeners.append(recorder)
+        self.classes = ds.classes
         try:
             self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.config.epochs,
                                         resume, len(self.skipped)))
@@ -495,8 +520,8 @@ class Trainer:
         improved = row.val_acc > self.best_acc or self.best_epoch == 0
         if improved:
             self.best_acc, self.best_epoch = row.val_acc, row.epoch
-            save_state(self.run.dir / "best.safetensors", trainable)
-        save_state(self.run.dir / "last.safetensors", trainable)
+            save_state(self.run.dir / "best.safetensors", trainable, self.classes)
+        save_state(self.run.dir / "last.safetensors", trainable, self.classes)
         save_trainer_state(self.run.dir, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": self.epoch,
                                           "best_acc": self.best_acc, "best_epoch": self.best_epoch})
         row = EpochRow(**{**row.to_dict(), "seconds": round(self._seconds(), 3), "best_val_acc": self.best_acc,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages.ui.auth import require_login
 from tl_core import backbones, paths, prefs, speed
 from tl_core.datasets import DatasetSpec
 from tl_core.devices import describe_device, pick_device
@@ -26,6 +27,7 @@ NAV = (("streamlit_app.py", "Home", ":material/home:"), ("pages/1_Dataset.py", "
 def page_setup(title: str) -> None:
     """Called first by every page: page config, title, the shared sidebar, and the message a choice left behind."""
     st.set_page_config(page_title=f"{title} · TL Studio", page_icon=":material/model_training:", layout="wide")
+    require_login()  # an exposed server shows nothing before the password
     sidebar()
     st.title(title)
     if message := st.session_state.pop("flash", None):

@@ -1,0 +1,464 @@
+"""Issue 8: every hostile input and fault, one test per row, each with its own tiny fixture."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import tomllib
+import warnings
+import zipfile
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from conftest import ROOT, solid
+from streamlit import config as st_config
+from streamlit.testing.v1 import AppTest
+
+from tl_core import auth, cli
+from tl_core.datasets import DatasetError, from_folder, from_zip, save_upload, uploads_dir
+from tl_core.images import BadImage, content_hash, open_rgb
+from tl_core.runs import (
+    RUNNING,
+    Run,
+    RunBroken,
+    RunBusy,
+    RunLock,
+    delete_run,
+    latest_finished,
+    list_runs,
+    load_trainer_state,
+    process_start,
+    save_state,
+    save_trainer_state,
+)
+from tl_core.scan import scan
+
+BACKBONE = "mobilenet_v3_small"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A TL Studio home of this test's own, so uploads/ starts empty."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("TL_STUDIO_HOME", str(h))
+    return h
+
+
+def png_bytes(colour=(200, 30, 30), size=(8, 8)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def zip_bytes(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def dataset_zip(classes: list[str]) -> bytes:
+    return zip_bytes({f"{c}/{i}.png": png_bytes((40 * j, 20 * i, 90), (40, 40)) for j, c in enumerate(classes) for i in range(3)})
+
+
+def finishes(fn, timeout: float = 10):
+    """Run `fn` in a thread: (finished in time, its result or exception). Old code blocked forever on a FIFO."""
+    out: list = []
+
+    def target():
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return (not t.is_alive()), (out[0] if out else None)
+
+
+def fake_run(root: Path, classes: list[str], weight_classes: int | None = None, meta_classes: list[str] | None = None,
+             val: list[tuple[str, int]] = ()) -> Path:
+    """A finished run on disk with random weights: enough to predict, evaluate and export without training."""
+    from tl_core import backbones
+    from tl_core.backbones import Preprocessing
+
+    run = root / "20260101-000000-fake-0000"
+    run.mkdir(parents=True)
+    model = backbones.bare(BACKBONE)
+    head = backbones.replace_head(model, weight_classes or len(classes))
+    save_state(run / "best.safetensors", model.state_dict(), classes=meta_classes)
+    (run / "run.json").write_text(json.dumps({
+        "id": run.name, "config": {"backbone": BACKBONE, "strategy": "full"}, "classes": classes, "head": head,
+        "preprocessing": asdict(Preprocessing.imagenet(32))}))
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "best_val_accuracy": 0.5}))
+    (run / "split.json").write_text(json.dumps({"val": [list(v) for v in val]}))
+    return run
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_row01_zip_bomb_refused_before_extracting_and_uploads_bounded(home, monkeypatch):
+    bomb = zip_bytes({f"c{i % 2}/{i}.png": bytes(1 << 20) for i in range(20)})  # 20 MB of zeros in ~20 KB
+    assert len(bomb) < 100_000
+    saved = save_upload("bomb.zip", bomb)
+    with pytest.raises(DatasetError, match="zip bomb"):
+        from_zip(saved)
+    assert list(uploads_dir().iterdir()) == []  # nothing extracted, the refused upload removed
+
+    monkeypatch.setenv("TL_STUDIO_UPLOADS_GB", "1e-9")  # room for one upload only
+    first = save_upload("a.zip", dataset_zip(["x", "y"]))
+    assert from_zip(first).classes == ["x", "y"]
+    second = save_upload("b.zip", dataset_zip(["p", "q"]))
+    assert from_zip(second).classes == ["p", "q"]
+    digest = second.parent.name  # the oldest upload is evicted with its extraction
+    assert {p.name for p in uploads_dir().iterdir()} == {digest, f"b-{digest}"}
+
+
+def test_row02_links_out_of_the_root_and_special_files_are_listed_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    solid(outside / "secret.png", (1, 2, 3))
+    solid(outside / "cls" / "leak.png", (3, 2, 1))
+    root = tmp_path / "data" / "ds"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            solid(root / c / f"{i}.png", (60 * i, 30, 90))
+    (root / "dog" / "secret.png").symlink_to(outside / "secret.png")
+    (root / "evil").symlink_to(outside / "cls", target_is_directory=True)
+    os.mkfifo(root / "cat" / "pipe.png")
+
+    done, ds = finishes(lambda: from_folder(root))
+    assert done and not isinstance(ds, Exception), ds
+    assert len(ds.samples) == 6 and all(Path(s.path).resolve().is_relative_to(root.resolve()) for s in ds.samples)
+    reasons = {Path(p.path).name: p.reason for p in ds.skipped}
+    assert "links outside the dataset folder" in reasons["secret.png"]
+    assert "links outside the dataset folder" in reasons["evil"]
+    assert reasons["pipe.png"] == "not a regular file (a FIFO)"
+    assert finishes(lambda: scan(ds))[0]
+    for fn in (content_hash, open_rgb):
+        done, result = finishes(lambda fn=fn: fn(root / "cat" / "pipe.png"))
+        assert done and isinstance(result, BadImage) and "not a regular file" in str(result)
+
+
+AUTH_SCRIPT = """
+import streamlit as st
+from pages.ui.auth import require_login
+
+require_login()
+st.markdown("the private page")
+"""
+
+
+def test_row03_exposed_server_asks_for_the_password_before_any_page(tmp_path, monkeypatch):
+    assert tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["address"] == "localhost"
+    assert [auth.is_exposed(a) for a in ("localhost", "127.0.0.1", "::1", "[::1]")] == [False] * 4
+    assert [auth.is_exposed(a) for a in ("0.0.0.0", "", None, "192.168.1.5", "::", "myhost")] == [True] * 6
+    assert auth.check("s3cret", "s3cret") and not auth.check("s3creT", "s3cret")
+    assert not auth.check("", "") and not auth.check("x", None)
+
+    script = tmp_path / "app.py"
+    script.write_text(AUTH_SCRIPT)
+    private = lambda at: any(m.value == "the private page" for m in at.markdown)
+    old = st_config.get_option("server.address")
+    monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
+    try:
+        st_config.set_option("server.address", "localhost")
+        assert private(AppTest.from_file(str(script)).run())
+
+        st_config.set_option("server.address", "0.0.0.0")
+        at = AppTest.from_file(str(script)).run()
+        assert not private(at) and auth.PASSWORD_ENV in at.error[0].value  # exposed without a password: closed
+
+        monkeypatch.setenv(auth.PASSWORD_ENV, "s3cret")
+        at = AppTest.from_file(str(script)).run()
+        assert not private(at) and at.text_input(key="login_password")
+        at.text_input(key="login_password").input("guess")
+        at.button[0].click().run()
+        assert not private(at) and at.error[0].value == "Wrong password."
+        at.text_input(key="login_password").input("s3cret")
+        at.button[0].click().run()
+        assert private(at) and not at.error
+    finally:
+        st_config.set_option("server.address", old)
+
+
+# ---------------------------------------------------------------- data integrity and faults
+
+
+def test_row04_trainer_state_is_atomic_and_a_bad_file_reads_as_none(tmp_path):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    opt.step()
+    save_trainer_state(tmp_path, {"optimizer": opt.state_dict(), "epoch": 2})
+    state = load_trainer_state(tmp_path)
+    assert state["epoch"] == 2 and state["optimizer"]["param_groups"][0]["lr"] == opt.param_groups[0]["lr"]
+    assert [p.name for p in tmp_path.iterdir()] == ["trainer_state.pt"]  # no temporary file left
+
+    good = (tmp_path / "trainer_state.pt").read_bytes()
+    for bad in (b"", good[: len(good) // 2]):  # killed mid-write by the old code; cut short
+        (tmp_path / "trainer_state.pt").write_bytes(bad)
+        assert load_trainer_state(tmp_path) is None
+    (tmp_path / "trainer_state.pt").unlink()
+    assert load_trainer_state(tmp_path) is None
+
+
+class Tripwire:
+    """A pickle that would create a file if it were ever unpickled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+HOLD_LOCK = """
+import sys, time
+from tl_core.runs import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_row05_one_writer_per_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        with pytest.raises(RunBusy, match="being written by process"):
+            with RunLock(run):
+                pass
+        owner = json.loads((run / "writer.lock").read_text())
+        assert owner == {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    assert not (run / "writer.lock").exists()
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunBusy, match=f"process {holder.pid}"):  # another live process writes the run
+            with RunLock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # killed without releasing: its lock is taken over
+        pass
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for stale in ({"pid": dead.pid, "pid_start": None}, {"pid": os.getpid(), "pid_start": -5}):  # dead; pid reused
+        (run / "writer.lock").write_text(json.dumps(stale))
+        with RunLock(run):
+            assert json.loads((run / "writer.lock").read_text())["pid"] == os.getpid()
+
+
+def test_row06_a_reused_pid_does_not_keep_a_run_running(tmp_path, capsys):
+    run = fake_run(tmp_path, ["a", "b"])
+    Run(run).write_summary(status=RUNNING)  # this live process: really running
+    assert Run(run).summary["status"] == RUNNING
+    with pytest.raises(RuntimeError, match="still training"):
+        delete_run(Run(run))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["pid_start"] = summary.get("pid_start", 0) + 1  # the pid now belongs to a process started later
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert Run(run).summary["status"] == "interrupted"
+    assert run_cli(capsys, "runs", "--runs-dir", str(tmp_path), "--delete", run.name)[0] == 0
+    assert not run.exists()
+
+
+def test_row08_a_corrupt_run_json_is_listed_as_broken(tmp_path, capsys):
+    good = fake_run(tmp_path, ["a", "b"])
+    broken = tmp_path / "20270101-000000-broken-0000"
+    broken.mkdir()
+    (broken / "run.json").write_text('{"config": {"backbone": ')
+    (broken / "best.safetensors").write_bytes((good / "best.safetensors").read_bytes())
+    runs = list_runs(tmp_path)
+    assert [r.id for r in runs] == [broken.name, good.name]
+    assert runs[1].broken is None and str(broken / "run.json") in runs[0].broken
+    with pytest.raises(RunBroken, match="run.json is unreadable"):
+        _ = runs[0].info
+    assert latest_finished(tmp_path).id == good.name
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", str(tmp_path))
+    assert code == 0 and good.name in out and f"{broken.name}  broken" in out and "delete the run" in out
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", str(tmp_path), "--json")
+    assert [r["status"] for r in json.loads(out)] == ["broken", "finished"]
+
+
+def test_row09_dataset_page_keys_uploads_by_content(tmp_path, monkeypatch, home):
+    tiny = tmp_path / "tiny"
+    for c in ("u", "v"):
+        for i in range(2):
+            solid(tiny / c / f"{i}.png", (90 * i, 20, 40))
+    (home / "prefs.json").write_text(json.dumps({"dataset": str(tiny)}))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Dataset.py").run()
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    for classes in (["a", "b"], ["a", "b", "c"]):  # the same file name, new bytes
+        at.file_uploader(key="zip_upload").set_value(("data.zip", dataset_zip(classes), "application/zip")).run()
+        at.button(key="use_zip").click().run()
+        assert not at.exception, at.exception
+        assert {m.label: m.value for m in at.metric}["Classes"] == str(len(classes))
+
+
+def test_row11_class_names_in_the_weights_refuse_a_reordered_run_json(tmp_path):
+    from tl_core.predict import Predictor, export
+
+    run = fake_run(tmp_path, ["ant", "bee"], meta_classes=["ant", "bee"])
+    assert Predictor.from_run(run, "cpu").classes == ["ant", "bee"]
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "classes": ["bee", "ant"]}))
+    for action in (lambda: Run(run).model_state(), lambda: export(run, tmp_path / "m.zip")):
+        with pytest.raises(RunBroken) as e:
+            action()
+        assert str(run / "best.safetensors") in str(e.value) and "\n" not in str(e.value)
+        assert "output 0 is 'ant' in the weights but 'bee' in run.json" in str(e.value)
+    assert not (tmp_path / "m.zip").exists()
+
+
+# ---------------------------------------------------------------- clear messages, nothing left behind
+
+
+def encrypted_zip() -> bytes:
+    """zipfile cannot encrypt, but the flag bit is all a reader sees before asking for the password."""
+    data = bytearray(zip_bytes({"a/0.png": png_bytes(), "b/0.png": png_bytes((0, 0, 255))}))
+    local = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("b/0.png").header_offset
+    central = data.rindex(b"PK\x01\x02")  # the last central-directory entry: b/0.png
+    for flag_at in (local + 6, central + 8):
+        data[flag_at] |= 0x1
+    return bytes(data)
+
+
+def bad_crc_zip() -> bytes:
+    data = zip_bytes({"a/0.png": png_bytes(), "b/0.txt": b"hello-data" * 10}, zipfile.ZIP_STORED)
+    return data.replace(b"hello-data", b"jello-data", 1)
+
+
+def clash_zip() -> bytes:
+    return zip_bytes({"a/0.png": png_bytes(), "b": b"a file", "b/0.png": png_bytes((0, 0, 255))})
+
+
+BAD_ZIPS = {"password-protected": encrypted_zip, "damaged": bad_crc_zip, "both a file and a folder": clash_zip}
+
+
+def test_row12_encrypted_bad_crc_and_clashing_zips_are_one_clear_line(home, tmp_path, capsys, monkeypatch):
+    for words, make in BAD_ZIPS.items():
+        archive = tmp_path / "data.zip"
+        archive.write_bytes(make())
+        with pytest.raises(DatasetError, match=words):
+            from_zip(archive)
+        assert not uploads_dir().exists() or not any(uploads_dir().iterdir())  # no partial extraction
+        code, out, err = run_cli(capsys, "scan", str(archive))
+        assert code == 1 and words in err and err.count("\n") == 1 and "Traceback" not in err
+
+    (home / "prefs.json").write_text(json.dumps({"dataset": str(tmp_path / "none")}))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Dataset.py").run()
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    for words, make in BAD_ZIPS.items():  # the Dataset page: the same line, no traceback, nothing kept
+        at.file_uploader(key="zip_upload").set_value(("data.zip", make(), "application/zip")).run()
+        at.button(key="use_zip").click().run()
+        assert not at.exception and any(words in e.value and "\n" not in e.value for e in at.error)
+        assert not any(uploads_dir().iterdir())
+
+
+def test_row13_checkpoint_errors_are_one_line_naming_the_file(tmp_path, capsys):
+    from tl_core.predict import Predictor
+
+    run = fake_run(tmp_path, ["a", "b", "c"], weight_classes=2)  # an old checkpoint, without class names
+    with pytest.raises(ValueError) as e:
+        Predictor.from_run(run, "cpu")
+    message = str(e.value)
+    assert str(run / "best.safetensors") in message and "3 classes" in message and "\n" not in message
+    (run / "best.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(RunBroken, match="not a readable safetensors file") as e:
+        Run(run).model_state()
+    assert str(run / "best.safetensors") in str(e.value)
+
+    torch.save({"optimizer": Tripwire(tmp_path / "pwned")}, run / "trainer_state.pt")
+    assert load_trainer_state(run) is None and not (tmp_path / "pwned").exists()
+    out = capsys.readouterr()
+    assert "weights_only" not in out.out + out.err
+
+
+def test_row14_scan_without_usable_images_and_top_k_validated(tmp_path, capsys):
+    junk = tmp_path / "junk"
+    for c in ("a", "b"):
+        (junk / c).mkdir(parents=True)
+        (junk / c / "notes.txt").write_text("not an image")
+    code, out, err = run_cli(capsys, "scan", str(junk))
+    assert code == 1 and "no usable image" in err and "notes.txt" in out and "not iterable" not in err
+
+    image = solid(tmp_path / "x.png", (10, 200, 10), (40, 40))
+    run = fake_run(tmp_path / "runs", ["a", "b"])
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["predict", str(run), str(image), "--top-k", bad])
+        assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
+    code, out, _ = run_cli(capsys, "predict", str(run), str(image), "--top-k", "5", "--json")
+    assert code == 0 and len(json.loads(out)[0]["top"]) == 2  # clamped to the run's classes
+
+
+def huge_png_header(path: Path, side: int = 20_000) -> Path:
+    """A valid 1x1 PNG whose header claims side x side pixels (the CRC fixed so Pillow trusts it)."""
+    data = bytearray(png_bytes(size=(1, 1)))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", side, side)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_row16_no_marker_problem_and_huge_images_too_large_quietly(home, tmp_path, capfd):
+    archive = tmp_path / "set.zip"
+    archive.write_bytes(dataset_zip(["a", "b"]))
+    for _ in range(2):  # extracted, then reused
+        report = scan(from_zip(archive))
+        assert report.n_images == 6 and report.problems == []
+
+    root = tmp_path / "big"
+    for c in ("a", "b"):
+        for i in range(2):
+            solid(root / c / f"{i}.png", (90 * i, 20, 40))
+    huge = huge_png_header(root / "a" / "huge.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = scan(from_folder(root))
+    reasons = {p.path: p.reason for p in report.problems}
+    assert reasons[str(huge)].startswith("too large to decode safely (20000x20000 pixels")
+    assert not [w for w in caught if w.category is not ResourceWarning]  # Pillow's DecompressionBombWarning
+    assert "Warning" not in "".join(capfd.readouterr())
+
+
+def test_row17_evaluate_text_lists_unreadable_val_images(tmp_path, capsys):
+    good = solid(tmp_path / "imgs" / "good.png", (200, 10, 10), (40, 40))
+    corrupt = tmp_path / "imgs" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    missing = tmp_path / "imgs" / "gone.png"
+    run = fake_run(tmp_path / "runs", ["a", "b"], val=[(str(good), 0), (str(corrupt), 1), (str(missing), 1)])
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert code == 0 and "unreadable images, not counted (2)" in out
+    assert f"{corrupt}:" in out and f"{missing}:" in out
