@@ -20,3 +20,15 @@ def test_explicit_requests_win_or_fail_clearly():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             pick_device("cuda")
     assert needs_grad_scaler(torch.float16) and not needs_grad_scaler(torch.bfloat16)
+
+
+def test_out_of_memory_is_recognised_on_cpu_too():
+    from tl_core.devices import is_out_of_memory
+
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(2**62, dtype=torch.uint8)  # more than any address space: a real CPU allocation failure
+    assert not isinstance(failed.value, torch.OutOfMemoryError)  # a plain RuntimeError, unlike CUDA's
+    assert is_out_of_memory(failed.value)
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

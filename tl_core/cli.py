@@ -246,6 +246,39 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_throughput(args) -> int:
+    from dataclasses import asdict, replace
+
+    from tl_core import throughput
+    from tl_core.backbones import check_name
+    from tl_core.devices import describe_device, pick_device
+
+    device = pick_device(args.device)
+    for name in args.models:
+        check_name(name)
+    given = {k: getattr(args, k) for k in ("batch", "size", "steps", "repeats", "warmup", "optimizer", "infer_batch",
+                                           "compile_backend")}
+    settings = replace(throughput.defaults_for(device), compile=args.compile,
+                       **{k: v for k, v in given.items() if v is not None}).validate()
+    rows = []
+    for name in args.models:
+        print(f"measuring {name} on {device} ...", file=sys.stderr, flush=True)
+        rows.append(throughput.measure(name, device, settings).to_dict())
+        r = rows[-1]
+        print(f"  train {r['train_images_per_s']} img/s (input pipeline x{r['pipeline_ratio']}), "
+              f"inference {r['infer_images_per_s']} img/s, warm-up {r['warmup_s']} s", file=sys.stderr, flush=True)
+    if args.json:
+        import torch
+        import torchvision
+
+        print(json.dumps({"device": describe_device(device), "torch": torch.__version__,
+                          "torchvision": torchvision.__version__, "settings": asdict(settings), "results": rows}))
+    else:
+        _print_table(rows, ["model", "batch", "compile", "train_images_per_s", "compute_ms", "fwd_bwd_ms", "pipeline_ms",
+                            "pipeline_ratio", "infer_images_per_s", "warmup_s"])
+    return 0
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset spec: the same three values the Dataset page chooses."""
     p.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
@@ -337,6 +370,21 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--scale", type=int, nargs="+", metavar="N", help="feature path time/memory at N synthetic images")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
+
+    tp = sub.add_parser("throughput", help="training and inference images/s with synthetic input (random weights)")
+    tp.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2"])
+    tp.add_argument("--batch", type=int, help="training batch (default 256 on a GPU, 16 on CPU)")
+    tp.add_argument("--infer-batch", type=int, help="inference batch (default 256 on a GPU, 32 on CPU)")
+    tp.add_argument("--size", type=int, help="image side in pixels (default 224)")
+    tp.add_argument("--steps", type=int, help="steps per timed repeat")
+    tp.add_argument("--repeats", type=int, help="timed repeats (the median is reported)")
+    tp.add_argument("--warmup", type=int, help="untimed steps first (torch.compile happens here)")
+    tp.add_argument("--optimizer", choices=["sgd", "adamw"])
+    tp.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tp.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
+    tp.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    tp.add_argument("--json", action="store_true")
+    tp.set_defaults(func=cmd_throughput)
     return p
 
 

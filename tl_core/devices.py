@@ -99,3 +99,18 @@ def _cpu_name() -> str:
 
 def describe_device(device: torch.device | None = None) -> str:
     return device_info(device).describe()
+
+
+OUT_OF_MEMORY_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure on any device, so every one gets the same clear message.
+
+    CUDA raises torch.OutOfMemoryError, MPS says "out of memory", but a failed CPU allocation is a plain
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory ...") and Python's own is MemoryError.
+    """
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in OUT_OF_MEMORY_TEXTS)
