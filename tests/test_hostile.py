@@ -462,3 +462,115 @@ def test_row17_evaluate_text_lists_unreadable_val_images(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
     assert code == 0 and "unreadable images, not counted (2)" in out
     assert f"{corrupt}:" in out and f"{missing}:" in out
+
+
+# ---------------------------------------------------------------- rows wired into the training loop
+
+TINY_RUN = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
+
+
+def _few(root: Path, classes=("red", "blue"), n: int = 4) -> Path:
+    for k, cls in enumerate(classes):
+        for i in range(n):
+            solid(root / cls / f"{i}.png", (40 + 150 * k, 20 * i, 200 - 150 * k), size=(48, 48))
+    return root
+
+
+def test_row04_a_kill_mid_write_of_the_trainer_state_still_resumes(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import resume, train
+
+    result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs")
+    (Path(result.run_dir) / "trainer_state.pt").write_bytes(b"")  # what an in-place write killed midway left
+    again = resume(result.run_dir, epochs=2)
+    assert again.status == "finished" and again.epochs_completed == 2
+
+
+def test_row05_resuming_a_run_that_is_being_written_is_refused(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import TrainingError, resume, train
+
+    result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tl_core.runs import RunLock\n"
+                               "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", result.run_dir],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match="being written by process"):
+            resume(result.run_dir, epochs=2)
+        assert [m["epoch"] for m in Run(Path(result.run_dir)).metrics()] == [1]  # nothing written twice
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_row07_a_run_killed_before_its_first_epoch_restarts_plainly(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import resume, train
+
+    stop = threading.Event()
+    stop.set()  # stopped before anything finished, like a kill during decoding
+    first = train(str(_few(tmp_path / "d")), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs", stop=stop)
+    assert first.epochs_completed == 0 and not Run(Path(first.run_dir)).has_checkpoint()
+    lines = []
+    again = resume(first.run_dir, [lambda e: lines.append(getattr(e, "message", ""))])
+    assert again.status == "finished" and again.epochs_completed == 1
+    assert any("Nothing had finished" in m and "from the beginning" in m for m in lines)
+
+
+def test_row10_classes_come_from_usable_images(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.datasets import DatasetSpec
+    from tl_core.scan import scan
+    from tl_core.trainer import train
+
+    root = _few(tmp_path / "d", ("red", "blue", "green"))
+    for p in (root / "green").iterdir():
+        p.write_bytes(b"not a picture")  # every file of one class undecodable
+    (root / "empty").mkdir()
+    report = scan(DatasetSpec(str(root)))
+    assert report.classes == ["blue", "red"]
+    assert {p.path for p in report.skipped if "empty class" in p.reason} == {"green", "empty"}
+    result = train(str(root), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs")
+    assert Run(Path(result.run_dir)).classes == ["blue", "red"]  # no dead output for a class with no image
+
+
+def test_row15_refused_settings_data_or_weights_leave_no_run_folder(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import TrainingError, train
+
+    data = _few(tmp_path / "d")
+    runs = tmp_path / "runs"
+    with pytest.raises(ValueError, match="epochs"):
+        train(str(data), TrainConfig(**{**TINY_RUN, "epochs": 0}), runs)
+    with pytest.raises(TrainingError, match="does not exist"):
+        train(str(tmp_path / "missing"), TrainConfig(**TINY_RUN, epochs=1), runs)
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(TrainingError):
+        train(str(data), TrainConfig(**{**TINY_RUN, "weights_path": str(bad)}, epochs=1), runs)
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_row17_resume_of_a_feature_run_after_a_val_file_was_deleted(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import resume, train
+
+    data = _few(tmp_path / "d", n=6)
+    cfg = TrainConfig(**{**TINY_RUN, "strategy": "features"}, epochs=1)
+    result = train(str(data), cfg, tmp_path / "runs")
+    gone = Path(Run(Path(result.run_dir)).split("val")[0][0])
+    gone.unlink()
+    again = resume(result.run_dir, epochs=2)
+    assert again.status == "finished" and again.epochs_completed == 2
+    assert any(s["path"] == str(gone) for s in Run(Path(result.run_dir)).summary["skipped"])
+
+
+def test_row18_no_promise_of_kept_epochs_when_there_are_none():
+    from tl_core.config import TrainConfig
+    from tl_core.trainer import explain
+
+    _, none_kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=False)
+    _, kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=True)
+    assert "keeps its finished epochs" not in none_kept and "nothing was kept" in none_kept
+    assert "keeps its finished epochs" in kept

@@ -357,7 +357,8 @@ class Trainer:
         t0 = time.perf_counter()
 
         def report(done: int, total: int) -> None:
-            self.check_stop()
+            if self.run is not None:  # before the run exists (scan, weights) a stop simply waits for it
+                self.check_stop()
             elapsed = time.perf_counter() - t0
             rate = done / elapsed if done and elapsed > 0.2 else None
             self.events.emit(PhaseProgress(phase, done, total, rate))
