@@ -76,11 +76,11 @@ def main() -> int:
         fraction = args.cap_mb * 2**20 / total
         out["cap"] = {"mb": args.cap_mb, "fraction": round(fraction, 5), "total_mb": round(total / 2**20)}
         log(f"capped run: {args.cap_mb} MB of {total / 2**20:.0f} MB, batch {args.batch} ...")
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        torch.cuda.set_per_process_memory_fraction(fraction, torch.cuda.current_device())
         try:
             capped = attempt(lambda: train(args.data, config, runs))
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         capped["clear_message"] = capped.get("message", "").startswith("Out of memory")
         out["capped"] = capped
         log(f"  {capped}")

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 from tl_core import backbones
 from tl_core.config import TrainConfig
 from tl_core.devices import describe_device, pick_device
-from tl_core.events import EpochEnded
+from tl_core.events import EpochEnded, PhaseStarted
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
@@ -146,16 +146,25 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
     from tl_core.runs import load_run
     from tl_core.trainer import train
 
+    marks: list[tuple[str, float]] = [("scan and weights", time.perf_counter())]
+
+    def listen(e) -> None:
+        if isinstance(e, PhaseStarted) and e.phase != "weights":
+            marks.append((e.phase, time.perf_counter()))
+        elif isinstance(e, EpochEnded):
+            log(f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {e.row.val_acc:.3f} ({e.row.epoch_seconds:.2f} s)")
+
     with tempfile.TemporaryDirectory() as runs, cold_cache():
-        t0 = time.perf_counter()
-        result = train(str(root), config, runs, [lambda e: isinstance(e, EpochEnded) and log(
-            f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {e.row.val_acc:.3f}")])
+        t0 = marks[0][1] = time.perf_counter()
+        result = train(str(root), config, runs, [listen])
         wall = time.perf_counter() - t0
+        marks.append(("end", t0 + wall))
         metrics = load_run(result.run_dir).metrics()
         n_train = len(load_run(result.run_dir).split("train"))
     return {"seconds": round(wall, 2), "images_per_s": round(n_train * result.epochs_completed / wall, 1),
             "best_val_accuracy": round(result.best_val_accuracy, 4),
-            "final_val_accuracy": round(metrics[-1]["val_acc"], 4), "epochs": result.epochs_completed}
+            "final_val_accuracy": round(metrics[-1]["val_acc"], 4), "epochs": result.epochs_completed,
+            "phases": {name: round(marks[i + 1][1] - t, 2) for i, (name, t) in enumerate(marks[:-1])}}
 
 
 def default_data() -> Path:

@@ -91,7 +91,7 @@ class Batcher:
         self.std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
 
     def _to_device(self, u8: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and u8.device.type == "cpu":
             u8 = u8.pin_memory()
         return u8.to(self.device, non_blocking=True).float()
 

@@ -150,7 +150,7 @@ def check_files(root: str, files: list[str], progress: Callable[[int, int], None
     if progress:
         progress(len(out), len(files))
     if todo:
-        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # Pillow and hashing release the GIL
+        with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # Pillow and hashing release the GIL
             for i, (path, check) in enumerate(zip(todo, pool.map(check_file, todo))):
                 out[path] = check
                 cache.put(path, check)

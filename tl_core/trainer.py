@@ -136,6 +136,9 @@ class Strategy:
     def load(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+MAX_DEVICE_IMAGE_BYTES = 2 * 2**30
+
+
 class ImageStore:
     """uint8 squares by index: all decoded up front when they fit in memory, else decoded per batch."""
 
@@ -151,12 +154,17 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def to(self, device: torch.device) -> None:
+        """On a GPU, small decoded sets live in its memory: no host-to-device copy per step."""
+        if self.data is not None and device.type == "cuda" and self.data.numel() <= MAX_DEVICE_IMAGE_BYTES:
+            self.data = self.data.to(device)
+
     def labels(self) -> torch.Tensor:
         return torch.tensor([s.label for s in self.samples])
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.data is not None:
-            return self.data[idx]
+            return self.data[idx.to(self.data.device)]
         u8, _, problems = decode_filled([self.samples[i] for i in idx.tolist()], self.size)
         self.problems += [p for p in problems if p not in self.problems]  # files that went bad mid-run, once
         return u8
@@ -178,8 +186,8 @@ class WholeNetwork(Strategy):
         model, head = t.model, t.head
         backbones.apply_strategy(model, head, cfg.strategy, cfg.finetune_stages)
         model.to(t.device, memory_format=torch.channels_last)
-        if t.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        for store in (self.train_store, self.val_store):
+            store.to(t.device)
         self.net = torch.compile(model) if cfg.compile else model
         self.batcher = Batcher(t.prep, t.device, cfg.augment)
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
