@@ -146,7 +146,7 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
     from tl_core.runs import load_run
     from tl_core.trainer import train
 
-    marks: list[tuple[str, float]] = [("scan and weights", time.perf_counter())]
+    marks: list[tuple[str, float]] = []
 
     def listen(e) -> None:
         if isinstance(e, PhaseStarted) and e.phase != "weights":
@@ -155,7 +155,8 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
             log(f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {e.row.val_acc:.3f} ({e.row.epoch_seconds:.2f} s)")
 
     with tempfile.TemporaryDirectory() as runs, cold_cache():
-        t0 = marks[0][1] = time.perf_counter()
+        t0 = time.perf_counter()
+        marks.append(("scan and weights", t0))
         result = train(str(root), config, runs, [listen])
         wall = time.perf_counter() - t0
         marks.append(("end", t0 + wall))

@@ -53,6 +53,13 @@ def fast_dtype(device: torch.device) -> torch.dtype | None:
     return amp_dtype(device)
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where it pays from the first step: on CPU. On CUDA its depthwise-conv kernels cost seconds
+    per new input shape on first use (measured on an H200: 8.4 s vs 1.0 s for MobileNetV2's first step), more
+    than a small dataset's whole run gains."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     return dtype == torch.float16
 

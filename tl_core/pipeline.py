@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.ops import roi_align
 
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import Problem, Sample
+from tl_core.devices import memory_format
 from tl_core.images import BadImage, open_rgb
 
 AUGMENTATIONS = ("none", "light", "strong")
@@ -96,7 +97,7 @@ class Batcher:
         return u8.to(self.device, non_blocking=True).float()
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return ((x - self.mean) / self.std).contiguous(memory_format=memory_format(self.device))
 
     def eval(self, u8: torch.Tensor) -> torch.Tensor:
         x = self._to_device(u8)
@@ -117,10 +118,14 @@ class Batcher:
         h = torch.sqrt(area / ratio).clamp(max=s)
         x0 = torch.rand(n, generator=g) * (s - w)
         y0 = torch.rand(n, generator=g) * (s - h)
-        boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1).to(self.device)
-        x = roi_align(x, boxes, output_size=(c, c), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        flip = (torch.rand(n, generator=g) < 0.5).to(self.device).view(n, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
+        # crop + resize + flip as one affine resampling: plain PyTorch kernels on every device (torchvision's
+        # roi_align needs its own CUDA kernels, JIT-compiled on first use: 25 s on an H200 before this)
+        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = w / s * flip, h / s
+        theta[:, 0, 2], theta[:, 1, 2] = (x0 + w / 2) / s * 2 - 1, (y0 + h / 2) / s * 2 - 1
+        grid = F.affine_grid(theta.to(self.device), [n, 3, c, c], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.augment == "strong":  # brightness, contrast and saturation jitter of +-30%
             b, ct, sat = (torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=g).to(self.device) for _ in range(3))
             grey = x.mean(1, keepdim=True)

@@ -26,7 +26,7 @@ from torch import nn
 from tl_core import backbones, paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
-from tl_core.devices import fast_dtype, is_out_of_memory, needs_grad_scaler, pick_device
+from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
 from tl_core.events import (
     Emitter,
@@ -185,7 +185,7 @@ class WholeNetwork(Strategy):
         self.n_train = len(self.train_store)
         model, head = t.model, t.head
         backbones.apply_strategy(model, head, cfg.strategy, cfg.finetune_stages)
-        model.to(t.device, memory_format=torch.channels_last)
+        model.to(t.device, memory_format=memory_format(t.device))
         for store in (self.train_store, self.val_store):
             store.to(t.device)
         self.net = torch.compile(model) if cfg.compile else model
@@ -241,7 +241,7 @@ class HeadOnCachedEmbeddings(Strategy):
 
     def prepare(self, trainer: Trainer) -> None:
         t, cfg = self.t, self.t.config
-        t.model.to(t.device, memory_format=torch.channels_last)
+        t.model.to(t.device, memory_format=memory_format(t.device))
         batcher = Batcher(t.prep, t.device, cfg.augment)
         caches = embedding_caches(cfg, t.prep, t.dtype)
         n_views = len(caches)
