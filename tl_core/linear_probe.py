@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-DEFAULT_GRID = tuple(10.0 ** e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0))
+DEFAULT_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 3))  # 1e-4 ... 10, half a decade apart
 MAX_ITER = 100  # as scikit-learn's lbfgs: past this, held-out accuracy no longer moves
 CHUNK = 25  # L-BFGS iterations between stop checks and progress reports
 
