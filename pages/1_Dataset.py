@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages._data_health import render_data_health
 from pages._shared import choices, choose, dataset, page_setup, scan_report
 from tl_core import paths
 from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, resolve_in_root
@@ -115,3 +116,5 @@ if report.problems:
     st.dataframe(pd.DataFrame([{"file": p.path, "reason": p.reason} for p in report.problems]), hide_index=True)
 else:
     st.success("No problems found: every file is a readable image and every class is in every split.")
+
+render_data_health(ds, c["dataset"])
