@@ -73,7 +73,7 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
             if a.button("Drop", key=f"drop_{s.path}"):
                 set_override(ds, s.path, DROP)
                 st.rerun()
-            if b.button(f"Relabel as {s.suggested}", key=f"relabel_{s.path}"):
+            if b.button("Relabel", key=f"relabel_{s.path}", help=f"Give it the class {s.suggested}"):
                 set_override(ds, s.path, RELABEL, s.suggested)
                 st.rerun()
 

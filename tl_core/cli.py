@@ -257,6 +257,17 @@ def cmd_issues(args) -> int:
     return 0
 
 
+def _embedding_args(p: argparse.ArgumentParser, func) -> None:
+    """What `compare` and `issues` share: the dataset and how its embeddings are computed."""
+    p.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    p.add_argument("--image-size", type=int, help="input size (default: the weights' own)")
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)
+
+
 def parser() -> argparse.ArgumentParser:
     from tl_core import paths
 
@@ -346,24 +357,12 @@ def parser() -> argparse.ArgumentParser:
     be.set_defaults(func=cmd_bench)
 
     co = sub.add_parser("compare", help="your-data accuracy of backbones (fitted head on cached embeddings) vs latency")
-    co.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
     co.add_argument("--backbones", nargs="+", default=["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"])
-    co.add_argument("--image-size", type=int, help="input size (default: the weights' own)")
-    co.add_argument("--device", choices=["cpu", "cuda", "mps"])
-    co.add_argument("--val-fraction", type=float, default=0.2)
-    co.add_argument("--seed", type=int, default=0)
-    co.add_argument("--json", action="store_true")
-    co.set_defaults(func=cmd_compare)
+    _embedding_args(co, cmd_compare)
 
     iss = sub.add_parser("issues", help="likely mislabelled images, near-duplicates, outliers, class imbalance")
-    iss.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
     iss.add_argument("--backbone", default="mobilenet_v2")
-    iss.add_argument("--image-size", type=int, help="input size (default: the weights' own)")
-    iss.add_argument("--device", choices=["cpu", "cuda", "mps"])
-    iss.add_argument("--val-fraction", type=float, default=0.2)
-    iss.add_argument("--seed", type=int, default=0)
-    iss.add_argument("--json", action="store_true")
-    iss.set_defaults(func=cmd_issues)
+    _embedding_args(iss, cmd_issues)
     return p
 
 
