@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._shared import chosen_backbone
+from pages._shared import chosen_backbone, dataset, scan_report
 from tl_core.data_health import HealthReport, check_health
 from tl_core.datasets import ImageDataset
 from tl_core.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
@@ -47,6 +47,13 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
     embedding_map(report)
 
 
+def changed() -> None:
+    """An override changes what the dataset holds: drop the cached dataset and scan, then redraw."""
+    dataset.clear()
+    scan_report.clear()
+    st.rerun()
+
+
 def gallery(ds: ImageDataset, report: HealthReport) -> None:
     st.markdown("**Likely mislabelled images**: your choice is saved beside the dataset (your files are never moved) "
                 "and the next scan and training honour it.")
@@ -67,15 +74,15 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
                 st.caption("dropped" if done.action == DROP else f"relabelled as {done.label}")
                 if st.button("Undo", key=f"undo_{s.path}"):
                     clear_override(ds, s.path)
-                    st.rerun()
+                    changed()
                 continue
             a, b = st.columns(2)
             if a.button("Drop", key=f"drop_{s.path}"):
                 set_override(ds, s.path, DROP)
-                st.rerun()
+                changed()
             if b.button("Relabel", key=f"relabel_{s.path}", help=f"Give it the class {s.suggested}"):
                 set_override(ds, s.path, RELABEL, s.suggested)
-                st.rerun()
+                changed()
 
 
 def duplicates_and_outliers(report: HealthReport) -> None:

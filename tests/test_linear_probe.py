@@ -21,9 +21,11 @@ def accuracy(result, x, y) -> float:
 
 def test_beats_chance_on_held_out_rows_and_loads_into_a_linear_layer():
     x, y = blobs(400, 64, 1.5)
-    result = fit_head(x[:200], y[:200], 3)
+    steps = []
+    result = fit_head(x[:200], y[:200], 3, on_iteration=steps.append)
     assert accuracy(result, x[200:], y[200:]) > 0.8  # chance is 1/3
     assert 0.7 < result.cv_accuracy <= 1.0 and result.iterations > 0
+    assert steps and steps[-1].iteration == result.iterations and steps[-1].loss <= steps[0].loss
     head = nn.Linear(64, 3)
     head.load_state_dict({"weight": result.weight, "bias": result.bias})
     assert torch.allclose(torch.softmax(head(x[200:]), 1), predict_proba(result, x[200:]), atol=1e-5)

@@ -43,6 +43,7 @@ def evaluate_backbone(ds: ImageDataset, name: str, config: TrainConfig,
     """One backbone: embeddings (cached), the fitted head, its validation accuracy, latency and size."""
     t0 = time.perf_counter()
     try:
+        backbones.check_name(name)
         size_mb = backbones.describe(name).size_mb
         frozen = FrozenBackbone.load(name, image_size=config.image_size, device=config.device, amp=config.amp,
                                      seed=config.seed)

@@ -23,12 +23,11 @@ CHUNK = 25  # L-BFGS iterations between stop checks and progress reports
 
 @dataclass(frozen=True)
 class ProbeStep:
-    """Progress of one fit: fit `fit` of `fits` (the last is the final refit), after `iteration` iterations."""
+    """Progress of the joint fit (every fold, strength and the refit together): a live curve for the dashboard."""
 
-    fit: int
-    fits: int
     iteration: int
-    loss: float
+    max_iterations: int
+    loss: float  # the summed objective of all problems
 
 
 @dataclass
@@ -118,7 +117,7 @@ def _fit_all(
         n_iter = opt.state[w]["n_iter"]
         step, done = n_iter - done, n_iter
         if report:
-            report(done, float(loss))
+            report(done, float(loss.detach()))
         if step < CHUNK:  # L-BFGS stopped on its own tolerances: converged
             break
     return w.detach(), b.detach(), done
@@ -194,7 +193,7 @@ def _fit_grid(
     fold = stratified_folds(y, folds, seed)
     row_weight, views = _row_weights(n_views, fold, folds)
     strengths = torch.tensor(grid, dtype=x.dtype)
-    report = (lambda it, loss: on_iteration(ProbeStep(it, MAX_ITER, it, loss))) if on_iteration else None
+    report = (lambda it, loss: on_iteration(ProbeStep(it, MAX_ITER, loss))) if on_iteration else None
     with _threads_for(4.0 * z.shape[0] * z.shape[1] * row_weight.shape[1] * len(grid) * num_classes):
         w, b, iterations = _fit_all(z, y.repeat(n_views), row_weight, num_classes, strengths, should_stop, report)
     if basis is not None:
