@@ -36,3 +36,15 @@ def test_compare_cli_json_then_the_cache_is_reused(with_real_weights):
     again = compare(load_dataset("demo"), ["mobilenet_v2"], TrainConfig(image_size=64), lambda p, d, n: phases.append(p))
     assert again[0].val_accuracy == mobilenet["val_accuracy"]
     assert phases and not any("embedding" in p for p in phases)  # every view came from the cache
+
+
+def test_compare_reads_the_embeddings_a_feature_extraction_run_cached(with_real_weights, tmp_path):
+    """Both key the cache the same way: after a run, comparing that backbone costs no backbone pass."""
+    from tl_core.trainer import train
+
+    train("demo", TrainConfig(backbone="mobilenet_v2", image_size=48, epochs=1, seed=3), tmp_path)
+    phases = []
+    rows = compare(load_dataset("demo"), ["mobilenet_v2"], TrainConfig(image_size=48, seed=3),
+                   lambda p, d, n: phases.append(p))
+    assert rows[0].val_accuracy > 0.5 and rows[0].views in (1, 2)
+    assert phases and not any("embedding" in p for p in phases)
