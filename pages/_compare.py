@@ -30,8 +30,8 @@ def render_compare() -> None:
             ds = dataset(c["dataset"], c["val_fraction"], c["seed"])
             found = compare(ds, names, TrainConfig(image_size=int(size) or None, seed=c["seed"]),
                             lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
-        except DatasetError as e:
-            st.error(str(e))
+        except (DatasetError, ValueError) as e:  # no val split, too few images...: one clear message
+            st.error(f"The comparison could not run: {e}")
             return
         finally:
             bar.empty()
