@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages.ui.data_health import render_data_health
 from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
 from tl_core import paths
 from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
@@ -111,3 +112,5 @@ if report.problems:
                                for p in report.problems]), hide_index=True)
 else:
     st.success("No problems found: every file is a readable image and every class is in every split.")
+
+render_data_health(report.dataset, spec.source)

@@ -4,6 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages.ui.compare import render_compare
 from pages.ui.shared import backbone_rows, choices, choose, device_text, page_setup, speeds
 from tl_core import speed
 from tl_core.backbones import recommend
@@ -68,3 +69,5 @@ if not row.cached:
                "or train it from scratch (much less accurate).")
 if st.button("Use for training", type="primary", key="bb_use"):
     choose(f"{pick} selected: go to **Train**.", backbone=pick)
+
+render_compare()

@@ -296,6 +296,59 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_compare(args) -> int:
+    from tl_core.compare import compare, pareto_front, recommend
+    from tl_core.config import TrainConfig
+    from tl_core.datasets import load_dataset
+
+    bar = Progress()
+    config = TrainConfig(image_size=args.image_size, device=args.device, seed=args.seed)
+    rows = compare(load_dataset(_spec(args)), args.backbones, config,
+                   lambda phase, d, n: bar.bar(phase, d, n))
+    front, best = pareto_front(rows), recommend(rows)
+    if args.json:
+        print(json.dumps({"backbones": [r.to_dict() for r in rows], "pareto_front": front, "recommended": best}))
+        return 0
+    _print_table([{**r.to_dict(), "pareto": r.name in front} for r in rows],
+                 ["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto", "error"])
+    print(f"\nrecommended: {best}" if best else "\nno backbone could be evaluated")
+    return 0
+
+
+def cmd_issues(args) -> int:
+    from tl_core.data_health import check_health
+    from tl_core.datasets import load_dataset
+
+    bar = Progress()
+    report = check_health(load_dataset(_spec(args)), args.backbone,
+                          image_size=args.image_size, device=args.device, progress=lambda p, d, n: bar.bar(p, d, n))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(f"{report.n_images} images, {len(report.classes)} classes, embeddings of {report.backbone}")
+    print(f"\nlikely mislabelled ({len(report.suspects)}):")
+    _print_table([vars(s) for s in report.suspects[:30]], ["path", "split", "given", "suggested", "quality", "flagged"])
+    print(f"\nnear-duplicates ({len(report.duplicates)}):")
+    for p in report.duplicates[:30]:
+        flags = ", ".join(f for f, on in (("cross-split", p.cross_split), ("cross-class", p.cross_class)) if on)
+        print(f"  {p.similarity:.3f}  {p.a}  {p.b}" + (f"  [{flags}]" if flags else ""))
+    print(f"\noutliers ({len(report.outliers)}):")
+    for o in report.outliers[:30]:
+        print(f"  z {o.z:.1f}  {o.path}")
+    print(f"\n{report.balance.note}")
+    return 0
+
+
+def _embedding_args(p: argparse.ArgumentParser, func) -> None:
+    """What `compare` and `issues` share: the dataset and how its embeddings are computed."""
+    _data_arguments(p)
+    p.add_argument("--image-size", type=int, help="input size (default: the weights' own)")
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int, default=0, help="training seed (augmented views)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)
+
+
 def parser() -> argparse.ArgumentParser:
     from tl_core import paths
     from tl_core.config import add_arguments
@@ -385,6 +438,15 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--device", choices=["cpu", "cuda", "mps"])
     tp.add_argument("--json", action="store_true")
     tp.set_defaults(func=cmd_throughput)
+
+
+    co = sub.add_parser("compare", help="your-data accuracy of backbones (fitted head on cached embeddings) vs latency")
+    co.add_argument("--backbones", nargs="+", default=["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"])
+    _embedding_args(co, cmd_compare)
+
+    iss = sub.add_parser("issues", help="likely mislabelled images, near-duplicates, outliers, class imbalance")
+    iss.add_argument("--backbone", default="mobilenet_v2")
+    _embedding_args(iss, cmd_issues)
     return p
 
 

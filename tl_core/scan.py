@@ -14,13 +14,14 @@ import stat
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
 from tl_core import paths
 from tl_core.datasets import DatasetSpec, ImageDataset, Problem, Sample, apply_split, list_files
 from tl_core.images import BadImage, content_hash, open_rgb
+from tl_core.overrides import apply_overrides
 
 MIN_SIDE = 32
 MAX_SIDE = 10_000
@@ -167,6 +168,8 @@ def scan(spec: DatasetSpec | str, progress: Callable[[int, int], None] | None = 
     checks = check_files(listing.root, [s.path for s in listing.samples], progress)
     skipped = list(listing.skipped) + [Problem(s.path, checks[s.path].reason) for s in listing.samples if not checks[s.path].usable]
     usable = [s for s in listing.samples if checks[s.path].usable]
+    corrected = apply_overrides(replace(listing, samples=usable, skipped=skipped))  # the user's drops and relabels
+    usable, skipped = corrected.samples, corrected.skipped
     kept = sorted({s.label for s in usable})  # classes are decided from usable images
     skipped += [Problem(c, "empty class: no usable image (left out of training)")
                 for i, c in enumerate(listing.classes) if i not in kept]

@@ -1,0 +1,63 @@
+"""Backbones page section: accuracy on *your* data (fitted head on cached embeddings) against measured latency."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages.ui.shared import backbone_rows, choices, dataset_label, scan_report
+from tl_core.compare import compare, pareto_front, recommend
+from tl_core.config import TrainConfig
+from tl_core.datasets import DatasetError
+from tl_core.speed import SHORTLIST
+
+
+def render_compare() -> None:
+    spec = choices().dataset
+    st.subheader("Which backbone for your data")
+    st.caption(f"Dataset **{dataset_label(spec)}**: each backbone's embeddings (cached), a linear head fitted with "
+               "cross-validated regularisation, and its validation accuracy: the figure feature extraction reaches.")
+    rows = backbone_rows()
+    cached = [r.name for r in rows if r.cached and r.name in SHORTLIST] or [r.name for r in rows if r.cached][:3]
+    a, b = st.columns([4, 1])
+    names = a.multiselect("Backbones to compare", [r.name for r in rows], default=cached or ["mobilenet_v2"], key="cmp_names")
+    size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size")
+    key = (spec, int(size), tuple(names))
+    if st.button(f"Compare {len(names)} backbone(s) on this dataset", key="cmp_run", disabled=not names):
+        bar = st.progress(0.0, text="Starting...")
+        try:
+            ds = scan_report(spec).dataset
+            found = compare(ds, names, TrainConfig(image_size=int(size) or None),
+                            lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
+        except (DatasetError, ValueError) as e:  # no val split, too few images...: one clear message
+            st.error(f"The comparison could not run: {e}")
+            return
+        finally:
+            bar.empty()
+        st.session_state.comparison = (key, found)
+    if st.session_state.get("comparison", (None,))[0] != key:
+        return
+    show(st.session_state.comparison[1])
+
+
+def show(found) -> None:
+    for r in found:
+        if r.error:
+            st.warning(f"{r.name}: not compared. {r.error}")
+    done = [r for r in found if r.val_accuracy is not None]
+    if not done:
+        return
+    front, best = pareto_front(done), recommend(done)
+    table = pd.DataFrame([{**r.to_dict(), "pareto": r.name in front} for r in done])
+    fig = px.scatter(table, x="ms_per_image", y="val_accuracy", color="pareto", text="name", hover_name="name",
+                     hover_data=["cv_accuracy", "size_mb", "seconds"], log_x=True,
+                     labels={"ms_per_image": "measured latency (ms/image, batch 1)", "val_accuracy": "your validation accuracy"},
+                     title="Accuracy on your data against measured latency (Pareto front in colour)")
+    line = table[table.pareto].sort_values("ms_per_image")
+    fig.add_scatter(x=line.ms_per_image, y=line.val_accuracy, mode="lines", name="Pareto front", line={"dash": "dot"})
+    fig.update_traces(textposition="top center", selector={"mode": "markers+text"})
+    st.plotly_chart(fig, key="cmp_chart")
+    st.success(f"Recommended for this dataset: **{best}**: the fastest backbone within one point of the best accuracy.")
+    st.dataframe(table[["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto"]],
+                 hide_index=True, key="cmp_table")

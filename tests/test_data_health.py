@@ -1,0 +1,67 @@
+"""Data health on planted faults: label swaps found by confident learning, near-copies found across splits."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import HYMENOPTERA
+from PIL import Image
+from test_cli import cli
+
+from tl_core.data_health import health_from_embeddings
+from tl_core.datasets import Sample
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, real_weights):
+    """A copy of ants vs bees with 10 ants filed as bees, 10 bees as ants and 5 shrunk, re-encoded copies of
+    training ants in val; `issues --json` run on it once (its embeddings are cached for the session)."""
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent")
+    root = tmp_path_factory.mktemp("planted") / "hymenoptera"
+    shutil.copytree(HYMENOPTERA, root)
+    moved = []
+    for src, dst in (("ants", "bees"), ("bees", "ants")):
+        for f in sorted((root / "train" / src).glob("*.jpg"))[::12][:10]:
+            f.rename(root / "train" / dst / f.name)
+            moved.append(str(root / "train" / dst / f.name))
+    copies = []
+    for i, f in enumerate(sorted((root / "train" / "ants").glob("*.jpg"))[1::25][:5]):
+        im = Image.open(f).convert("RGB")
+        im.resize((int(im.width * 0.7), int(im.height * 0.7))).save(root / "val" / "ants" / f"copy_{i}.jpg", quality=70)
+        copies.append(str(root / "val" / "ants" / f"copy_{i}.jpg"))
+    out = cli("issues", str(root), "--json", env={"TORCH_HOME": str(real_weights)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), moved, copies
+
+
+def test_label_swaps_are_among_the_top_suggestions(planted):
+    report, moved, _ = planted
+    assert len(moved) == 20
+    top = {s["path"] for s in report["suspects"][:40]}
+    assert len(top & set(moved)) >= 14
+    first = report["suspects"][0]
+    assert first["suggested"] != first["given"] and first["quality"] < 0.5
+
+
+def test_near_copies_in_val_are_flagged_as_cross_split_duplicates(planted):
+    report, moved, copies = planted
+    leaks = [p for p in report["duplicates"] if p["cross_split"]]
+    assert all(any(c in (p["a"], p["b"]) for p in leaks) for c in copies)
+    assert len(report["duplicates"]) < 20  # distinct photos are not reported as duplicates
+    assert report["balance"]["counts"] == {"ants": 123 + 1 + 10 - 10, "bees": 121}
+
+
+def test_outliers_balance_and_map_on_synthetic_embeddings():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(2, 32, generator=g) * 3
+    labels = [0] * 90 + [1] * 30
+    x = centres[labels] + torch.randn(120, 32, generator=g)
+    x[5] = torch.randn(32, generator=g) * 40  # far from everything
+    samples = [Sample(f"img{i}.png", y, "train" if i % 4 else "val") for i, y in enumerate(labels)]
+    report = health_from_embeddings(x, samples, ["big", "small"])
+    assert report.outliers and report.outliers[0].path == "img5.png"
+    assert report.balance.counts == {"big": 67, "small": 23} and report.balance.ratio == pytest.approx(67 / 23)
+    assert "3.0x" in report.balance.note or "2.9x" in report.balance.note
+    assert len(report.points) == 120 and report.projection == "t-SNE"
