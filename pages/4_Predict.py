@@ -1,6 +1,7 @@
 """Predict: classify images (with Grad-CAM and an "unsure" answer), a whole folder or zip, evaluate and export."""
 
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def bar_chart(top: list[tuple[str, float]]):
 
 def results_table(preds, key: str) -> None:
     table = pd.DataFrame(prediction_rows(preds, threshold))
+    if len(table) > 1:  # a folder's files by their names inside it, not by server paths
+        table["file"] = [os.path.relpath(f, os.path.commonpath(list(table.file))) for f in table.file]
     st.dataframe(table, hide_index=True, key=f"{key}_table")
     st.download_button("Download results (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv", key=f"{key}_csv")
 

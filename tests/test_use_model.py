@@ -131,6 +131,35 @@ def test_grad_cam_runs_for_a_vision_transformer():
     assert cam_target("vit_b_16") is TARGETS["vision_transformer"] and cam_target("swin_t").reshape is not None
 
 
+def test_every_backbone_family_has_a_grad_cam_layer():
+    from tl_core.backbones import list_backbones
+    from tl_core.cam_targets import TARGETS, family_of
+
+    assert {family_of(b.name) for b in list_backbones()} <= set(TARGETS)
+
+
+SMALLEST_PER_FAMILY = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3", "maxvit_t",
+                       "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf", "resnet18",
+                       "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "vgg11", "vit_b_16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SMALLEST_PER_FAMILY)
+def test_grad_cam_runs_for_each_family(name):
+    from tl_core import backbones
+    from tl_core.backbones import preprocessing_of, replace_head
+
+    model = backbones.bare(name)
+    backbones._drop_aux(model)
+    replace_head(model, 2)
+    prep = preprocessing_of(backbones.pick_weights(name))
+    predictor = Predictor(model, ["a", "b"], prep, torch.device("cpu"), name)
+    image = Image.fromarray((np.random.default_rng(2).random((300, 260, 3)) * 255).astype(np.uint8))
+    e = explain(predictor, image)
+    assert e.heatmap.shape == (prep.crop, prep.crop) and np.isfinite(e.heatmap).all()
+    assert 0 <= e.heatmap.min() and e.heatmap.max() <= 1
+
+
 # ---------------------------------------------------------------- batch predict
 
 
