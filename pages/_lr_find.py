@@ -9,9 +9,9 @@ from tl_core.lr_find import lr_find
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _sweep(source: str, backbone: str, strategy: str, image_size: int | None):
+def _sweep(source: str, backbone: str, strategy: str, image_size: int | None, steps: int):
     bar = st.progress(0.0, text="Sweeping the learning rate...")
-    result = lr_find(source, backbone, strategy, image_size=image_size,
+    result = lr_find(source, backbone, strategy, steps=steps, image_size=image_size,
                      progress=lambda d, n: bar.progress(d / n, text=f"Learning-rate sweep: step {d}/{n}"))
     bar.empty()
     return result
@@ -22,21 +22,22 @@ def _use(lr_key: str, lr: float) -> None:
 
 
 def render_lr_finder(source: str, backbone: str, strategy: str = "finetune", image_size: int | None = None,
-                     lr_key: str = "train_lr") -> float | None:
+                     lr_key: str = "train_lr", steps: int = 100) -> float | None:
     """Button -> a short sweep (loss against lr, log scale) -> suggested lr and a button writing it into `lr_key`.
 
     Returns the suggestion once a sweep exists (None before). `lr_key` is the session key of the page's
     learning-rate widget.
     """
     with st.expander("Find a learning rate (a short sweep, like fastai's lr_find)"):
-        ran = st.session_state.get("lr_find_for") == (source, backbone, strategy, image_size)
+        setup = (source, backbone, strategy, image_size, steps)
+        ran = st.session_state.get("lr_find_for") == setup
         if not (st.button("Run the learning-rate finder", key="lr_find_run") or ran):
             st.caption("About a hundred small training steps with a rising learning rate; the loss curve shows where "
                        "training is fastest before it diverges.")
             return None
-        st.session_state.lr_find_for = (source, backbone, strategy, image_size)
+        st.session_state.lr_find_for = setup
         try:
-            result = _sweep(source, backbone, strategy, image_size)
+            result = _sweep(*setup)
         except (ValueError, RuntimeError) as e:
             st.error(str(e))
             return None

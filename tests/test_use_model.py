@@ -245,6 +245,28 @@ def test_lr_find_returns_a_finite_suggestion(with_real_weights, capsys):
     assert np.isfinite(result["suggestion"]) and lrs[0] <= result["suggestion"] <= lrs[-1]
 
 
+def lr_finder_app():
+    import streamlit as st
+
+    from pages._lr_find import render_lr_finder
+
+    st.number_input("Learning rate (head)", 1e-6, 1.0, 1e-3, format="%.5f", key="train_lr")  # as on the Train page
+    render_lr_finder("demo", "mobilenet_v2", image_size=64, steps=20)
+
+
+def test_lr_finder_section_plots_and_one_click_sets_the_learning_rate(with_real_weights):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(lr_finder_app, default_timeout=300)
+    at.run()
+    at.button(key="lr_find_run").click().run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart") and at.button(key="lr_find_use").label.startswith("Use learning rate")
+    at.button(key="lr_find_use").click().run()
+    suggested = float(at.button(key="lr_find_use").label.split()[-1])
+    assert at.number_input(key="train_lr").value == pytest.approx(suggested, rel=0.06) != 1e-3
+
+
 def test_lr_suggestion_is_the_steepest_descent():
     from tl_core.lr_find import suggest
 
