@@ -8,6 +8,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages.ui.config_form import config_form
+from pages.ui.lr_find import render_lr_finder
 from pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset_label, job_manager, page_setup, scan_report, speeds
 from tl_core import paths, speed
 from tl_core.config import TrainConfig
@@ -61,6 +62,8 @@ def settings_form() -> None:
                    "settings to train from scratch. "
                    + (f"Cached now: {', '.join(cached)}." if cached else "No backbone's weights are cached yet."))
     config = config_form(name)
+    if config.strategy != "features":  # the head-only fit needs no learning rate search
+        render_lr_finder(spec.source, name, strategy=config.strategy, image_size=config.image_size, lr_key="cfg_lr")
     measured = speeds().get(name)
     if measured:
         est = cached_estimate(spec, json.dumps(config.to_dict()), measured.measured)

@@ -1,15 +1,22 @@
-"""Predict: classify uploaded images with a run; evaluate it and click through its mistakes."""
+"""Predict: classify images (with Grad-CAM and an "unsure" answer), a whole folder or zip, evaluate and export."""
 
+import io
+import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from pages.ui.shared import choices, choose, page_setup
 from tl_core import paths
-from tl_core.predict import Predictor, evaluate, export
+from tl_core.datasets import DatasetError, resolve_in_root
+from tl_core.explain import explain
+from tl_core.export import FORMATS, ExportError, export, load_check
+from tl_core.images import BadImage
+from tl_core.predict import UNSURE, Predictor, evaluate, expand_inputs, percent, prediction_rows
 from tl_core.runs import latest_finished, list_runs
 
 page_setup("Predict")
@@ -23,14 +30,14 @@ ids = [r.id for r in runs]
 latest = latest_finished(paths.runs_dir())
 index = ids.index(default) if default in ids else ids.index(latest.id) if latest and latest.id in ids else 0
 best_acc = {r.id: r.summary.get("best_val_accuracy") or 0.0 for r in runs}
-run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} (best val acc {best_acc[i]:.3f})")
+run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} (best val acc {percent(best_acc[i])})")
 if run_id != default:
     choose(run=run_id)
 run = next(r for r in runs if r.id == run_id)
 stamp = (run.dir / "best.safetensors").stat().st_mtime
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading the model...")
+@st.cache_resource(max_entries=3, show_spinner="Loading the model and calibrating it on the validation split...")
 def predictor(run_dir: str, stamp: float) -> Predictor:
     return Predictor.from_run(run_dir)
 
@@ -43,9 +50,54 @@ def evaluation(run_dir: str, stamp: float):
     return ev
 
 
-tab_predict, tab_eval = st.tabs(["Classify images", "Evaluate the run"])
+@st.cache_data(max_entries=256, show_spinner=False)
+def heat_overlay(run_dir: str, stamp: float, image: bytes | str, class_name: str | None = None):
+    """Grad-CAM over the image (for `class_name`, default the predicted class), as an RGB array."""
+    source = image if isinstance(image, str) else io.BytesIO(image)
+    e = explain(predictor(run_dir, stamp), source, class_name)
+    return np.asarray(e.overlay()), e.class_name
+
+
+model = predictor(str(run.dir), stamp)
+cal = model.calibration
+
+
+def answer_line(p) -> str:
+    best, prob = p.top[0]
+    if p.answer(threshold) == UNSURE:
+        return f"**Unsure / none of these** (best guess {best}, {percent(prob)}: below {percent(threshold)})"
+    return f"**{best}** ({percent(prob)})"
+
+
+def bar_chart(top: list[tuple[str, float]]):
+    df = pd.DataFrame(top, columns=["class", "probability"])
+    df["label"] = df.probability.map(percent)
+    fig = px.bar(df, x="probability", y="class", orientation="h", text="label", range_x=[0, 1.15], height=80 + 40 * len(df))
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    fig.update_yaxes(autorange="reversed")  # most likely class on top
+    fig.update_xaxes(tickformat=".0%")
+    return fig
+
+
+def results_table(preds, key: str) -> None:
+    table = pd.DataFrame(prediction_rows(preds, threshold))
+    if len(table) > 1:  # a folder's files by their names inside it, not by server paths
+        table["file"] = [os.path.relpath(f, os.path.commonpath(list(table.file))) for f in table.file]
+    st.dataframe(table, hide_index=True, key=f"{key}_table")
+    st.download_button("Download results (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv", key=f"{key}_csv")
+
+
+a, b, c = st.columns([2, 2, 1])
+k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key="top_k")
+threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01, key="unsure_below",
+                     format="%.2f", help="Default from the validation split: 95% of right answers there are more confident.")
+show_cam = c.toggle("Grad-CAM", True, key="show_cam", help="Colour where the evidence for the answer is (red: strong).")
+if cal:
+    st.caption(f"Confidences are calibrated (temperature {cal.temperature:.2f}, fitted on {cal.images} validation images): "
+               f"calibration error {percent(cal.ece)} before, {percent(cal.ece_calibrated)} after.")
+
+tab_predict, tab_batch, tab_eval = st.tabs(["Classify images", "Folder or zip", "Evaluate the run"])
 with tab_predict:
-    k = st.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key="top_k")
     files = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
                              accept_multiple_files=True, key="predict_upload")
     images = list(files or [])
@@ -54,30 +106,67 @@ with tab_predict:
         if shot is not None:
             images.append(shot)
     if images:
-        preds = predictor(str(run.dir), stamp).predict(images, top_k=k)
+        preds = model.predict(images, top_k=k)
         for img, p in list(zip(images, preds))[:24]:
-            a, b = st.columns([1, 2])
+            left, mid, right = st.columns([1, 1, 2]) if show_cam else (*st.columns([1, 2]), None)
             if p.error:
-                a.error(f"{p.file}: {p.error}")
+                left.error(f"{p.file}: {p.error}")
                 continue
-            a.image(img.getvalue(), caption=p.file, width="stretch")
-            b.markdown(f"**{p.top[0][0]}** ({p.top[0][1]:.1%})")
-            df = pd.DataFrame(p.top, columns=["class", "probability"])
-            bars = px.bar(df, x="probability", y="class", orientation="h", range_x=[0, 1], height=80 + 40 * len(df))
-            bars.update_yaxes(autorange="reversed")  # most likely class on top
-            b.plotly_chart(bars, key=f"bars_{p.file}_{id(img)}")
-        table = pd.DataFrame([{"file": p.file, "prediction": p.top[0][0] if p.top else None,
-                               "probability": p.top[0][1] if p.top else None, "error": p.error,
-                               "top_k": "; ".join(f"{c} {v:.3f}" for c, v in p.top)} for p in preds])
-        st.dataframe(table, hide_index=True, key="pred_table")
-        st.download_button("Download results (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv", key="pred_csv")
+            left.image(img.getvalue(), caption=p.file, width="stretch")
+            chart_col = right if show_cam else mid
+            if show_cam:
+                overlay, cls = heat_overlay(str(run.dir), stamp, img.getvalue())
+                mid.image(overlay, caption=f"Grad-CAM: evidence for {cls}", width="stretch")
+            chart_col.markdown(answer_line(p))
+            chart_col.plotly_chart(bar_chart(p.top), key=f"bars_{p.file}_{id(img)}")
+        results_table(preds, "pred")
+
+with tab_batch:
+    st.write("Classify every image of a zip or of a folder on the server: one row per file, as a table and a CSV.")
+    source = st.radio("Images from", ["Upload a .zip", "Folder on the server"], horizontal=True, key="batch_kind")
+    target = None
+    if source == "Upload a .zip":
+        upload = st.file_uploader("Zip of images", type=["zip"], key="batch_zip")
+        if upload is not None:
+            target = Path(tempfile.mkdtemp()) / upload.name
+            target.write_bytes(upload.getvalue())
+    else:
+        rel = st.text_input(f"Folder inside {paths.data_root()}", key="batch_folder")
+        if rel:
+            try:
+                target = resolve_in_root(rel, paths.data_root())
+            except DatasetError as e:
+                st.error(str(e))
+    if target is not None and st.button("Classify all", type="primary", key="batch_run"):
+        try:
+            found = expand_inputs([str(target)])
+        except DatasetError as e:
+            st.error(str(e))
+            found = None
+        if found == []:
+            st.warning("No image files found there.")
+        elif found:
+            bar = st.progress(0.0, text=f"Classifying {len(found)} images...")
+            preds = model.predict_many(found, k, progress=lambda d, n: bar.progress(d / n, text=f"Classified {d}/{n}"))
+            bar.empty()
+            st.session_state.batch = (run.id, preds)
+    done = st.session_state.get("batch")
+    if done and done[0] == run.id:
+        preds = done[1]
+        answers = pd.Series([p.answer(threshold) for p in preds if not p.error])
+        st.caption(f"{len(preds)} files: " + ", ".join(f"{n} {a}" for a, n in answers.value_counts().items())
+                   + (f", {sum(bool(p.error) for p in preds)} unreadable" if any(p.error for p in preds) else ""))
+        results_table(preds, "batch")
 
 with tab_eval:
     if st.button("Evaluate on the validation split", key="eval_btn") or st.session_state.get("evaluated") == run.id:
         st.session_state.evaluated = run.id
         ev = evaluation(str(run.dir), stamp)
-        st.metric("Validation accuracy", f"{ev.accuracy:.3f}", f"{len(ev.mistakes)} mistakes of {len(ev.predictions)}",
+        m1, m2 = st.columns(2)
+        m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)}",
                   delta_color="off")
+        m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} before temperature scaling",
+                  delta_color="off", help="Average gap between confidence and accuracy; temperature fitted on this split.")
         grid = pd.DataFrame([{"true": t, "predicted": p, "images": ev.confusion_matrix[i][j]}
                              for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)])
         fig = px.scatter(grid, x="predicted", y="true", color="images", text="images", color_continuous_scale="Blues",
@@ -99,18 +188,38 @@ with tab_eval:
         st.caption(f"{len(shown)} image(s) of {true} predicted as {pred}, most confident first")
         cols = st.columns(6)
         for i, p in enumerate(shown[:18]):
-            cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({p['confidence']:.2f})", width="stretch")
+            cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")
         st.subheader("Per class")
         st.dataframe(pd.DataFrame(ev.per_class), hide_index=True, key="per_class")
         st.subheader("Most confident mistakes")
         if not ev.mistakes:
             st.success("No mistakes on the validation split.")
+        elif show_cam:
+            st.caption("Grad-CAM: where the model saw evidence for the wrong class.")
         cols = st.columns(6)
         for i, m in enumerate(ev.mistakes[:12]):
-            cols[i % 6].image(m["file"], caption=f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", width="stretch")
+            shown_image = m["file"]
+            if show_cam:
+                try:
+                    shown_image = heat_overlay(str(run.dir), stamp, m["file"], m["predicted"])[0]
+                except (BadImage, OSError):
+                    pass
+            cols[i % 6].image(shown_image, caption=f"{m['true']} -> {m['predicted']} ({percent(m['confidence'])})", width="stretch")
+
+    st.subheader("Download the model")
+    fmt = st.selectbox("Format", FORMATS, key="export_format", format_func={
+        "safetensors": "safetensors (PyTorch / torchvision)", "onnx": "ONNX (onnxruntime, any language)",
+        "torchscript": "TorchScript (C++ / mobile)"}.get)
     if st.button("Prepare model download", key="export_btn"):
-        with st.spinner("Writing and checking the model file..."):
-            out = export(run, Path(tempfile.mkdtemp()) / f"{run.id}.zip")
-        st.download_button("Download model (.zip: safetensors + classes + preprocessing)", out.read_bytes(),
-                           out.name, "application/zip", key="export_dl")
-        st.caption("Checked after writing: re-loaded and compared tensor by tensor and output by output.")
+        with st.spinner(f"Writing the {fmt} file and checking it on validation images..."):
+            try:
+                out = export(run, Path(tempfile.mkdtemp()) / f"{run.id}-{fmt}.zip", fmt)
+            except ExportError as e:
+                st.error(str(e))
+                out = None
+        if out:
+            check = load_check(out)
+            st.download_button(f"Download model (.zip: {fmt} + classes + preprocessing + README)", out.read_bytes(),
+                               out.name, "application/zip", key="export_dl")
+            st.caption(f"Checked after writing: run on {check['images']} validation images, max probability difference "
+                       f"from TL Studio {check['max_abs_diff']:.1e} (limit {check['tolerance']:.0e}).")

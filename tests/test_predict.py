@@ -5,7 +5,8 @@ from PIL import Image
 
 from tl_core.config import TrainConfig
 from tl_core.datasets import load_dataset
-from tl_core.predict import Predictor, evaluate, export, load_export
+from tl_core.export import export, load_export
+from tl_core.predict import Predictor, evaluate
 from tl_core.trainer import train
 
 

@@ -1,6 +1,6 @@
 """Who may use the dashboard: anyone on this machine; from elsewhere, only with the password (Jupyter's model).
 
-Pure logic, no Streamlit: `pages/_auth.py` renders the gate.
+Pure logic, no Streamlit: `pages/ui/auth.py` renders the gate.
 """
 
 from __future__ import annotations

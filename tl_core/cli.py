@@ -149,18 +149,50 @@ def cmd_resume(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tl_core.predict import Predictor, expand_inputs
+    from tl_core.predict import Predictor, expand_inputs, percent, write_csv
 
     files = expand_inputs(args.images)
     if not files:
         raise ValueError("No image files found in the given paths.")
+    bar = Progress()
     predictor = Predictor.from_run(args.run_dir, args.device)
-    predictions = predictor.predict(files, min(args.top_k, len(predictor.classes)))
+    predictions = predictor.predict_many(files, min(args.top_k, len(predictor.classes)), progress=lambda d, n: bar.bar("predicting", d, n))
+    threshold = predictor.threshold if args.unsure_below is None else args.unsure_below
+    if args.csv:
+        write_csv(predictions, args.csv, threshold)
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions]))
+        print(json.dumps([{**p.to_dict(), "answer": p.answer(threshold)} for p in predictions]))
     else:
         for p in predictions:
-            print(f"{p.file}: " + (f"error: {p.error}" if p.error else ", ".join(f"{c} {v:.3f}" for c, v in p.top)))
+            print(f"{p.file}: " + (f"error: {p.error}" if p.error else
+                                   f"{p.answer(threshold)}  (" + ", ".join(f"{c} {percent(v)}" for c, v in p.top) + ")"))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from tl_core.explain import explain
+    from tl_core.predict import Predictor, percent
+
+    e = explain(Predictor.from_run(args.run_dir, args.device), args.image, args.class_name)
+    e.overlay().save(args.out)
+    if args.json:
+        print(json.dumps({"out": args.out, "class": e.class_name, "probability": e.probability}))
+    else:
+        print(f"{e.class_name} ({percent(e.probability)}): heat map written to {args.out}")
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from tl_core.lr_find import lr_find
+
+    bar = Progress()
+    result = lr_find(args.data, args.backbone, strategy=args.strategy, steps=args.steps, batch_size=args.batch_size,
+                     image_size=args.image_size, device=args.device, progress=lambda d, n: bar.bar("lr sweep", d, n))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"suggested learning rate: {result.suggestion:.2e} (steepest descent of the loss; "
+              f"swept {result.lrs[0]:.0e} .. {result.lrs[-1]:.0e} in {len(result.lrs)} steps)")
     return 0
 
 
@@ -175,6 +207,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(d))
         return 0
     print(f"accuracy on {args.split}: {ev.accuracy:.3f}")
+    print(f"expected calibration error: {ev.ece:.3f} -> {ev.ece_calibrated:.3f} after temperature scaling "
+          f"(T = {ev.temperature:.3f}, fitted on the validation split)")
     _print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"])
     print("\nconfusion matrix (rows: true, columns: predicted)")
     _print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
@@ -222,10 +256,15 @@ def _run_row(run: Run) -> dict:
 
 
 def cmd_export(args) -> int:
-    from tl_core.predict import export
+    from tl_core.export import export, load_check
 
-    path = export(args.run_dir, args.output)
-    print(json.dumps({"export": str(path), "checked": True}) if args.json else f"wrote and checked {path}")
+    path = export(args.run_dir, args.output, args.format)
+    check = load_check(path)
+    if args.json:
+        print(json.dumps({"export": str(path), "format": args.format, "checked": True, **check}))
+    else:
+        print(f"wrote {path} ({args.format}); checked on {check['images']} validation images, "
+              f"max probability difference {check['max_abs_diff']:.1e}")
     return 0
 
 
@@ -391,6 +430,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (at most the run's)")
+    pr.add_argument("--csv", metavar="OUT", help="also write one row per image (answer, top-k, error) to this CSV")
+    pr.add_argument("--unsure-below", type=float, help="answer 'unsure' below this confidence (default: from validation)")
     pr.add_argument("--device")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
@@ -408,11 +449,32 @@ def parser() -> argparse.ArgumentParser:
     ru.add_argument("--json", action="store_true")
     ru.set_defaults(func=cmd_runs)
 
+    ex = sub.add_parser("explain", help="Grad-CAM heat map: where in the image the evidence for a class is")
+    ex.add_argument("run_dir")
+    ex.add_argument("image")
+    ex.add_argument("--out", default="heat.png", help="overlay image to write (PNG)")
+    ex.add_argument("--class", dest="class_name", help="class to explain (default: the predicted one)")
+    ex.add_argument("--device")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_explain)
+
     x = sub.add_parser("export", help="write a checked, self-contained model .zip")
     x.add_argument("run_dir")
     x.add_argument("output")
+    x.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "torchscript"])
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    lf = sub.add_parser("lr-find", help="learning-rate finder: a short sweep of loss against learning rate")
+    lf.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    lf.add_argument("--backbone", default="mobilenet_v2")
+    lf.add_argument("--strategy", default="finetune", choices=["features", "finetune", "full"])
+    lf.add_argument("--steps", type=int, default=100)
+    lf.add_argument("--batch-size", type=int, default=16)
+    lf.add_argument("--image-size", type=int)
+    lf.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    lf.add_argument("--json", action="store_true")
+    lf.set_defaults(func=cmd_lr_find)
 
     be = sub.add_parser("bench", help="TL Studio vs the copied tutorial loop, side by side")
     be.add_argument("data", nargs="?", help="default: ../shared/data ants vs bees when present, else demo")

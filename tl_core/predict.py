@@ -1,9 +1,8 @@
-"""Use a trained run: predict images, evaluate a split, export a checked model file."""
+"""Use a trained run: predict images (one by one or a whole folder / zip), evaluate a split with calibration."""
 
 from __future__ import annotations
 
-import json
-import zipfile
+import csv
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,17 +11,24 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
-from tl_core import backbones
+from tl_core import backbones, calibration, paths
 from tl_core.backbones import Preprocessing
+from tl_core.calibration import Calibration
+from tl_core.datasets import safe_extract
 from tl_core.devices import fast_dtype, pick_device
-from tl_core.images import IMAGE_EXTENSIONS, BadImage, is_hidden, open_rgb, to_rgb
+from tl_core.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.pipeline import Batcher, decode_square, square
 from tl_core.runs import Run, load_run
 
 ImageInput = str | Path | Image.Image | BinaryIO
+UNSURE = "unsure / none of these"
+
+
+def percent(p: float) -> str:
+    """The one way the app writes a probability: 58.3%."""
+    return f"{p:.1%}"
 
 
 @dataclass
@@ -33,6 +39,12 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {})}
+
+    def answer(self, threshold: float) -> str:
+        """The top class, or UNSURE when even it is below `threshold` (calibrated confidence)."""
+        if not self.top:
+            return ""
+        return self.top[0][0] if self.top[0][1] >= threshold else UNSURE
 
 
 def build_model(backbone: str, num_classes: int, head: str, state: dict[str, torch.Tensor],
@@ -53,26 +65,42 @@ def build_model(backbone: str, num_classes: int, head: str, state: dict[str, tor
 
 
 class Predictor:
-    def __init__(self, model: nn.Module, classes: list[str], prep: Preprocessing, device: torch.device):
+    """A trained model ready to classify: probabilities are softmax(logits / temperature), i.e. calibrated."""
+
+    def __init__(self, model: nn.Module, classes: list[str], prep: Preprocessing, device: torch.device,
+                 backbone: str | None = None, calibration: Calibration | None = None):
         self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.classes, self.prep, self.device = classes, prep, device
+        self.classes, self.prep, self.device, self.backbone = classes, prep, device, backbone
         self.batcher = Batcher(prep, device, "none")
         self.dtype = fast_dtype(device)
+        self.calibration = calibration
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def threshold(self) -> float:
+        """Default "unsure" confidence: from the validation split, else chance level."""
+        return self.calibration.threshold if self.calibration else 1.0 / len(self.classes)
 
     @classmethod
     def from_run(cls, run: Run | str | Path, device: str | None = None, which: str = "best") -> Predictor:
         run = run if isinstance(run, Run) else load_run(run)
-        info = run.info
-        model = build_model(info["config"]["backbone"], len(info["classes"]), info["head"], run.model_state(which),
-                            str(run.dir / f"{which}.safetensors"))
-        return cls(model, info["classes"], Preprocessing(**info["preprocessing"]), pick_device(device))
+        predictor = cls(*model_parts(run, which), pick_device(device), run.info["config"]["backbone"])
+        if which == "best":
+            predictor.calibration = calibration_of(run, predictor)
+        return predictor
 
-    def probabilities(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    def logits(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         out = []
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             for i in range(0, len(u8), batch_size):
-                out.append(self.model(self.batcher.eval(u8[i : i + batch_size])).float().softmax(1).cpu())
+                out.append(self.model(self.batcher.eval(u8[i : i + batch_size])).float().cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def probabilities(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        return (self.logits(u8, batch_size) / self.temperature).softmax(1)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) per image; an unreadable image gets its reason, not an exception."""
@@ -99,11 +127,54 @@ class Predictor:
         return results
 
 
+    def predict_many(self, files: Sequence[str], top_k: int = 3, chunk: int = 32,
+                     progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+        """`predict` over a long list in chunks, reporting progress (a folder or zip of thousands)."""
+        out: list[Prediction] = []
+        for start in range(0, len(files), chunk):
+            out += self.predict(files[start : start + chunk], top_k)
+            if progress:
+                progress(len(out), len(files))
+        return out
+
+
+def prediction_rows(predictions: Sequence[Prediction], threshold: float) -> list[dict]:
+    """One flat row per image (the batch table and its CSV): answer, then every top-k class and probability."""
+    rows = []
+    for p in predictions:
+        row = {"file": p.file, "answer": p.answer(threshold), "confidence": p.top[0][1] if p.top else None}
+        for i, (c, v) in enumerate(p.top, 1):
+            row[f"top{i}"], row[f"top{i}_probability"] = c, v
+        rows.append({**row, "error": p.error or ""})
+    return rows
+
+
+def write_csv(predictions: Sequence[Prediction], path: str | Path, threshold: float) -> Path:
+    rows = prediction_rows(predictions, threshold)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def unpack_zip(archive: str | Path) -> Path:
+    """A user's zip of images, extracted safely once (same checks as a dataset zip) under TL Studio's home."""
+    target = paths.home() / "predict-uploads" / content_hash(archive)[:16]
+    if not (target / ".extracted").exists():
+        safe_extract(archive, target)
+        (target / ".extracted").touch()
+    return target
+
+
 def expand_inputs(items: Sequence[str]) -> list[str]:
-    """Files as given; folders become their image files (recursively, hidden ones skipped)."""
+    """Files as given; folders and .zip files become their image files (recursively, hidden ones skipped)."""
     out = []
     for item in items:
         p = Path(item)
+        if p.suffix.lower() == ".zip" and p.is_file():
+            p = unpack_zip(p)
         if p.is_dir():
             out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
                           and not any(is_hidden(x) for x in f.relative_to(p).parts))
@@ -124,6 +195,10 @@ class Evaluation:
     mistakes: list[dict]
     predictions: list[dict] = field(default_factory=list)  # every image: file, true, predicted, confidence
     skipped: list[dict] = field(default_factory=list)
+    ece: float | None = None  # expected calibration error of the raw softmax on this split
+    ece_calibrated: float | None = None  # ... after temperature scaling (fitted on the validation split)
+    temperature: float = 1.0
+    threshold: float | None = None  # default "unsure" confidence (from the validation split)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,34 +209,66 @@ class Evaluation:
         return sorted(rows, key=lambda p: -p["confidence"])
 
 
-def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Evaluation:
-    """Accuracy, per-class precision/recall/F1, confusion matrix and mistakes on the run's own split."""
-    run = run if isinstance(run, Run) else load_run(run)
+def checkpoint_stamp(run: Run) -> float:
+    return (run.dir / "best.safetensors").stat().st_mtime
+
+
+def split_logits(run: Run, predictor: Predictor, split: str, progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[dict]]:
+    """Raw logits of one of the run's own splits: (logits, labels, files, skipped files with reasons)."""
     items = run.split(split)
     if not items:
         raise ValueError(f"Run {run.id} has no {split!r} split.")
-    predictor = Predictor.from_run(run, device)
     size = predictor.prep.resize
-    preds, skipped = [], []
+    logits, labels, files, skipped = [], [], [], []
     for start in range(0, len(items), 64):
-        chunk, arrays = items[start : start + 64], []
-        kept = []
-        for path, label in chunk:
+        arrays = []
+        for path, label in items[start : start + 64]:
             try:
                 arrays.append(decode_square(path, size))
-                kept.append((path, label))
+                files.append(path)
+                labels.append(label)
             except (BadImage, OSError) as e:
                 skipped.append({"file": path, "reason": str(e)})
         if arrays:
-            probs = predictor.probabilities(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
-            for (path, label), p in zip(kept, probs):
-                j = int(p.argmax())
-                preds.append({"file": path, "true": run.classes[label], "predicted": run.classes[j],
-                              "confidence": round(float(p[j]), 6), "true_probability": round(float(p[label]), 6)})
+            logits.append(predictor.logits(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)))
         if progress:
             progress(min(start + 64, len(items)), len(items))
+    out = torch.cat(logits) if logits else torch.empty(0, len(run.classes))
+    return out, torch.tensor(labels, dtype=torch.long), files, skipped
+
+
+def calibration_of(run: Run, predictor: Predictor) -> Calibration | None:
+    """The run's calibration for its current best checkpoint, fitted on the validation split when missing."""
+    stamp = checkpoint_stamp(run)
+    cal = calibration.load(run.dir, stamp)
+    if cal is None and run.split("val"):
+        logits, labels, _, _ = split_logits(run, predictor, "val")
+        cal = calibration.calibrate(logits, labels, stamp)
+        calibration.save(run.dir, cal)
+    return cal
+
+
+def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration on the run's own split.
+
+    Confidences are calibrated (temperature fitted on the validation split; evaluating "val" refits it).
+    """
+    run = run if isinstance(run, Run) else load_run(run)
+    predictor = Predictor.from_run(run, device) if split != "val" else Predictor(
+        *model_parts(run), pick_device(device), run.info["config"]["backbone"])
+    logits, labels, files, skipped = split_logits(run, predictor, split, progress)
+    if split == "val":
+        predictor.calibration = calibration.calibrate(logits, labels, checkpoint_stamp(run))
+        calibration.save(run.dir, predictor.calibration)
+    probs = (logits / predictor.temperature).softmax(1)
     classes = run.classes
+    preds = []
+    for path, label, p in zip(files, labels.tolist(), probs):
+        j = int(p.argmax())
+        preds.append({"file": path, "true": classes[label], "predicted": classes[j],
+                      "confidence": round(float(p[j]), 6), "true_probability": round(float(p[label]), 6)})
     n = len(classes)
     cm = np.zeros((n, n), dtype=int)
     for p in preds:
@@ -176,53 +283,14 @@ def evaluate(run: Run | str | Path, split: str = "val", device: str | None = Non
                           "f1": round(float(f1), 4), "support": int(cm[i].sum())})
     mistakes = sorted((p for p in preds if p["true"] != p["predicted"]), key=lambda p: -p["confidence"])
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0
-    return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, skipped)
+    return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, skipped,
+                      round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6),
+                      predictor.temperature, predictor.threshold)
 
 
-def export(run: Run | str | Path, dest: str | Path) -> Path:
-    """A self-contained .zip (model.safetensors + model.json), re-loaded and checked after writing."""
-    run = run if isinstance(run, Run) else load_run(run)
+def model_parts(run: Run, which: str = "best") -> tuple[nn.Module, list[str], Preprocessing]:
+    """(model, classes, preprocessing) of a run's checkpoint, built offline from its state dict."""
     info = run.info
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    state = run.model_state("best")
-    meta = {"format": "tl-studio-model/1", "backbone": info["config"]["backbone"], "head": info["head"],
-            "classes": info["classes"], "preprocessing": info["preprocessing"], "run": run.id,
-            "best_val_accuracy": run.summary.get("best_val_accuracy")}
-    tmp_weights = dest.with_suffix(".safetensors.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp_weights)
-    tmp = dest.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(tmp_weights, "model.safetensors")
-        zf.writestr("model.json", json.dumps(meta, indent=1))
-    tmp_weights.unlink()
-    check_export(tmp, state, meta)
-    tmp.replace(dest)
-    return dest
-
-
-def load_export(path: str | Path, device: str | None = None) -> Predictor:
-    """A Predictor from an exported .zip (safetensors only: nothing is unpickled)."""
-    with zipfile.ZipFile(path) as zf:
-        meta = json.loads(zf.read("model.json"))
-        if meta.get("format") != "tl-studio-model/1":
-            raise ValueError(f"{path} is not a TL Studio model export.")
-        from safetensors.torch import load
-
-        state = load(zf.read("model.safetensors"))
-    model = build_model(meta["backbone"], len(meta["classes"]), meta["head"], state)
-    return Predictor(model, meta["classes"], Preprocessing(**meta["preprocessing"]), pick_device(device))
-
-
-def check_export(path: Path, state: dict[str, torch.Tensor], meta: dict) -> None:
-    """Every tensor identical and the re-loaded model gives the same outputs as the original."""
-    reloaded = load_export(path, "cpu")
-    again = reloaded.model.state_dict()
-    bad = [k for k, v in state.items() if k not in again or not torch.equal(again[k].cpu(), v.cpu())]
-    if bad:
-        raise RuntimeError(f"Export check failed: {len(bad)} tensors differ after writing (e.g. {bad[0]}).")
-    original = build_model(meta["backbone"], len(meta["classes"]), meta["head"], state)
-    x = torch.randn(2, 3, meta["preprocessing"]["crop"], meta["preprocessing"]["crop"], generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        if not torch.allclose(original(x), reloaded.model.float()(x.contiguous(memory_format=torch.channels_last)), atol=1e-4):
-            raise RuntimeError("Export check failed: the re-loaded model predicts differently.")
+    model = build_model(info["config"]["backbone"], len(info["classes"]), info["head"], run.model_state(which),
+                        str(run.dir / f"{which}.safetensors"))
+    return model, info["classes"], Preprocessing(**info["preprocessing"])

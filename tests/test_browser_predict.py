@@ -1,0 +1,55 @@
+"""The Predict page in a real browser: the Grad-CAM overlay of an upload and the folder batch table."""
+
+import re
+
+import pytest
+from test_browser import CHROMIUM, SHOTS, server  # noqa: F401  (fixture: `streamlit run` on a free port)
+
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture
+def demo_data_root(monkeypatch, tmp_path):
+    """A trained run in the server's runs folder, and the demo images as its data root (before the server starts)."""
+    from tl_core.config import TrainConfig
+    from tl_core.demo import demo_root
+    from tl_core.trainer import train
+
+    train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", epochs=1, batch_size=16,
+                              image_size=48, patience=0), tmp_path / "runs")
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(demo_root().parent))
+    return demo_root()
+
+
+def test_grad_cam_overlay_and_batch_table(demo_data_root, server):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    star = sorted((demo_data_root / "val" / "star").iterdir())[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=90_000)
+        page.goto(server)
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Predict").click()
+        page.locator("input[type=file]").first.set_input_files(str(star))
+        overlay = page.get_by_test_id("stImage").filter(has_text=re.compile("Grad-CAM: evidence for")).locator("img")
+        expect(overlay).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())
+        expect(page.get_by_text(re.compile(r"\(\d+\.\d%\)")).first).to_be_visible()
+        page.screenshot(path=SHOTS / "predict-grad-cam.png", full_page=True)
+
+        page.get_by_role("tab", name="Folder or zip").click()
+        page.get_by_test_id("stRadioGroup").get_by_text("Folder on the server").click()
+        folder = page.get_by_label(re.compile("Folder inside"))
+        folder.fill(f"{demo_data_root.name}/val/star")
+        folder.press("Enter")
+        page.get_by_role("button", name="Classify all").click()
+        panel = page.get_by_role("tabpanel", name="Folder or zip")
+        expect(panel.get_by_text(re.compile(r"^16 files: "))).to_be_visible()
+        expect(panel.get_by_test_id("stDataFrame")).to_be_visible()
+        expect(panel.get_by_role("button", name="Download results (CSV)")).to_be_visible()
+        page.screenshot(path=SHOTS / "predict-batch.png", full_page=True)
+        browser.close()
