@@ -147,6 +147,7 @@ class Job:
     progress: tuple[int, int] = (0, 0)
     phase_rate: float | None = None
     epoch: int = 0
+    epochs: int | None = None  # what the run plans (a fitted head needs one), known once it starts
     step: tuple[int, int] = (0, 0)
     images_per_s: float = 0.0
     eta: float | None = None
@@ -169,7 +170,7 @@ class Job:
         with self.lock:
             return JobSnapshot(
                 self.id, self.dataset, self.config, self.device, self.status,
-                self.run_dir, self.phase, self.progress, self.phase_rate, self.epoch, self.config.epochs or 0, self.step,
+                self.run_dir, self.phase, self.progress, self.phase_rate, self.epoch, self.epochs or self.config.epochs or 0, self.step,
                 self.images_per_s, self.eta if self.active else None, (self.ended or time.time()) - self.started,
                 tuple(self.history), tuple(self.log), self.error, self.suggestion, self.result)
 
@@ -183,7 +184,7 @@ class Job:
         """The job's listener: keeps what the UI draws."""
         with self.lock:
             if isinstance(e, RunStarted):
-                self.run_dir = e.run_dir
+                self.run_dir, self.epochs = e.run_dir, e.epochs
                 if self.status == JobStatus.STARTING:
                     self.status = JobStatus.RUNNING
                 self._log(f"Run {Path(e.run_dir).name} on {e.device} ({e.dtype})"

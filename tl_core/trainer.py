@@ -2,8 +2,8 @@
 
 `Trainer._loop` owns the epochs, steps, optimiser, schedule, stop checks, ETA, checkpoints and early stopping.
 A strategy supplies what differs (Ultralytics' BaseTrainer hooks, nanoGPT's single loop):
-* `HeadOnCachedEmbeddings`: frozen backbone; embeddings are computed once (cached, a few augmented views per image)
-  and only the new head trains on them. The same model as running the backbone every epoch, far faster.
+* `FittedHead`: frozen backbone; embeddings are computed once (cached, a few augmented views per image) and the
+  new head is fitted to convergence on them (L-BFGS logistic regression, regularisation by cross-validation).
 * `WholeNetwork`: fine-tuning (last K stages or full), or a frozen backbone run every step: images decoded once,
   batches augmented on the device, channels_last, autocast (bf16, or fp16 with a grad scaler), optional torch.compile.
 Events are typed (tl_core.events); the run folder (tl_core.recorder), the CLI and the dashboard are listeners.
@@ -43,6 +43,7 @@ from tl_core.events import (
     StepEnded,
 )
 from tl_core.images import content_hash
+from tl_core.linear_probe import ProbeResult, fit_head
 from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.recorder import RunRecorder
 from tl_core.runs import (
@@ -122,10 +123,13 @@ def uses_cached_embeddings(cfg: TrainConfig, model: nn.Module, head: str) -> boo
 
 
 class Strategy:
-    """Hooks the loop calls. `forward` returns (logits, labels) for a batch of training indices."""
+    """Hooks the loop calls. The default step is a gradient step on a batch of training indices; `forward`
+    returns (logits, labels) for it."""
 
     autocast: torch.dtype | None = None
     n_train: int = 0
+    epochs: int | None = None  # None: the config's epochs; a strategy that solves its problem outright says 1
+    has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
 
     def prepare(self, trainer: Trainer) -> None: ...
     def param_groups(self) -> list[dict]: ...
@@ -134,6 +138,25 @@ class Strategy:
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]: ...
     def state(self) -> dict[str, torch.Tensor]: ...
     def load(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        return batches(self.n_train, batch_size, True, gen)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.n_train / batch_size)
+
+    def step(self, idx: torch.Tensor, gen: torch.Generator, opt, sched, scaler, label_smoothing: float,
+             device: torch.device) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns (loss, logits, labels)."""
+        with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits, y = self.forward(idx, gen)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        return loss.item(), logits, y
 
 
 MAX_DEVICE_IMAGE_BYTES = 2 * 2**30
@@ -231,10 +254,14 @@ class WholeNetwork(Strategy):
         self.t.model.load_state_dict(state)
 
 
-class HeadOnCachedEmbeddings(Strategy):
-    """Frozen backbone: embed every image once (clean view + augmented views, cached by content), train the head."""
+class FittedHead(Strategy):
+    """Frozen backbone: embed every image once (clean view + augmented views, cached by content), then fit the new
+    head to convergence: multinomial logistic regression by L-BFGS, its L2 strength (and whether the augmented
+    views help) chosen by k-fold cross-validation on the training split only (`tl_core.linear_probe`). The loop
+    runs one epoch whose single step puts the fitted solution in place: nothing is left to a few epochs of SGD."""
 
-    DROPOUT = 0.2
+    epochs = 1
+    has_rate = False
 
     def __init__(self, trainer: Trainer, train: list[Sample], val: list[Sample], hashes: dict[str, str]):
         self.t, self.train_samples, self.val_samples, self.hashes = trainer, train, val, hashes
@@ -256,6 +283,24 @@ class HeadOnCachedEmbeddings(Strategy):
                    {k: v for k, v in t.model.state_dict().items() if not k.startswith(self.prefix)})
         self.x_train, self.y_train, self.x_val, self.y_val = (
             v.to(t.device) for v in (self.x_train, self.y_train, self.x_val, self.y_val))
+        self.fit = self._fit()
+
+    def _fit(self) -> ProbeResult:
+        t = self.t
+        t.phase("fitting", "Fitting the head to convergence (L-BFGS; L2 strength by cross-validation on the training split)")
+        report = t.progress("fitting the head (L-BFGS iterations)")
+        try:
+            fit = fit_head(self.x_train.cpu(), self.y_train.cpu(), len(t.classes), seed=t.config.seed,
+                           should_stop=t.stop.is_set, on_iteration=lambda s: report(s.iteration, s.max_iterations))
+        except InterruptedError:
+            raise Stopped from None
+        t.head_fit = {"method": "L-BFGS logistic regression", "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
+                      "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
+        t.run.write_summary(head_fit=t.head_fit)  # how the head was fitted, shown with the run
+        t.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV accuracy "
+                             f"{fit.cv_accuracy:.3f}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
+                             f"{fit.iterations} L-BFGS iterations in {fit.seconds:.1f} s."))
+        return fit
 
     def _embed(self, t: Trainer, batcher: Batcher, caches: list[EmbeddingCache], samples: list[Sample], views: int,
                split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,16 +330,22 @@ class HeadOnCachedEmbeddings(Strategy):
         return [{"params": list(self.layer.parameters()), "lr": self.t.config.head_lr}]
 
     def train_mode(self) -> None:
-        self.layer.train()
+        self.layer.eval()
 
-    def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        view = torch.randint(0, self.x_train.shape[0], (len(idx),), generator=gen).to(self.t.device)
-        idx = idx.to(self.t.device)
-        x = F.dropout(self.x_train[view, idx], self.DROPOUT, training=True)
-        return self.layer(x), self.y_train[idx]
+    def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        yield torch.arange(self.n_train)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return 1
+
+    def step(self, idx, gen, opt, sched, scaler, label_smoothing, device) -> tuple[float, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            self.layer.weight.copy_(self.fit.weight)
+            self.layer.bias.copy_(self.fit.bias)
+            logits = self.layer(self.x_train[0])
+        return F.cross_entropy(logits, self.y_train).item(), logits, self.y_train
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
-        self.layer.eval()
         with torch.no_grad():
             logits = self.layer(self.x_val)
             return F.cross_entropy(logits, self.y_val).item(), (logits.argmax(1) == self.y_val).float().mean().item()
@@ -396,7 +447,7 @@ class Trainer:
     def _strategy(self, ds: ImageDataset, hashes: dict[str, str]) -> Strategy:
         train, val = ds.split("train"), ds.split("val")
         if uses_cached_embeddings(self.config, self.model, self.head):
-            return HeadOnCachedEmbeddings(self, train, val, hashes)
+            return FittedHead(self, train, val, hashes)
         return WholeNetwork(self, train, val)
 
     def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
@@ -417,15 +468,17 @@ class Trainer:
         self.best_acc, self.best_epoch, self.epoch, self.images_per_s = 0.0, 0, 0, 0.0
         recorder = RunRecorder(run)
         self.events.listeners.append(recorder)
-        self.classes = ds.classes
+        self.classes, self.head_fit = ds.classes, None
+        strategy = self._strategy(ds, hashes)
+        self.epochs = strategy.epochs or self.config.epochs
         try:
-            self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.config.epochs,
+            self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.epochs,
                                         resume, len(self.skipped)))
             for p in self.skipped[:20]:
                 self.events.emit(Logged(f"Skipped {Path(p.path).name}: {p.reason}"))
             status, reason = RunStatus.FINISHED, None
             try:
-                reason = self._loop(self._strategy(ds, hashes), resume)
+                reason = self._loop(strategy, resume)
             except Stopped:
                 status, reason = RunStatus.STOPPED, f"stopped by request after epoch {self.epoch}"
                 self.events.emit(Logged(f"Stopped after {self.epoch} epoch(s); best checkpoint kept."))
@@ -478,37 +531,29 @@ class Trainer:
 
     def _loop(self, strategy: Strategy, resume: bool) -> str | None:
         """The one training loop. Returns why it ended early (early stopping), or None."""
-        cfg = self.config
+        cfg, epochs = self.config, self.epochs
         strategy.prepare(self)
-        steps_per_epoch = math.ceil(strategy.n_train / cfg.batch_size)
-        opt, sched = self._optimizer(strategy.param_groups(), cfg.epochs * steps_per_epoch)
+        steps_per_epoch = strategy.steps_per_epoch(cfg.batch_size)
+        opt, sched = self._optimizer(strategy.param_groups(), epochs * steps_per_epoch)
         start = self._restore(strategy, opt, sched) if resume else 0
         self.epoch = start
         scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(strategy.autocast))
         gen = torch.Generator().manual_seed(cfg.seed + start)
         self.phase("training", f"Training ({cfg.strategy}) on {strategy.n_train} images")
         t_train, steps_done, seen, train_time = time.perf_counter(), 0, 0, 0.0
-        steps_left = (cfg.epochs - start) * steps_per_epoch
-        for epoch in range(start + 1, cfg.epochs + 1):
+        steps_left = (epochs - start) * steps_per_epoch
+        for epoch in range(start + 1, epochs + 1):
             t_epoch, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
             strategy.train_mode()
-            for step, idx in enumerate(self._batches(strategy.n_train, gen)):
+            for step, idx in enumerate(strategy.batches(cfg.batch_size, gen)):
                 self.check_stop()
                 t_step = time.perf_counter()
-                with torch.autocast(self.device.type, dtype=strategy.autocast, enabled=strategy.autocast is not None):
-                    logits, y = strategy.forward(idx, gen)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                loss_value = loss.item()
+                loss_value, logits, y = strategy.step(idx, gen, opt, sched, scaler, cfg.label_smoothing, self.device)
                 train_time += time.perf_counter() - t_step
                 total, seen, steps_done = total + len(y), seen + len(y), steps_done + 1
                 correct += (logits.argmax(1) == y).sum().item()
                 loss_sum += loss_value * len(y)
-                self.images_per_s = seen / max(train_time, 1e-9)
+                self.images_per_s = seen / max(train_time, 1e-9) if strategy.has_rate else 0.0
                 elapsed = time.perf_counter() - t_train  # includes validation, so the ETA does too
                 eta = elapsed / steps_done * (steps_left - steps_done)
                 self.events.emit(StepEnded(epoch, step + 1, steps_per_epoch, loss_value, sched.get_last_lr()[0],
@@ -519,9 +564,6 @@ class Trainer:
             if self._end_epoch(row, strategy.state(), opt, sched):
                 return f"early-stopped at epoch {epoch} (patience {cfg.patience})"
         return None
-
-    def _batches(self, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-        return batches(n, self.config.batch_size, True, gen)
 
     def _end_epoch(self, row: EpochRow, trainable: dict[str, torch.Tensor], opt, sched) -> bool:
         """Checkpoint, tell the listeners (the recorder writes metrics and summary), decide on early stopping."""
@@ -535,9 +577,9 @@ class Trainer:
                                           "best_acc": self.best_acc, "best_epoch": self.best_epoch})
         row = EpochRow(**{**row.to_dict(), "seconds": round(self._seconds(), 3), "best_val_acc": self.best_acc,
                           "best_epoch": self.best_epoch})
-        self.events.emit(EpochEnded(row, self.config.epochs, improved))
+        self.events.emit(EpochEnded(row, self.epochs, improved))
         patience = self.config.patience
-        if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.config.epochs:
+        if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.epochs:
             self.events.emit(Logged(f"Early stop: no better validation accuracy for {patience} epochs."))
             return True
         return False
