@@ -8,13 +8,13 @@ import streamlit as st
 
 from pages.ui.data_health import render_data_health
 from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
-from tl_core import paths
+from tl_core import builder, paths
 from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 page_setup("Dataset")
 spec = choices().dataset
 
-kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset", "Build in the browser"]
 current_kind = (0 if spec.source == "demo" else 3 if spec.source.startswith("torchvision:")
                 else 2 if spec.source.lower().endswith(".zip") else 1)
 source = st.radio("Source", kinds, index=current_kind, horizontal=True, key="dataset_kind")
@@ -47,6 +47,42 @@ elif source == "Upload a .zip":
         except DatasetError as e:
             st.error(str(e))
         bar.empty()
+elif source == "Build in the browser":
+    root = paths.data_root()
+    st.caption(f"Name the classes, add pictures by upload or webcam, watch the counts grow, then train. The dataset is "
+               f"saved as ordinary class folders inside the data root `{root}`.")
+    name = st.text_input("Dataset name", "my-dataset", key="build_name")
+    try:
+        folder = builder.dataset_dir(root, name)
+    except DatasetError as e:
+        st.error(str(e))
+        st.stop()
+    a, b = st.columns([3, 1])
+    new_class = a.text_input("New class", key="build_class", placeholder="e.g. cats")
+    if b.button("Add class", key="build_add_class", disabled=not new_class):
+        try:
+            builder.add_class(folder, new_class)
+            st.rerun()
+        except DatasetError as e:
+            st.error(str(e))
+    counts = builder.class_counts(folder)
+    if counts:
+        target = st.selectbox("Add pictures to", list(counts), key="build_target")
+        files = st.file_uploader("Pictures", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
+                                 accept_multiple_files=True, key="build_files") or []
+        shot = st.camera_input("Or take a picture with the webcam", key="build_camera")
+        if st.button(f"Add to {target}", key="build_add_images", disabled=not files and shot is None):
+            for f in [*files, *([shot] if shot is not None else [])]:
+                try:
+                    builder.add_image(folder, target, f.getvalue())
+                except DatasetError as e:
+                    st.error(f"{f.name}: {e}")
+            counts = builder.class_counts(folder)
+        st.dataframe(pd.DataFrame([{"class": c, "images": n} for c, n in counts.items()]), hide_index=True, key="build_counts")
+        ready = sum(n >= 2 for n in counts.values()) >= 2
+        if st.button("Use this dataset", key="build_use", type="primary", disabled=not ready,
+                     help=None if ready else "Two classes with at least two pictures each are needed."):
+            choose(f"Using {folder.name}.", source=str(folder))
 else:
     name = st.selectbox("Dataset", TORCHVISION_DATASETS, key="tv_name")
     st.caption("Downloaded from the internet on first use into TL Studio's folder.")

@@ -65,7 +65,7 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
     assert metrics["Problems"] == "0" and at.success
-    assert at.radio(key="dataset_kind").options == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+    assert at.radio(key="dataset_kind").options[:4] == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
     assert len(at.get("plotly_chart")) == 2 and len(at.image) == 12  # one page of samples
     at.radio(key="dataset_kind").set_value("torchvision dataset").run()
     at.button(key="use_tv").click().run()
@@ -193,3 +193,32 @@ def test_backbones_page_measures_on_this_device(ui):
     table = at.dataframe[0].value
     assert set(table.name) == {"mobilenet_v3_small", "mobilenet_v3_large"} and (table.ms_per_image > 0).all()
     assert at.get("plotly_chart")  # accuracy against measured latency
+
+
+def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(tmp_path / "data"))
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Build in the browser").run()
+    at.text_input(key="build_name").set_value("pets").run()
+    for name in ("cats", "dogs"):
+        at.text_input(key="build_class").set_value(name).run()
+        at.button(key="build_add_class").click().run()
+
+    def png(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    for cls, colours in (("cats", [(200, 0, 0), (190, 10, 0)]), ("dogs", [(0, 0, 200), (0, 10, 190)])):
+        at.selectbox(key="build_target").set_value(cls).run()
+        at.file_uploader(key="build_files").set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
+                                                      + [("junk.png", b"not an image", "image/png")]).run()
+        at.button(key="build_add_images").click().run()
+        assert any("junk.png" in e.value and "Not added" in e.value for e in at.error)
+    counts = next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "images"])
+    assert dict(zip(counts["class"], counts["images"])) == {"cats": 2, "dogs": 2}
+    at.button(key="build_use").click().run()
+    assert {m.label: m.value for m in at.metric}["Classes"] == "2"
+    assert sorted(p.name for p in (tmp_path / "data" / "pets").iterdir()) == ["cats", "dogs"]
