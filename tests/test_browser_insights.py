@@ -36,7 +36,7 @@ def test_compare_chart_and_mislabel_gallery(server_weights, server):  # noqa: F8
         page.set_default_timeout(60_000)
         expect.set_options(timeout=60_000)
         page.goto(server)
-        nav = page.get_by_test_id("stSidebarNav")
+        nav = page.get_by_test_id("stSidebar")
         expect(nav).to_be_visible()
 
         nav.get_by_role("link", name="Backbones").click()

@@ -33,7 +33,7 @@ def test_grad_cam_overlay_and_batch_table(demo_data_root, server):  # noqa: F811
         page.set_default_timeout(60_000)
         expect.set_options(timeout=90_000)
         page.goto(server)
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Predict").click()
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Predict").click()
         page.locator("input[type=file]").first.set_input_files(str(star))
         overlay = page.get_by_test_id("stImage").filter(has_text=re.compile("Grad-CAM: evidence for")).locator("img")
         expect(overlay).to_be_visible()
