@@ -151,7 +151,7 @@ def compute_views(
         rows = [i for i in range(n_images) if hashes[i] in known[v]]
         if rows:
             store(v, rows, torch.stack([known[v][hashes[i]] for i in rows]))
-    if progress:
+    if progress and need:  # the cached images count as done from the start
         progress(n_images - len(need), n_images)
     if need:
         with headless(model, head):
