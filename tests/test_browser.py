@@ -109,7 +109,7 @@ def test_whole_flow_in_a_real_browser(server):
         expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="Recommended")).to_be_visible()
         select_option(page, "Backbone for training", "mobilenet_v3_small")
         page.get_by_role("button", name="Use for training").click()
-        expect(page.get_by_text("mobilenet_v3_small selected")).to_be_visible()
+        expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="mobilenet_v3_small selected")).to_be_visible()
         page.screenshot(path=SHOTS / "backbones.png", full_page=True)
 
         nav.get_by_role("link", name="Train").click()
@@ -117,8 +117,8 @@ def test_whole_flow_in_a_real_browser(server):
         expect(page.get_by_label("Epochs", exact=True)).to_have_value("5")  # the strategy's own default follows it
         page.get_by_label("Epochs", exact=True).fill("12")
         page.get_by_label("Epochs", exact=True).press("Enter")
-        page.get_by_text("More settings").click()
-        page.get_by_text("Pretrained weights").click()
+        page.get_by_text("More settings", exact=True).click()
+        page.get_by_test_id("stCheckbox").filter(has_text="Pretrained weights").click()
         page.get_by_label("Image size", exact=True).fill("48")
         page.get_by_label("Image size", exact=True).press("Enter")
         page.get_by_label("Early-stopping patience", exact=True).fill("0")
