@@ -178,7 +178,6 @@ def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     use_backbone("resnet18")
     at = open_page("pages/3_Train.py")
     assert any("resnet18-f37072fd.pth" in w.value and "checkpoints" in w.value for w in at.warning)
-    at.number_input(key="cfg_epochs").set_value(1).run()
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
     assert any("resnet18-f37072fd.pth" in e.value for e in at.error)

@@ -21,7 +21,7 @@ def _strategy_changed() -> None:
     st.session_state[KEY + "epochs"] = EPOCHS_BY_STRATEGY[st.session_state[KEY + "strategy"]]
 
 
-def _widget(name: str, kind: type, opt: Option, default: Any, container, strategy: str) -> Any:
+def _widget(name: str, kind: type, opt: Option, default: Any, container, strategy: str, disabled: bool = False) -> Any:
     key = KEY + name
     if name == "strategy":
         return container.radio(opt.label, opt.choices, format_func=STRATEGY_LABELS.get, key=key, help=opt.help,
@@ -29,17 +29,17 @@ def _widget(name: str, kind: type, opt: Option, default: Any, container, strateg
     if name == "epochs":
         default = EPOCHS_BY_STRATEGY[strategy]
     if kind is bool:
-        return container.checkbox(opt.label, value=default, key=key, help=opt.help)
+        return container.checkbox(opt.label, value=default, key=key, help=opt.help, disabled=disabled)
     if opt.choices:
         choices = ([None] if default is None else []) + list(opt.choices)
-        return container.selectbox(opt.label, choices, index=choices.index(default), key=key, help=opt.help,
+        return container.selectbox(opt.label, choices, index=choices.index(default), key=key, help=opt.help, disabled=disabled,
                                    format_func=lambda v: "automatic" if v is None else str(v))
     if kind is str:
-        return container.text_input(opt.label, value=default or "", key=key, help=opt.help) or None
+        return container.text_input(opt.label, value=default or "", key=key, help=opt.help, disabled=disabled) or None
     if kind is int:
-        return container.number_input(opt.label, int(opt.low), int(opt.high), default, step=1, key=key, help=opt.help,
+        return container.number_input(opt.label, int(opt.low), int(opt.high), default, step=1, key=key, help=opt.help, disabled=disabled,
                                       placeholder="automatic")
-    return container.number_input(opt.label, float(opt.low), float(opt.high), default, key=key, help=opt.help,
+    return container.number_input(opt.label, float(opt.low), float(opt.high), default, key=key, help=opt.help, disabled=disabled,
                                   format="%g", placeholder="automatic", step=None)
 
 
@@ -49,11 +49,13 @@ def config_form(backbone: str) -> TrainConfig:
     values: dict[str, Any] = {"backbone": backbone}
     declared = [o for o in options() if o[2].page]
     main = [o for o in declared if not o[2].advanced]
-    columns = st.columns(len(main) - 1)
-    for (name, kind, opt, default), container in zip(main, [st, *columns]):
-        values[name] = _widget(name, kind, opt, default, container, strategy)
-        if name == "strategy":
-            strategy = values[name]
+    name, kind, opt, default = main[0]  # the strategy comes first: the rest depends on it
+    strategy = values[name] = _widget(name, kind, opt, default, st, strategy)
+    fitted = strategy == "features" and st.session_state.get(KEY + "embedding_cache", True)
+    unused = {"epochs", "batch_size", "lr"} if fitted else set()  # a fitted head has no epochs or step size
+    unused |= {"finetune_stages"} if strategy != "finetune" else set()
+    for (name, kind, opt, default), container in zip(main[1:], st.columns(len(main) - 1)):
+        values[name] = _widget(name, kind, opt, default, container, strategy, disabled=name in unused)
     with st.expander("More settings"):
         columns = st.columns(3)
         for i, (name, kind, opt, default) in enumerate(o for o in declared if o[2].advanced):
