@@ -68,8 +68,8 @@ def test_embedding_cache_is_keyed_and_bounded(tmp_path):
     assert total <= 300_000 + 5000
 
 
-def test_fast_feature_path_gives_the_same_model_as_running_the_backbone(with_real_weights, tmp_path):
-    """Head trained on cached embeddings == head trained with the backbone run every step (no augmentation)."""
+def test_fitted_head_on_cached_embeddings_is_no_worse_than_running_the_backbone(with_real_weights, tmp_path):
+    """The head fitted on cached embeddings against a head trained by SGD with the frozen backbone run every step."""
     from tl_core.config import TrainConfig
     from tl_core.predict import evaluate
     from tl_core.trainer import train
@@ -78,5 +78,4 @@ def test_fast_feature_path_gives_the_same_model_as_running_the_backbone(with_rea
     fast = train("demo", TrainConfig(strategy="features", **cfg), tmp_path / "a")
     slow = train("demo", TrainConfig(strategy="features", embedding_cache=False, **cfg), tmp_path / "b")
     ev_fast, ev_slow = evaluate(fast.run_dir), evaluate(slow.run_dir)
-    agree = np.mean([a["predicted"] == b["predicted"] for a, b in zip(ev_fast.predictions, ev_slow.predictions)])
-    assert abs(ev_fast.accuracy - ev_slow.accuracy) < 0.08 and agree > 0.85
+    assert ev_fast.accuracy >= ev_slow.accuracy - 0.02 and ev_fast.accuracy >= 0.9

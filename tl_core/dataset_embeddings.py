@@ -16,7 +16,7 @@ from torch import nn
 from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import ImageDataset, Problem, Sample
-from tl_core.devices import fast_dtype, pick_device
+from tl_core.devices import fast_dtype, memory_format, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
 from tl_core.images import content_hash
 from tl_core.pipeline import Batcher, decode_filled
@@ -31,6 +31,15 @@ def weights_id(backbone: str, pretrained: bool = True, weights_path: str | None 
     if not pretrained:
         return f"scratch:seed{seed}"
     return str(backbones.pick_weights(backbone))
+
+
+def embedding_caches(name: str, weights: str, prep: Preprocessing, dtype: torch.dtype | None, views: int, augment: str,
+                     seed: int) -> list[EmbeddingCache]:
+    """The cache group of each view (the trainer and `compare` share them): the clean view is shared by every
+    augmentation and seed, an augmented view belongs to its augmentation and seed."""
+    base = dict(backbone=name, weights=weights, prep=asdict(prep), dtype=str(dtype))
+    return [EmbeddingCache(group_key(**base, view=0))] + [
+        EmbeddingCache(group_key(**base, view=v, augment=augment, seed=seed)) for v in range(1, views)]
 
 
 @dataclass
@@ -63,15 +72,12 @@ class FrozenBackbone:
         model, head, prep = backbones.build(name, 2, pretrained, weights_path, on_download=on_download)
         if image_size:
             prep = prep.at_size(image_size)
-        model.eval().to(dev, memory_format=torch.channels_last)
+        model.eval().to(dev, memory_format=memory_format(dev))
         return cls(name, model, head, prep, dev, fast_dtype(dev) if amp else None,
                    weights_id(name, pretrained, weights_path, seed))
 
     def caches(self, views: int, augment: str, seed: int) -> list[EmbeddingCache]:
-        """The cache group of each view: the clean view is shared by every augmentation and seed."""
-        base = dict(backbone=self.name, weights=self.weights, prep=asdict(self.prep), dtype=str(self.dtype))
-        return [EmbeddingCache(group_key(**base, view=0))] + [
-            EmbeddingCache(group_key(**base, view=v, augment=augment, seed=seed)) for v in range(1, views)]
+        return embedding_caches(self.name, self.weights, self.prep, self.dtype, views, augment, seed)
 
     def embed(self, samples: list[Sample], views: int = 1, augment: str = "light", seed: int = 0,
               phase: str = "images", progress: Progress | None = None,

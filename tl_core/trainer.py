@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core import backbones, paths
+from tl_core import backbones, dataset_embeddings, paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
-from tl_core.embeddings import EmbeddingCache, compute_views, group_key
+from tl_core.embeddings import EmbeddingCache, compute_views
 from tl_core.events import (
     Emitter,
     EpochEnded,
@@ -100,19 +100,12 @@ def check_trainable(ds: ImageDataset) -> None:
 
 def weights_id(cfg: TrainConfig) -> str:
     """What the backbone's weights are, for the embedding cache's key and run.json."""
-    if cfg.weights_path:
-        return f"file:{content_hash(cfg.weights_path)}"
-    if not cfg.pretrained:
-        return f"scratch:seed{cfg.seed}"
-    return str(backbones.pick_weights(cfg.backbone))
+    return dataset_embeddings.weights_id(cfg.backbone, cfg.pretrained, cfg.weights_path, cfg.seed)
 
 
 def embedding_caches(cfg: TrainConfig, prep: backbones.Preprocessing, dtype: torch.dtype | None) -> list[EmbeddingCache]:
-    """One cache per view: the clean view is shared by every run of these weights; augmented views by seed too."""
-    n_views = cfg.feature_views if cfg.augment != "none" else 1
-    base = dict(backbone=cfg.backbone, weights=weights_id(cfg), prep=asdict(prep), dtype=str(dtype))
-    return [EmbeddingCache(group_key(**base, view=0))] + [
-        EmbeddingCache(group_key(**base, view=v, augment=cfg.augment, seed=cfg.seed)) for v in range(1, n_views)]
+    views = cfg.feature_views if cfg.augment != "none" else 1
+    return dataset_embeddings.embedding_caches(cfg.backbone, weights_id(cfg), prep, dtype, views, cfg.augment, cfg.seed)
 
 
 def uses_cached_embeddings(cfg: TrainConfig, model: nn.Module, head: str) -> bool:
