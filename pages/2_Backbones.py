@@ -1,12 +1,14 @@
 """Backbones: ImageNet accuracy against speed measured on this device; pick one for training."""
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from pages.ui.compare import render_compare
 from pages.ui.shared import backbone_rows, choices, choose, device_text, page_setup, speeds
-from tl_core import speed
+from tl_core import paths, speed
 from tl_core.backbones import recommend
 from tl_core.devices import pick_device
 
@@ -18,7 +20,13 @@ measured = speeds()
 table = pd.DataFrame([{**r.to_dict(), "ms_per_image": getattr(measured.get(r.name), "ms_per_image", None),
                        "images_per_s": getattr(measured.get(r.name), "images_per_s", None)} for r in rows])
 best = recommend(rows)
-st.success(f"Recommended: **{best}**, the most accurate small backbone whose weights are available offline.")
+if any(r.cached for r in rows):
+    st.success(f"Recommended: **{best}**, the most accurate small backbone whose weights are on this machine.")
+else:  # be truthful offline: nothing is cached, so say what to do rather than promise
+    best_info = next(r for r in rows if r.name == best)
+    st.success(f"Recommended: **{best}** (small and accurate). Its weights are not on this machine yet: they download "
+               f"on first use, or offline put `{best_info.weight_file}` into `{paths.torch_checkpoints()}`, or pass your own "
+               "file as *Own weight file* on the Train page.")
 
 f1, f2, f3, f4 = st.columns(4)
 families = f1.multiselect("Family", sorted(table.family.unique()), key="bb_family")
@@ -48,16 +56,16 @@ if st.button(f"Measure on this device ({len(to_measure)} backbones)", key="bb_me
                        lambda i, n, name: bar.progress(i / n, text=f"Measuring {name} ({i + 1}/{n})" if name else "Done"))
     st.rerun()
 
-plot = view.copy()
-x = "ms_per_image" if plot.ms_per_image.notna().any() else "gflops"
-plot = plot[plot[x].notna()]
-if not plot.empty:
-    fig = px.scatter(plot, x=x, y="acc1", size="size_mb", color="family", hover_name="name",
-                     hover_data=["params_m", "gflops", "acc5", "images_per_s", "cached"], log_x=True,
-                     title="ImageNet accuracy against " + ("measured latency" if x == "ms_per_image" else "GFLOPs (measure for latency)"))
+plot = view.assign(speed=view.ms_per_image.notna().map({True: "measured here", False: "not measured yet"}))
+if not plot.empty:  # every backbone on the catalogue's GFLOPs; measured ones marked, their latency in the hover
+    fig = px.scatter(plot, x="gflops", y="acc1", size="size_mb", color="family", symbol="speed", hover_name="name",
+                     hover_data=["params_m", "acc5", "ms_per_image", "images_per_s", "cached"], log_x=True,
+                     symbol_map={"measured here": "diamond", "not measured yet": "circle"},
+                     title="ImageNet accuracy against compute (GFLOPs); diamonds: speed measured on this device",
+                     labels={"gflops": "GFLOPs (catalogue)", "acc1": "ImageNet acc@1 (%)"})
     if best in set(plot.name):
         b = plot[plot.name == best].iloc[0]
-        fig.add_annotation(x=__import__("math").log10(b[x]), y=b.acc1, text=f"recommended: {best}", showarrow=True)
+        fig.add_annotation(x=math.log10(b.gflops), y=b.acc1, text=f"recommended: {best}", showarrow=True)
     st.plotly_chart(fig, key="bb_scatter")
 
 names = list(table.name)

@@ -76,7 +76,12 @@ def settings_form() -> None:
         with st.spinner(f"Measuring {name}..."):
             speed.measure(name, pick_device(config.device))
         st.rerun()
-    if st.button("Start training", type="primary", key="train_start"):
+    cannot_learn = config.strategy == "features" and not config.pretrained and not config.weights_path
+    if cannot_learn:
+        st.error("A frozen backbone with random weights cannot learn: feature extraction needs pretrained weights. "
+                 "Keep *Pretrained weights* on (or give your own weight file), or choose full fine-tuning to train "
+                 "from scratch (far less accurate).")
+    if st.button("Start training", type="primary", key="train_start", disabled=cannot_learn):
         try:
             jobs.start(spec, config.validate())
             st.rerun()

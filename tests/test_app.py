@@ -221,3 +221,26 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
     at.button(key="build_use").click().run()
     assert {m.label: m.value for m in at.metric}["Classes"] == "2"
     assert sorted(p.name for p in (tmp_path / "data" / "pets").iterdir()) == ["cats", "dogs"]
+
+
+def test_train_page_never_offers_a_combination_that_cannot_learn(ui):
+    at = open_page("pages/3_Train.py")
+    at.checkbox(key="cfg_pretrained").uncheck().run()
+    assert any("cannot learn" in e.value for e in at.error) and at.button(key="train_start").disabled
+    at.radio(key="cfg_strategy").set_value("full").run()
+    assert not any("cannot learn" in e.value for e in at.error) and not at.button(key="train_start").disabled
+
+
+def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
+    import json
+
+    from tl_core import speed
+
+    speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)  # one measured, its sibling not
+    at = open_page("pages/2_Backbones.py")
+    at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
+    shown = len(at.dataframe[0].value)
+    spec = json.loads(next(c for c in at.get("plotly_chart") if "GFLOPs" in c.proto.spec).proto.spec)
+    points = sum(len(trace["hovertext"]) for trace in spec["data"])  # one name per point (x is binary-encoded)
+    assert points == shown  # measured and unmeasured alike
+    assert {t["name"].split(", ")[-1] for t in spec["data"]} == {"measured here", "not measured yet"}
