@@ -95,6 +95,7 @@ def test_whole_flow_in_a_real_browser(server):
         page.goto(server)
         expect(page.get_by_text("Fine-tune a pretrained ImageNet backbone")).to_be_visible()
         nav = page.get_by_test_id("stSidebar")
+        expect(nav.get_by_role("link", name="Predict")).to_be_visible()  # the frame is drawn
         labels = [t.strip().splitlines()[-1] for t in nav.get_by_role("link").all_inner_texts()]  # drop icon names
         assert labels == ["Home", "Dataset", "Backbones", "Train", "Predict"], labels  # each page once, in order
         page.screenshot(path=SHOTS / "home.png", full_page=True)

@@ -23,11 +23,11 @@ def test_backbones_and_scan_json():
 
 def test_train_predict_evaluate_export(tmp_path, with_real_weights):
     env = {"TORCH_HOME": str(with_real_weights)}
-    out = cli("train", "demo", "--backbone", "mobilenet_v2", "--epochs", "3", "--runs-dir", str(tmp_path), "--json", env=env)
+    out = cli("train", "demo", "--backbone", "mobilenet_v2", "--runs-dir", str(tmp_path), "--json", env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"run_dir", "best_val_accuracy", "epochs_completed", "seconds"} <= set(result)
-    assert result["best_val_accuracy"] > 0.6 and result["epochs_completed"] == 3
+    assert result["best_val_accuracy"] > 0.6 and result["epochs_completed"] == 1  # the feature head is fitted at once
     run = result["run_dir"]
     folder = Path(os.environ["TL_STUDIO_HOME"]) / "demo-v1" / "val" / "circle"
     preds = json.loads(cli("predict", run, str(folder), "--top-k", "2", "--json").stdout)

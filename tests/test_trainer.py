@@ -22,15 +22,15 @@ TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", im
 
 def test_demo_end_to_end_beats_chance_by_far(with_real_weights, tmp_path):
     events = []
-    result = train("demo", TrainConfig(epochs=6), tmp_path, [events.append])
-    assert result.status == "finished" and result.epochs_completed == 6
+    result = train("demo", TrainConfig(), tmp_path, [events.append])
+    assert result.status == "finished" and result.epochs_completed == 1  # the feature head is fitted, one epoch
     assert result.best_val_accuracy >= 0.7  # 5 classes: chance is 0.2
     kinds = [type(e) for e in events]
     started = kinds.index(RunStarted)
-    assert kinds[-1] is RunEnded and kinds.count(EpochEnded) == 6
+    assert kinds[-1] is RunEnded and kinds.count(EpochEnded) == 1
     assert {PhaseStarted, PhaseProgress, StepEnded} <= set(kinds[started:])
     run = load_run(result.run_dir)
-    assert len(run.metrics()) == 6 and run.summary["status"] == "finished"
+    assert len(run.metrics()) == 1 and run.summary["status"] == "finished" and run.summary["head_fit"]["l2"] > 0
     assert {"backbone.safetensors", "best.safetensors", "last.safetensors", "split.json"} <= {p.name for p in run.dir.iterdir()}
 
 
