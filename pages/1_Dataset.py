@@ -115,7 +115,9 @@ m = st.columns(4)
 m[0].metric("Classes", len(report.classes))
 for col, split in zip(m[1:], ("train", "val")):
     col.metric(f"{split} images", sum(counts.get(split, {}).values()))
-m[3].metric("Problems", len(report.problems), f"{len(report.skipped)} file(s) skipped", delta_color="off")
+m[3].metric("Problems", len(report.problems), help="Skipped files (left out of training) and warnings about used images")
+if report.skipped:
+    st.caption(f"{len(report.skipped)} file(s) or class(es) are left out of training; the counts are of usable images.")
 
 rows = [{"split": sp, "class": cl, "images": n} for sp, per in counts.items() for cl, n in per.items()]
 st.plotly_chart(px.bar(pd.DataFrame(rows), x="class", y="images", color="split", barmode="group",
