@@ -30,5 +30,7 @@ def test_a_feature_run_reaches_the_cross_validated_probe_on_small_greyscale_imag
     probe = compare(load_dataset(DatasetSpec(str(data))), ["mobilenet_v2"], config)[0]
     assert result.best_val_accuracy == pytest.approx(probe.val_accuracy, abs=0.007)  # one val image of 153
     assert result.best_val_accuracy > 0.6  # two classes: chance is 0.5
-    fit = load_run(result.run_dir).summary["head_fit"]
+    run = load_run(result.run_dir)
+    assert run.info["preprocessing"]["resize"] == run.info["preprocessing"]["crop"] == 112  # whole image, no crop
+    fit = run.summary["head_fit"]
     assert fit["method"].startswith("L-BFGS") and fit["l2"] > 0 and 0 < fit["cv_accuracy"] <= 1

@@ -41,6 +41,16 @@ class Preprocessing:
     def at_size(self, crop: int) -> Preprocessing:
         return Preprocessing(round(crop * self.resize / self.crop), crop, self.mean, self.std)
 
+    def for_image_side(self, median_side: float) -> Preprocessing:
+        """Images far smaller than the crop (under half of it) are resized whole to the crop: the weights' own
+        centre crop cuts 12.5 % off each side, and on a 28 px image that border is a quarter of what there is."""
+        return Preprocessing(self.crop, self.crop, self.mean, self.std) if median_side < self.crop / 2 else self
+
+    def describe(self) -> str:
+        if self.resize == self.crop:
+            return f"whole image resized to {self.crop} px (no crop: the images are small)"
+        return f"short side resized to {self.resize} px, centre crop {self.crop} px (the weights' own transform)"
+
 
 @dataclass(frozen=True)
 class BackboneInfo:

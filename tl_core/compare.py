@@ -17,6 +17,7 @@ from tl_core.dataset_embeddings import FrozenBackbone, embed_dataset
 from tl_core.datasets import DatasetError, ImageDataset
 from tl_core.linear_probe import fit_head, predict_proba
 from tl_core.overrides import apply_overrides
+from tl_core.scan import median_short_side
 
 NEAR_BEST = 0.01  # accuracies within one point of the best count as equal: the faster backbone wins
 
@@ -49,6 +50,7 @@ def evaluate_backbone(ds: ImageDataset, name: str, config: TrainConfig,
                                      seed=config.seed)
     except (backbones.WeightsUnavailable, ValueError) as e:
         return Comparison(name, None, None, None, None, None, None, time.perf_counter() - t0, str(e))
+    frozen.prep = frozen.prep.for_image_side(median_short_side([s.path for s in ds.samples]))  # as training decides
     views = config.feature_views if config.augment != "none" else 1
     parts = embed_dataset(ds, frozen, views, config.augment, config.seed, progress, should_stop)
     train, val = parts["train"], parts["val"]

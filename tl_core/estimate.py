@@ -17,7 +17,7 @@ from tl_core import backbones
 from tl_core.config import TrainConfig
 from tl_core.devices import fast_dtype, pick_device
 from tl_core.pipeline import decode_square
-from tl_core.scan import ScanReport, _VerdictCache, check_file
+from tl_core.scan import ScanReport, _VerdictCache, check_file, median_short_side
 from tl_core.speed import Speed, load_speeds, measure
 
 FIXED_SECONDS = 1.0  # building the model, loading weights, writing the run folder
@@ -62,6 +62,7 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
     prep = backbones.preprocessing_of(backbones.pick_weights(config.backbone))
     if config.image_size:
         prep = prep.at_size(config.image_size)
+    prep = prep.for_image_side(median_short_side([im.path for im in report.images]))  # as the trainer decides
     pixels = (prep.crop / 224) ** 2  # rates were measured at 224 px
     counts = report.split_counts()
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)

@@ -94,6 +94,20 @@ class ScanReport:
                 "problems": [asdict(p) for p in self.problems]}
 
 
+def median_short_side(paths: list[str], sample: int = 64) -> float:
+    """The median short side of (up to `sample` of) these images, from their headers: decides the preprocessing
+    of small images (`Preprocessing.for_image_side`) the same way for training, `compare` and the estimate."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for p in paths[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                sides.append(min(img.size))
+        except Exception:
+            continue
+    return float(sorted(sides)[len(sides) // 2]) if sides else float("inf")
+
+
 def check_file(path: str) -> FileCheck:
     """Is this file an image training can use? Regular file, decodable (at reduced size), with its hash."""
     try:

@@ -57,7 +57,7 @@ from tl_core.runs import (
     save_trainer_state,
     write_json,
 )
-from tl_core.scan import check_files, scan
+from tl_core.scan import check_files, median_short_side, scan
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
 
@@ -373,6 +373,7 @@ class Trainer:
             ds = report.dataset
             check_trainable(ds)
             self._build(len(ds.classes))
+            self.prep = self.prep.for_image_side(median_short_side([s.path for s in ds.samples]))
         except Exception as e:
             raise self._failed(e) from e
         run = new_run(runs_dir or paths.runs_dir(), self.config.backbone)
@@ -396,6 +397,7 @@ class Trainer:
         try:
             check_trainable(ds)
             self._build(len(ds.classes))
+            self.prep = backbones.Preprocessing(**info["preprocessing"])  # exactly what the run was trained with
         except Exception as e:
             raise self._failed(e, str(run.dir)) from e
         return self._guarded(run, ds, gone, {p: c.hash for p, c in checks.items() if c.usable}, resume=True)
@@ -467,6 +469,7 @@ class Trainer:
         try:
             self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.epochs,
                                         resume, len(self.skipped)))
+            self.events.emit(Logged(f"Preprocessing: {self.prep.describe()}."))
             for p in self.skipped[:20]:
                 self.events.emit(Logged(f"Skipped {Path(p.path).name}: {p.reason}"))
             status, reason = RunStatus.FINISHED, None
