@@ -168,6 +168,28 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
             "phases": {name: round(marks[i + 1][1] - t, 2) for i, (name, t) in enumerate(marks[:-1])}}
 
 
+def probe_side(root: Path, backbone: str, device: torch.device) -> dict:
+    """The plain linear probe the issue measures against: frozen features of each whole image resized to the crop
+    (no cropping, no augmentation), multinomial logistic regression by L-BFGS, L2 chosen by 5-fold cross-validation
+    on the training split only. TL Studio's feature path must never be below it."""
+    from tl_core.dataset_embeddings import FrozenBackbone, embed_dataset
+    from tl_core.datasets import load_dataset
+    from tl_core.linear_probe import fit_head, predict_proba
+
+    with cold_cache():
+        t0 = time.perf_counter()
+        ds = load_dataset(str(root))
+        frozen = FrozenBackbone.load(backbone, device=device)
+        p = frozen.prep
+        frozen.prep = backbones.Preprocessing(p.crop, p.crop, p.mean, p.std)
+        parts = embed_dataset(ds, frozen, 1, "none")
+        head = fit_head(parts["train"].x, parts["train"].labels, len(ds.classes))
+        accuracy = (predict_proba(head, parts["val"].x).argmax(1) == parts["val"].labels).float().mean().item()
+        wall = time.perf_counter() - t0
+    return {"seconds": round(wall, 2), "images_per_s": round(len(parts["train"].labels) / wall, 1),
+            "best_val_accuracy": round(accuracy, 4), "final_val_accuracy": round(accuracy, 4), "l2": head.l2}
+
+
 def default_data() -> Path:
     """Ants vs bees when ../shared/data is there (its real MobileNetV2 weights come along), else the demo set."""
     if HYMENOPTERA.exists():
@@ -211,6 +233,11 @@ def run_bench(data: str | None, backbone: str, epochs: int, device_name: str | N
         ours["peak_memory_mb"] = mem.mb
         ours["speedup"] = round(ref["seconds"] / ours["seconds"], 2)
         out["modes"][mode] = {"reference": ref, "tl_studio": ours}
+        if mode == "features" and pretrained:
+            log("[features] linear probe ...")
+            with PeakMemory(device) as mem:
+                probe = probe_side(root, backbone, device)
+            out["modes"][mode] = {"reference": ref, "linear_probe": {**probe, "peak_memory_mb": mem.mb}, "tl_studio": ours}
     _print(out)
     return out
 
