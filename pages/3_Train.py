@@ -16,7 +16,7 @@ from tl_core.datasets import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.estimate import Estimate, estimate
 from tl_core.jobs import JobBusy
-from tl_core.runs import history_rows, list_runs
+from tl_core.runs import RunStatus, delete_run, history_rows, list_runs
 
 page_setup("Train")
 jobs = job_manager()
@@ -150,3 +150,26 @@ else:
     fig.update_layout(title="Validation accuracy (select rows above to compare runs)", xaxis_title="epoch",
                       yaxis_title="val accuracy", height=320, xaxis={"dtick": 1}, yaxis={"range": [0, 1.02]})
     st.plotly_chart(fig, key="history_chart")
+
+    st.markdown("**Manage a run**")
+    a, b, c = st.columns([3, 1, 2])
+    target_id = a.selectbox("Run", [r.id for r in runs[:50]], key="manage_run")
+    target = next(r for r in runs if r.id == target_id)
+    status = RunStatus.BROKEN if target.broken else target.summary.get("status")
+    resumable = status in (RunStatus.STOPPED, RunStatus.INTERRUPTED, RunStatus.FAILED)
+    if b.button("Resume", key="run_resume", disabled=not resumable or active,
+                help="Continue a stopped, interrupted or failed run from its last finished epoch"):
+        try:
+            jobs.start(DatasetSpec(**{k: v for k, v in target.info["dataset"].items() if k in DatasetSpec.__dataclass_fields__}),
+                       TrainConfig.from_dict(target.info["config"]), resume_dir=str(target.dir))
+            st.rerun()
+        except (JobBusy, ValueError) as err:
+            st.error(str(err))
+    sure = c.checkbox(f"Yes, delete {target.id}", key="run_delete_confirm", disabled=status == RunStatus.RUNNING)
+    if c.button("Delete", key="run_delete", disabled=not sure):
+        try:
+            delete_run(target)
+            st.session_state.flash = f"Deleted {target.id}."
+            st.rerun()
+        except RuntimeError as err:
+            st.error(str(err))

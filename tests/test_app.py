@@ -244,3 +244,32 @@ def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
     points = sum(len(trace["hovertext"]) for trace in spec["data"])  # one name per point (x is binary-encoded)
     assert points == shown  # measured and unmeasured alike
     assert {t["name"].split(", ")[-1] for t in spec["data"]} == {"measured here", "not measured yet"}
+
+
+def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
+    import threading
+
+    from tl_core.config import TrainConfig
+    from tl_core.runs import list_runs
+    from tl_core.trainer import train
+
+    runs_dir = ui / "runs"
+    stop = threading.Event()
+    stop.set()  # a run stopped before its first epoch finished
+    tiny = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, epochs=1, patience=0)
+    first = train("demo", tiny, runs_dir, stop=stop)
+    (runs_dir / "broken-run").mkdir()
+    (runs_dir / "broken-run" / "run.json").write_text("{not json")  # shown as broken, never a traceback
+    at = open_page("pages/3_Train.py")
+    table = at.dataframe[0].value
+    assert dict(zip(table.run, table.status))["broken-run"] == "broken"
+    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    assert not at.exception, at.exception
+    at.button(key="run_resume").click().run()
+    wait_for(at, lambda a: any(": finished" in s.value for s in a.subheader), 120)
+    assert next(r for r in list_runs(runs_dir) if r.id == Path(first.run_dir).name).summary["status"] == "finished"
+    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    assert at.button(key="run_delete").disabled  # nothing is deleted without the confirmation
+    at.checkbox(key="run_delete_confirm").check().run()
+    at.button(key="run_delete").click().run()
+    assert not Path(first.run_dir).exists() and any("Deleted" in s.value for s in at.success)

@@ -32,11 +32,12 @@ class RunStatus(StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    BROKEN = "broken"  # its own files cannot be read (a corrupt run.json)
 
 
 FINISHED, STOPPED, FAILED, RUNNING, INTERRUPTED = (RunStatus.FINISHED, RunStatus.STOPPED, RunStatus.FAILED, RunStatus.RUNNING,
                                                    RunStatus.INTERRUPTED)
-BROKEN = "broken"
+BROKEN = RunStatus.BROKEN
 TRAINER_STATE = "trainer_state.pt"
 LOCK = "writer.lock"
 
@@ -302,6 +303,9 @@ def history_rows(runs: list[Run]) -> list[dict]:
     """The run-history table (Train page, `runs`): one row a run, the same columns everywhere."""
     rows = []
     for r in runs:
+        if r.broken:
+            rows.append({"run": r.id, "status": BROKEN, "why": r.broken})
+            continue
         s, cfg = r.summary, r.info.get("config", {})
         rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error"),
                      "best val acc": s.get("best_val_accuracy"), "epochs": s.get("epochs_completed"),
