@@ -9,7 +9,17 @@ from plotly.subplots import make_subplots
 
 from pages.ui.config_form import config_form
 from pages.ui.lr_find import render_lr_finder
-from pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset_label, job_manager, page_setup, scan_report, speeds
+from pages.ui.shared import (
+    backbone_rows,
+    choices,
+    chosen_backbone,
+    dataset_label,
+    flash,
+    job_manager,
+    page_setup,
+    scan_report,
+    speeds,
+)
 from tl_core import paths, speed
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec
@@ -169,7 +179,7 @@ else:
     if c.button("Delete", key="run_delete", disabled=not sure):
         try:
             delete_run(target)
-            st.session_state.flash = f"Deleted {target.id}."
+            flash(f"Deleted {target.id}.")
             st.rerun()
         except RuntimeError as err:
             st.error(str(err))

@@ -30,8 +30,29 @@ def page_setup(title: str) -> None:
     require_login()  # an exposed server shows nothing before the password
     sidebar()
     st.title(title)
-    if message := st.session_state.pop("flash", None):
-        st.success(message)
+    show_flash(title)
+
+
+FLASH_RUNS = 3
+
+
+def flash(message: str) -> None:
+    """A message for the next runs of this page: kept for a few script runs, so a second rerun right after the
+    action (a widget committing its value) cannot swallow it."""
+    st.session_state.flash = {"message": message, "page": None, "left": FLASH_RUNS}
+
+
+def show_flash(page: str) -> None:
+    f = st.session_state.get("flash")
+    if not f:
+        return
+    f["page"] = f["page"] or page  # it belongs to the page that shows it first
+    if f["page"] != page:
+        return
+    st.success(f["message"])
+    f["left"] -= 1
+    if f["left"] <= 0:
+        del st.session_state.flash
 
 
 @st.cache_resource
@@ -74,7 +95,7 @@ def choose(message: str | None = None, **changes) -> None:
     """Change this session's choices (saved as the server default too); rerun so every widget shows it at once."""
     st.session_state.choices = prefs.save(choices().with_changes(**changes))
     if message:
-        st.session_state.flash = message
+        flash(message)
     st.rerun()
 
 
