@@ -81,13 +81,16 @@ class FrozenBackbone:
 
     def embed(self, samples: list[Sample], views: int = 1, augment: str = "light", seed: int = 0,
               phase: str = "images", progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> Embedded:
-        """V x N x D embeddings of `samples`; files that fail to decode are left out and reported."""
+              should_stop: Callable[[], bool] | None = None, known_hashes: dict[str, str] | None = None) -> Embedded:
+        """V x N x D embeddings of `samples`; files that fail to decode are left out and reported.
+
+        `known_hashes` (path -> content hash, e.g. from the scan) spares hashing those files again."""
         stop = should_stop or (lambda: False)
+        known = known_hashes or {}
         hashes = []
         for i, s in enumerate(samples):
-            hashes.append(content_hash(s.path))
-            if progress and i % 64 == 0:
+            hashes.append(known.get(s.path) or content_hash(s.path))
+            if progress and s.path not in known and i % 64 == 0:
                 progress(f"hashing {phase}", i, len(samples))
         if not samples:
             return Embedded(torch.empty(views, 0, 0), torch.empty(0, dtype=torch.long), [], [], [])

@@ -21,6 +21,7 @@ from torchvision import models
 from tl_core import paths
 from tl_core.devices import describe_device, fast_dtype, pick_device
 from tl_core.embeddings import fuse_for_inference
+from tl_core.throughput import sync
 
 SHORTLIST = ("mobilenet_v3_small", "mobilenet_v2", "shufflenet_v2_x1_0", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
 
@@ -67,24 +68,17 @@ def _store(device: torch.device, speed: Speed) -> None:
     write_json(f, data)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 5, budget: float = 3.0) -> float:
     """Median wall time of `fn` after `warmup` calls; at least 3 repeats, more while the budget lasts."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (len(times) < reps and time.perf_counter() - start < budget):
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

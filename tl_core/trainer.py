@@ -27,7 +27,7 @@ from tl_core import backbones, dataset_embeddings, paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
-from tl_core.embeddings import EmbeddingCache, compute_views
+from tl_core.embeddings import EmbeddingCache
 from tl_core.events import (
     Emitter,
     EpochEnded,
@@ -42,7 +42,6 @@ from tl_core.events import (
     RunStarted,
     StepEnded,
 )
-from tl_core.images import content_hash
 from tl_core.linear_probe import ProbeResult, fit_head
 from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.recorder import RunRecorder
@@ -262,13 +261,22 @@ class FittedHead(Strategy):
     def prepare(self, trainer: Trainer) -> None:
         t, cfg = self.t, self.t.config
         t.model.to(t.device, memory_format=memory_format(t.device))
-        batcher = Batcher(t.prep, t.device, cfg.augment)
-        caches = embedding_caches(cfg, t.prep, t.dtype)
-        n_views = len(caches)
+        frozen = dataset_embeddings.FrozenBackbone(cfg.backbone, t.model, t.head, t.prep, t.device, t.dtype, weights_id(cfg))
+        reporters: dict[str, Callable[[int, int], None]] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            reporters.setdefault(phase, t.progress(phase))(done, total)
+
         t.phase("embedding", "Computing embeddings once (cached for later runs)")
-        self.x_train, self.y_train = self._embed(t, batcher, caches, self.train_samples, n_views, "train")
-        x_val, self.y_val = self._embed(t, batcher, caches, self.val_samples, 1, "val")
-        self.x_val = x_val[0]
+        views = cfg.feature_views if cfg.augment != "none" else 1
+        try:
+            train, val = (frozen.embed(samples, n, cfg.augment, cfg.seed, f"{split} images", progress, t.stop.is_set,
+                                       self.hashes)
+                          for samples, n, split in ((self.train_samples, views, "train"), (self.val_samples, 1, "val")))
+        except InterruptedError:
+            raise Stopped from None
+        t.skipped += train.problems + val.problems
+        self.x_train, self.y_train, self.x_val, self.y_val = train.x, train.labels, val.x[0], val.labels
         self.n_train = len(self.y_train)
         self.layer: nn.Linear = t.model.get_submodule(t.head).float().to(t.device)
         self.prefix = t.head + "."
@@ -294,30 +302,6 @@ class FittedHead(Strategy):
                              f"{fit.cv_accuracy:.3f}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
                              f"{fit.iterations} L-BFGS iterations in {fit.seconds:.1f} s."))
         return fit
-
-    def _embed(self, t: Trainer, batcher: Batcher, caches: list[EmbeddingCache], samples: list[Sample], views: int,
-               split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        bad: set[int] = set()
-
-        def images(idx: torch.Tensor) -> torch.Tensor:
-            u8, failed, problems = decode_filled([samples[i] for i in idx.tolist()], t.prep.resize)
-            bad.update(idx[failed].tolist())
-            t.skipped += problems
-            return u8
-
-        gen = torch.Generator().manual_seed(t.config.seed)
-        hashes = [self.hashes.get(s.path) or content_hash(s.path) for s in samples]
-        try:
-            x = compute_views(
-                t.model, t.head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
-                len(samples), views, hashes, caches[:views], t.dtype, batch_size=32,
-                progress=t.progress(f"embedding {split} images"), should_stop=t.stop.is_set,
-            )
-        except InterruptedError:
-            raise Stopped from None
-        keep = torch.tensor([i for i in range(len(samples)) if i not in bad], dtype=torch.long)
-        labels = torch.tensor([s.label for s in samples])
-        return x[:, keep], labels[keep]
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.layer.parameters()), "lr": self.t.config.head_lr}]
