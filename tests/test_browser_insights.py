@@ -57,7 +57,13 @@ def test_compare_chart_and_mislabel_gallery(server_weights, server):  # noqa: F8
         card = page.locator(".st-key-suspect_0")
         expect(card.get_by_text("suggested")).to_be_visible()
         expect(card.get_by_test_id("stImage").locator("img")).to_be_visible()
-        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Embedding map")).to_be_visible()
+        emap = page.get_by_test_id("stPlotlyChart").filter(has_text="Embedding map")
+        expect(emap).to_be_visible()
+        expect(emap.locator("image").first).to_be_attached()  # the pictures drawn on the map
+        box = emap.locator("path.point").first.bounding_box()  # Plotly picks the point under its own drag layer
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.get_by_text("1 selected")).to_be_visible()
+        page.screenshot(path=SHOTS / "embedding-map.png", full_page=True)
         card.get_by_role("button", name="Drop").click()
         expect(page.locator(".st-key-suspect_0").get_by_text("dropped")).to_be_visible()
         assert list((Path(server_weights).parents[2] / "home" / "overrides").glob("*.json"))  # saved beside, not in, the data

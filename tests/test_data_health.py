@@ -3,10 +3,11 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import HYMENOPTERA
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_cli import cli
 
 from tl_core.data_health import health_from_embeddings
@@ -15,8 +16,9 @@ from tl_core.datasets import Sample
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, real_weights):
-    """A copy of ants vs bees with 10 ants filed as bees, 10 bees as ants and 5 shrunk, re-encoded copies of
-    training ants in val; `issues --json` run on it once (its embeddings are cached for the session)."""
+    """A copy of ants vs bees with 10 ants filed as bees, 10 bees as ants, 5 shrunk, re-encoded copies of
+    training ants in val and 3 pictures of neither (noise, a gradient, a document); `issues --json` run on it once
+    (its embeddings are cached for the session)."""
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent")
     root = tmp_path_factory.mktemp("planted") / "hymenoptera"
@@ -31,13 +33,27 @@ def planted(tmp_path_factory, real_weights):
         im = Image.open(f).convert("RGB")
         im.resize((int(im.width * 0.7), int(im.height * 0.7))).save(root / "val" / "ants" / f"copy_{i}.jpg", quality=70)
         copies.append(str(root / "val" / "ants" / f"copy_{i}.jpg"))
+    off_domain = plant_off_domain(root)
     out = cli("issues", str(root), "--json", env={"TORCH_HOME": str(real_weights)})
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1]), moved, copies
+    return json.loads(out.stdout.strip().splitlines()[-1]), moved, copies, off_domain
+
+
+def plant_off_domain(root) -> list[str]:
+    rng = np.random.default_rng(0)
+    noise, gradient = root / "train" / "bees" / "noise.jpg", root / "train" / "ants" / "gradient.jpg"
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(noise)
+    Image.fromarray(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None].repeat(300, 0).repeat(3, 2)).save(gradient)
+    document = root / "val" / "bees" / "document.png"
+    im = Image.new("RGB", (400, 300), "white")
+    for i in range(12):
+        ImageDraw.Draw(im).text((10, 10 + 22 * i), f"Invoice 2026-11, line {i}: total due 1,234.56 EUR", fill="black")
+    im.save(document)
+    return [str(noise), str(gradient), str(document)]
 
 
 def test_label_swaps_are_among_the_top_suggestions(planted):
-    report, moved, _ = planted
+    report, moved, _, _ = planted
     assert len(moved) == 20
     top = {s["path"] for s in report["suspects"][:40]}
     assert len(top & set(moved)) >= 14
@@ -46,11 +62,20 @@ def test_label_swaps_are_among_the_top_suggestions(planted):
 
 
 def test_near_copies_in_val_are_flagged_as_cross_split_duplicates(planted):
-    report, moved, copies = planted
+    report, moved, copies, _ = planted
     leaks = [p for p in report["duplicates"] if p["cross_split"]]
     assert all(any(c in (p["a"], p["b"]) for p in leaks) for c in copies)
     assert len(report["duplicates"]) < 20  # distinct photos are not reported as duplicates
-    assert report["balance"]["counts"] == {"ants": 123 + 1 + 10 - 10, "bees": 121}
+    assert report["balance"]["counts"] == {"ants": 123 + 1 + 10 - 10 + 1, "bees": 121 + 1}
+
+
+def test_pictures_of_neither_class_are_the_top_outliers(planted):
+    """Off-domain pictures are found, and so is the placeholder GIF that ships inside the real ants-vs-bees set."""
+    report, _, _, off_domain = planted
+    top = [o["path"] for o in report["outliers"][:6]]
+    assert set(off_domain) <= set(top)
+    assert any(p.endswith("imageNotFound.gif") for p in top)
+    assert len(report["outliers"]) <= 12  # real photos of ants and bees are not outliers
 
 
 def test_outliers_balance_and_map_on_synthetic_embeddings():

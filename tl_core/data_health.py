@@ -2,8 +2,10 @@
 (leakage across splits, one picture under two classes), outliers, class imbalance, and a 2-D map of it all.
 
 Label mistakes come from confident learning (cleanlab) on out-of-fold probabilities of the fitted linear head:
-every image is judged by a head that never saw it. Similarities use centred, unit-length embeddings, so the
-features every photo shares (ReLU outputs are all positive) do not make unrelated pictures look alike.
+every image is judged by a head that never saw it. Near-duplicates use centred, unit-length embeddings, so the
+features every photo shares (ReLU outputs are all positive) do not make unrelated pictures look alike. Outliers use
+the raw directions instead: centring turns every weakly-activating picture (noise, a document, a placeholder) into
+"minus the mean", so off-domain images become each other's close neighbours and hide (measured on ants vs bees).
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class MapPoint:
     x: float
     y: float
     suspect: bool
+    outlier: bool = False
+
+    @property
+    def mark(self) -> str:
+        """How the map draws it: what the checks say of this image."""
+        return "outlier" if self.outlier else "suspect" if self.suspect else "ok"
 
 
 @dataclass
@@ -158,11 +166,12 @@ def near_duplicates(e: torch.Tensor, samples: list[Sample], classes: list[str],
             for s, i, j in found[:MAX_PAIRS]]
 
 
-def neighbour_outliers(e: torch.Tensor, samples: list[Sample], classes: list[str], k: int = 5,
+def neighbour_outliers(x: torch.Tensor, samples: list[Sample], classes: list[str], k: int = 5,
                        block: int = 1024) -> list[Outlier]:
-    """Images whose k nearest neighbours (any class) are unusually far: robust z-score above OUTLIER_Z."""
-    if len(e) <= k + 1:
+    """Images whose k nearest neighbours (any class, raw cosine) are unusually far: robust z-score above OUTLIER_Z."""
+    if len(x) <= k + 1:
         return []
+    e = torch.nn.functional.normalize(x.float(), dim=1)
     score = torch.empty(len(e))
     for start in range(0, len(e), block):
         sim = e[start : start + block] @ e.T
@@ -215,12 +224,13 @@ def health_from_embeddings(x: torch.Tensor, samples: list[Sample], classes: list
     proba, l2 = out_of_fold_proba(x, labels, len(classes), seed=seed, should_stop=should_stop)
     e = unit_rows(x)
     suspects = mislabel_suspects(proba, labels, samples, classes)
+    outliers = neighbour_outliers(x, samples, classes)
     coords, projection = project(x, seed)
-    flagged = {s.path for s in suspects}
-    points = [MapPoint(s.path, s.split, classes[s.label], float(cx), float(cy), s.path in flagged)
+    flagged, far = {s.path for s in suspects}, {o.path for o in outliers}
+    points = [MapPoint(s.path, s.split, classes[s.label], float(cx), float(cy), s.path in flagged, s.path in far)
               for s, (cx, cy) in zip(samples, coords)]
     return HealthReport(backbone, classes, len(samples), suspects, near_duplicates(e, samples, classes),
-                        neighbour_outliers(e, samples, classes), class_balance(proba, labels, samples, classes),
+                        outliers, class_balance(proba, labels, samples, classes),
                         points, projection, l2, time.perf_counter() - t0)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import streamlit as st
 from pages.ui.shared import chosen_backbone, scan_report
 from tl_core.data_health import HealthReport, check_health
 from tl_core.datasets import ImageDataset
+from tl_core.images import BadImage, open_rgb
 from tl_core.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
 
 PER_PAGE = 8
@@ -43,7 +46,7 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
     m[3].metric("Outliers", len(report.outliers))
     st.info(report.balance.note)
     gallery(ds, report)
-    duplicates_and_outliers(report)
+    duplicates_and_outliers(ds, report)
     embedding_map(report)
 
 
@@ -84,7 +87,8 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
                 changed()
 
 
-def duplicates_and_outliers(report: HealthReport) -> None:
+def duplicates_and_outliers(ds: ImageDataset, report: HealthReport) -> None:
+    decided = {o.path: o for o in load_overrides(ds)}
     if report.duplicates:
         st.markdown("**Near-duplicates** (similar embeddings; across splits they inflate the validation score)")
         st.dataframe(pd.DataFrame([{"similarity": p.similarity, "a": p.a, "b": p.b, "splits": f"{p.split_a} / {p.split_b}",
@@ -92,16 +96,75 @@ def duplicates_and_outliers(report: HealthReport) -> None:
                                     "different classes": p.cross_class} for p in report.duplicates]),
                      hide_index=True, key="dup_table")
     if report.outliers:
-        st.markdown("**Outliers** (far from every other image)")
-        st.dataframe(pd.DataFrame([vars(o) for o in report.outliers]), hide_index=True, key="outlier_table")
+        st.markdown("**Outliers**: pictures far from every other image (another subject, a placeholder, a scan), "
+                    "most distant first. Drop those that do not belong: saved beside the dataset like the gallery's.")
+        cols = st.columns(6)
+        for i, o in enumerate(report.outliers[:6]):
+            with cols[i].container(border=True, key=f"outlier_{i}"):
+                st.image(o.path, caption=f"{Path(o.path).name} ({o.label}, {o.split}), z {o.z:.1f}", width="stretch")
+                if o.path in decided:
+                    st.caption("dropped" if decided[o.path].action == DROP else f"relabelled as {decided[o.path].label}")
+                elif st.button("Drop", key=f"drop_outlier_{o.path}"):
+                    set_override(ds, o.path, DROP)
+                    changed()
+        st.dataframe(pd.DataFrame([{**vars(o), "file": Path(o.path).name} for o in report.outliers]),
+                     hide_index=True, key="outlier_table", column_order=["file", "label", "split", "z", "path"])
+
+
+MAP_PICTURES_MAX = 500  # past this many, pictures on the map are a blur and slow to send
+SHOW_SELECTED = 12
+
+
+@st.cache_data(max_entries=5000, show_spinner=False)
+def thumbnail_uri(path: str, side: int = 64) -> str | None:
+    """A small JPEG data URI of one image for the map (decoded at reduced size); None when it cannot be read."""
+    try:
+        img = open_rgb(path, min_side=side)
+    except BadImage:
+        return None
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def map_figure(report: HealthReport, pictures: bool):
+    """Points coloured by class, suspects as x and outliers as diamonds; with `pictures`, each image drawn at its point."""
+    points = pd.DataFrame([{**vars(p), "file": Path(p.path).name, "mark": p.mark} for p in report.points])
+    fig = px.scatter(points, x="x", y="y", color="label", symbol="mark", hover_name="file", custom_data=["path"],
+                     hover_data={"split": True, "mark": True, "x": False, "y": False},
+                     symbol_map={"ok": "circle", "suspect": "x", "outlier": "diamond"},
+                     title=f"Embedding map ({report.projection}): suspects x, outliers diamonds; "
+                           "click or lasso points to see the pictures")
+    fig.update_traces(marker={"size": 12 if pictures else 7, "opacity": 0.3 if pictures else 0.9})
+    fig.update_layout(height=620, legend_title_text="class, check")
+    fig.update_xaxes(showticklabels=False, title=None)  # projection units mean nothing; keep distances true
+    fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
+    if pictures:
+        span = max(points.x.max() - points.x.min(), points.y.max() - points.y.min(), 1e-6)
+        size = span / max(12.0, len(points) ** 0.5 * 1.6)
+        for p in report.points:
+            uri = thumbnail_uri(p.path)
+            if uri:
+                fig.add_layout_image(source=uri, x=p.x, y=p.y, xref="x", yref="y", sizex=size, sizey=size,
+                                     xanchor="center", yanchor="middle", layer="below")
+    return fig
 
 
 def embedding_map(report: HealthReport) -> None:
-    points = pd.DataFrame([{**vars(p), "file": Path(p.path).name, "suspect": "suspect" if p.suspect else "ok"}
-                           for p in report.points])
-    fig = px.scatter(points, x="x", y="y", color="label", symbol="suspect", hover_name="file",
-                     hover_data={"split": True, "path": True, "x": False, "y": False},
-                     symbol_map={"ok": "circle", "suspect": "x"},
-                     title=f"Embedding map ({report.projection}): suspects marked x")
-    fig.update_traces(marker={"size": 7})
-    st.plotly_chart(fig, key="embedding_map")
+    pictures = len(report.points) <= MAP_PICTURES_MAX and st.toggle(
+        "Draw the pictures on the map", value=True, key="map_pictures",
+        help=f"Each image at its place on the map (up to {MAP_PICTURES_MAX} images); off, a dot per image.")
+    event = st.plotly_chart(map_figure(report, pictures), key="embedding_map", on_select="rerun",
+                            selection_mode=("points", "box", "lasso"))
+    chosen = [pt["customdata"][0] for pt in event.selection.points if pt.get("customdata")] if event else []
+    if not chosen:
+        st.caption("Click a point, or draw a box or a lasso around a group, to see those pictures here.")
+        return
+    by_path = {p.path: p for p in report.points}
+    st.markdown(f"**{len(chosen)} selected**" + (f" (the first {SHOW_SELECTED} shown)" if len(chosen) > SHOW_SELECTED else ""))
+    cols = st.columns(6)
+    for i, path in enumerate(chosen[:SHOW_SELECTED]):
+        p = by_path[path]
+        cols[i % 6].image(path, caption=f"{Path(path).name} · {p.label} · {p.split}" + ("" if p.mark == "ok" else f" · {p.mark}"),
+                          width="stretch")
