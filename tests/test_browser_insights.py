@@ -60,7 +60,10 @@ def test_compare_chart_and_mislabel_gallery(server_weights, server):  # noqa: F8
         emap = page.get_by_test_id("stPlotlyChart").filter(has_text="Embedding map")
         expect(emap).to_be_visible()
         expect(emap.locator("image").first).to_be_attached()  # the pictures drawn on the map
-        box = emap.locator("path.point").first.bounding_box()  # Plotly picks the point under its own drag layer
+        point = emap.locator("path.point").first
+        point.scroll_into_view_if_needed()
+        box = point.bounding_box()  # Plotly picks the point under its own drag layer: click where it is drawn
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(page.get_by_text("1 selected")).to_be_visible()
         page.screenshot(path=SHOTS / "embedding-map.png", full_page=True)

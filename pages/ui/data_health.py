@@ -143,11 +143,10 @@ def map_figure(report: HealthReport, pictures: bool):
     if pictures:
         span = max(points.x.max() - points.x.min(), points.y.max() - points.y.min(), 1e-6)
         size = span / max(12.0, len(points) ** 0.5 * 1.6)
-        for p in report.points:
-            uri = thumbnail_uri(p.path)
-            if uri:
-                fig.add_layout_image(source=uri, x=p.x, y=p.y, xref="x", yref="y", sizex=size, sizey=size,
-                                     xanchor="center", yanchor="middle", layer="below")
+        images = [(p, thumbnail_uri(p.path)) for p in report.points]
+        fig.update_layout(images=[  # at once: add_layout_image one by one is quadratic (9 s for 200 pictures)
+            {"source": uri, "x": p.x, "y": p.y, "xref": "x", "yref": "y", "sizex": size, "sizey": size,
+             "xanchor": "center", "yanchor": "middle", "layer": "below"} for p, uri in images if uri])
     return fig
 
 
