@@ -7,6 +7,9 @@ A strategy supplies what differs (Ultralytics' BaseTrainer hooks, nanoGPT's sing
 * `WholeNetwork`: fine-tuning (last K stages or full), or a frozen backbone run every step: images decoded once,
   batches augmented on the device, channels_last, autocast (bf16, or fp16 with a grad scaler), optional torch.compile.
 Events are typed (tl_core.events); the run folder (tl_core.recorder), the CLI and the dashboard are listeners.
+Under torchrun the same loop runs in every process (tl_core.distributed): rank 0 scans, writes the run folder and
+emits the events; each rank decodes its shard; losses, counts and stop requests are all-reduced, so every rank
+takes the same decisions.
 """
 
 from __future__ import annotations
@@ -204,8 +207,8 @@ class WholeNetwork(Strategy):
         fewest = -distributed.all_max(-len(self.train_store))
         n_train, n_val = distributed.all_sum(len(self.train_store), len(self.val_store))
         if not fewest or not n_val:
-            raise DatasetError("No decodable images left in the train or val split"
-                               + (f" (or fewer than one per process, {distributed.size()})." if distributed.active() else "."))
+            raise DatasetError("No decodable images left in the train or val split." + (
+                f" Each of the {distributed.size()} processes needs at least one training image." if distributed.active() else ""))
         self.n_train = int(n_train)
         self.n_epoch = distributed.all_max(len(self.train_store))  # what each rank walks per epoch: the longest shard
         model, head = t.model, t.head
