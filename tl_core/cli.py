@@ -126,13 +126,18 @@ def cmd_estimate(args) -> int:
 
 
 def _report(result, as_json: bool) -> int:
+    from tl_core.distributed import is_main
+
+    code = 0 if result.status in ("finished", "stopped") else 1
+    if not is_main():  # under torchrun: one report, from rank 0
+        return code
     if as_json:
         print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
     else:
         why = f" ({result.stop_reason})" if result.stop_reason else ""
         print(f"{result.status}{why}: best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) "
               f"after {result.epochs_completed} epochs, {result.seconds:.1f}s -> {result.run_dir}")
-    return 0 if result.status in ("finished", "stopped") else 1
+    return code
 
 
 def cmd_train(args) -> int:

@@ -98,14 +98,19 @@ class EmbeddingCache:
         self.evict()
 
     def evict(self) -> None:
-        groups = sorted((d for d in self.root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-        sizes = {d: sum(f.stat().st_size for f in d.glob("*")) for d in groups}
-        total = sum(sizes.values())
-        for d in groups:
+        stats: dict[Path, tuple[float, int]] = {}  # group -> (last used, bytes)
+        for d in self.root.iterdir():
+            try:
+                if d.is_dir():
+                    stats[d] = (d.stat().st_mtime, sum(f.stat().st_size for f in d.glob("*")))
+            except FileNotFoundError:  # another process (a torchrun rank, a second server) renamed or deleted it
+                continue
+        total = sum(size for _, size in stats.values())
+        for d in sorted(stats, key=lambda d: stats[d][0]):
             if total <= self.max_bytes or d == self.dir:
                 continue
             shutil.rmtree(d, ignore_errors=True)
-            total -= sizes[d]
+            total -= stats[d][1]
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:

@@ -7,6 +7,9 @@ A strategy supplies what differs (Ultralytics' BaseTrainer hooks, nanoGPT's sing
 * `WholeNetwork`: fine-tuning (last K stages or full), or a frozen backbone run every step: images decoded once,
   batches augmented on the device, channels_last, autocast (bf16, or fp16 with a grad scaler), optional torch.compile.
 Events are typed (tl_core.events); the run folder (tl_core.recorder), the CLI and the dashboard are listeners.
+Under torchrun the same loop runs in every process (tl_core.distributed): rank 0 scans, writes the run folder and
+emits the events; each rank decodes its shard; losses, counts and stop requests are all-reduced, so every rank
+takes the same decisions.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core import backbones, dataset_embeddings, paths
+from tl_core import backbones, dataset_embeddings, distributed, paths
 from tl_core.config import TrainConfig
+from tl_core.dataset_embeddings import Embedded, FrozenBackbone
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache
@@ -69,6 +73,9 @@ class TrainingError(RuntimeError):
     def __init__(self, message: str, suggestion: str, run_dir: str | None = None):
         super().__init__(message)
         self.suggestion, self.run_dir = suggestion, run_dir
+
+    def __reduce__(self):  # whole across processes: rank 0's refusal is raised on every rank (distributed.on_main)
+        return TrainingError, (str(self), self.suggestion, self.run_dir)
 
 
 def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False) -> tuple[str, str]:
@@ -192,18 +199,25 @@ class WholeNetwork(Strategy):
     def prepare(self, trainer: Trainer) -> None:
         t, cfg = self.t, self.t.config
         t.phase("decoding", "Decoding images once into memory")
-        self.train_store = ImageStore(self.train_samples, t.prep.resize, t.progress("decoding train images"))
-        self.val_store = ImageStore(self.val_samples, t.prep.resize, t.progress("decoding val images"))
-        t.skipped += self.train_store.problems + self.val_store.problems
-        if not len(self.train_store) or not len(self.val_store):
-            raise DatasetError("No decodable images left in the train or val split.")
-        self.n_train = len(self.train_store)
+        # under torchrun each rank decodes and augments only its shard; one process has all of them
+        self.train_store = ImageStore(distributed.shard(self.train_samples), t.prep.resize, t.progress("decoding train images"))
+        self.val_store = ImageStore(distributed.shard(self.val_samples), t.prep.resize, t.progress("decoding val images"))
+        t.skipped += [p for problems in distributed.gather(self.train_store.problems + self.val_store.problems)
+                      for p in problems]
+        fewest = -distributed.all_max(-len(self.train_store))
+        n_train, n_val = distributed.all_sum(len(self.train_store), len(self.val_store))
+        if not fewest or not n_val:
+            raise DatasetError("No decodable images left in the train or val split." + (
+                f" Each of the {distributed.size()} processes needs at least one training image." if distributed.active() else ""))
+        self.n_train = int(n_train)
+        self.n_epoch = distributed.all_max(len(self.train_store))  # what each rank walks per epoch: the longest shard
         model, head = t.model, t.head
         backbones.apply_strategy(model, head, cfg.strategy, cfg.finetune_stages)
         model.to(t.device, memory_format=memory_format(t.device))
         for store in (self.train_store, self.val_store):
             store.to(t.device)
-        self.net = torch.compile(model) if cfg.compile else model
+        self.eval_net = torch.compile(model) if cfg.compile else model
+        self.net = distributed.wrap(self.eval_net, t.device)  # DDP under torchrun; validation needs no gradient sync
         self.batcher = Batcher(t.prep, t.device, cfg.augment)
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
         self.autocast = t.dtype
@@ -222,22 +236,32 @@ class WholeNetwork(Strategy):
         self.t.model.train()
         backbones.freeze_batchnorm(self.t.model)
 
+    def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """A shuffled pass over this rank's images, topped up with a few repeats to the longest shard, so every
+        rank takes the same steps (DDP needs it); in one process exactly the images, once each."""
+        order = torch.randperm(len(self.train_store), generator=gen)
+        return iter(order.repeat(math.ceil(self.n_epoch / len(order)))[: self.n_epoch].split(batch_size))
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.n_epoch / batch_size)
+
     def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.batcher.train(self.train_store.get(idx), gen)
         return self.net(x), self.y_train[idx].to(self.t.device, non_blocking=True)
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
         t, store = self.t, self.val_store
-        self.net.eval()
+        self.eval_net.eval()
         loss_sum, correct = 0.0, 0
         with torch.inference_mode(), torch.autocast(t.device.type, dtype=t.dtype, enabled=t.dtype is not None):
-            for idx in batches(len(store), t.config.batch_size * 2, False):
+            for idx in batches(len(store), t.batch_size * 2, False):
                 check_stop()
-                logits = self.net(self.batcher.eval(store.get(idx))).float()
+                logits = self.eval_net(self.batcher.eval(store.get(idx))).float()
                 y = self.y_val[idx].to(t.device)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
-        return loss_sum / len(store), correct / len(store)
+        loss_sum, correct, n = distributed.all_sum(loss_sum, correct, len(store))  # every rank: the same figures
+        return loss_sum / n, correct / n
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.t.model.state_dict()
@@ -261,7 +285,7 @@ class FittedHead(Strategy):
     def prepare(self, trainer: Trainer) -> None:
         t, cfg = self.t, self.t.config
         t.model.to(t.device, memory_format=memory_format(t.device))
-        frozen = dataset_embeddings.FrozenBackbone(cfg.backbone, t.model, t.head, t.prep, t.device, t.dtype, weights_id(cfg))
+        frozen = FrozenBackbone(cfg.backbone, t.model, t.head, t.prep, t.device, t.dtype, weights_id(cfg))
         reporters: dict[str, Callable[[int, int], None]] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -270,8 +294,7 @@ class FittedHead(Strategy):
         t.phase("embedding", "Computing embeddings once (cached for later runs)")
         views = cfg.feature_views if cfg.augment != "none" else 1
         try:
-            train, val = (frozen.embed(samples, n, cfg.augment, cfg.seed, f"{split} images", progress, t.stop.is_set,
-                                       self.hashes)
+            train, val = (self._embed(frozen, samples, n, split, progress)
                           for samples, n, split in ((self.train_samples, views, "train"), (self.val_samples, 1, "val")))
         except InterruptedError:
             raise Stopped from None
@@ -280,11 +303,29 @@ class FittedHead(Strategy):
         self.n_train = len(self.y_train)
         self.layer: nn.Linear = t.model.get_submodule(t.head).float().to(t.device)
         self.prefix = t.head + "."
-        save_state(t.run.dir / "backbone.safetensors",
-                   {k: v for k, v in t.model.state_dict().items() if not k.startswith(self.prefix)})
+        if distributed.is_main():
+            save_state(t.run.dir / "backbone.safetensors",
+                       {k: v for k, v in t.model.state_dict().items() if not k.startswith(self.prefix)})
         self.x_train, self.y_train, self.x_val, self.y_val = (
             v.to(t.device) for v in (self.x_train, self.y_train, self.x_val, self.y_val))
-        self.fit = self._fit()
+        self.fit = distributed.on_main(self._fit)  # one fit on rank 0, handed to every rank
+
+    def _embed(self, frozen: FrozenBackbone, samples: list[Sample], views: int, split: str,
+               progress: Callable[[str, int, int], None]) -> Embedded:
+        """Embed `samples`; under torchrun each rank embeds its shard and every rank gets all of them back in
+        the samples' order, so the head is fitted on what one process would have embedded."""
+        t, cfg = self.t, self.t.config
+        mine = distributed.shard(list(range(len(samples))))
+        part = frozen.embed([samples[i] for i in mine], views, cfg.augment, cfg.seed, f"{split} images", progress,
+                            t.stop_here, self.hashes)
+        if not distributed.active():
+            return part
+        parts = distributed.gather(part)
+        where = {s.path: i for i, s in enumerate(samples)}
+        rows = sorted(((where[s.path], e, j) for e in parts for j, s in enumerate(e.samples)), key=lambda r: r[0])
+        return Embedded(torch.stack([e.x[:, j] for _, e, j in rows], 1), torch.stack([e.labels[j] for _, e, j in rows]),
+                        [e.samples[j] for _, e, j in rows], [e.hashes[j] for _, e, j in rows],
+                        [p for e in parts for p in e.problems])
 
     def _fit(self) -> ProbeResult:
         t = self.t
@@ -340,9 +381,9 @@ class FittedHead(Strategy):
 class Trainer:
     def __init__(self, config: TrainConfig, listeners: list[Listener] | tuple = (), stop: threading.Event | None = None):
         self.config = config.validate()
-        self.events = Emitter(listeners)
+        self.events = Emitter(listeners if distributed.is_main() else ())  # under torchrun rank 0 alone reports
         self.stop = stop or threading.Event()
-        self.device = pick_device(config.device)
+        self.device = distributed.device_for(pick_device(config.device))
         self.dtype = fast_dtype(self.device) if config.amp else None
         self.skipped: list[Problem] = []
         self.run = None
@@ -350,8 +391,22 @@ class Trainer:
     # -- entry points
 
     def fit(self, data: str | DatasetSpec, runs_dir: str | Path | None = None) -> RunResult:
-        """Check the data and the weights first (a refused run leaves no folder), then train in a new run."""
+        """Check the data and the weights first (a refused run leaves no folder), then train in a new run.
+        Under torchrun rank 0 does both and creates the folder; every rank then trains on its split."""
         spec = data if isinstance(data, DatasetSpec) else DatasetSpec(data)
+        with distributed.process_group(self.device):
+            run, ds, skipped, hashes, prep = distributed.on_main(lambda: self._new_run(spec, runs_dir))
+            self._follow(len(ds.classes), prep)
+            return self._guarded(run, ds, skipped, hashes, resume=False)
+
+    def resume(self, run_dir: str | Path) -> RunResult:
+        with distributed.process_group(self.device):
+            run, ds, gone, hashes, prep = distributed.on_main(lambda: self._reopen(run_dir))
+            self._follow(len(ds.classes), prep)
+            return self._guarded(run, ds, gone, hashes, resume=True)
+
+    def _new_run(self, spec: DatasetSpec, runs_dir: str | Path | None) -> tuple:
+        """The scan (the one split every rank uses), the model, then the new run folder with run.json and split.json."""
         try:
             report = scan(spec, self.progress("checking images"))
             ds = report.dataset
@@ -365,12 +420,19 @@ class Trainer:
             "id": run.id, "created": time.time(), "config": self.config.to_dict(),
             "dataset": {**spec.to_dict(), "name": ds.name, "root": ds.root, "split_source": ds.split_source},
             "classes": ds.classes, "device": str(self.device), "dtype": str(self.dtype), "head": self.head,
-            "preprocessing": asdict(self.prep), "weights": weights_id(self.config),
+            "preprocessing": asdict(self.prep), "weights": weights_id(self.config), "processes": distributed.size(),
         })
         write_json(run.dir / "split.json", {sp: [[s.path, s.label] for s in ds.split(sp)] for sp in ds.splits})
-        return self._guarded(run, ds, report.skipped, report.hashes(), resume=False)
+        return run, ds, report.skipped, report.hashes(), self.prep
 
-    def resume(self, run_dir: str | Path) -> RunResult:
+    def _follow(self, num_classes: int, prep: backbones.Preprocessing) -> None:
+        """The other ranks build the same model (rank 0 has fetched its weights) with rank 0's preprocessing."""
+        if not distributed.is_main():
+            self._build(num_classes)
+            self.prep = prep
+
+    def _reopen(self, run_dir: str | Path) -> tuple:
+        """A run's own split, with the files that are gone or broken now left out."""
         run = load_run(run_dir)
         info = run.info
         items = [(p, y, sp) for sp in ("train", "val", "test") for p, y in run.split(sp)]
@@ -384,7 +446,7 @@ class Trainer:
             self.prep = backbones.Preprocessing(**info["preprocessing"])  # exactly what the run was trained with
         except Exception as e:
             raise self._failed(e, str(run.dir)) from e
-        return self._guarded(run, ds, gone, {p: c.hash for p, c in checks.items() if c.usable}, resume=True)
+        return run, ds, gone, {p: c.hash for p, c in checks.items() if c.usable}, self.prep
 
     # -- helpers the strategies call
 
@@ -403,8 +465,17 @@ class Trainer:
 
         return report
 
+    def stop_here(self) -> bool:
+        """A stop this process may act on alone; under torchrun the ranks stop together, at `sync_stop`."""
+        return self.stop.is_set() and not distributed.active()
+
     def check_stop(self) -> None:
-        if self.stop.is_set():
+        if self.stop_here():
+            raise Stopped
+
+    def sync_stop(self) -> None:
+        """Before every step: stop on every rank when any of them (rank 0, which the job manager asks) was asked."""
+        if distributed.any_rank(self.stop.is_set()):
             raise Stopped
 
     # -- the run
@@ -430,23 +501,29 @@ class Trainer:
         return WholeNetwork(self, train, val)
 
     def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
-        """One writer per run: a second resume of a run that is still training is refused, not interleaved."""
-        try:
-            lock = RunLock(run.dir)
-            lock.__enter__()
-        except RunBusy as e:
-            raise self._failed(e, str(run.dir)) from e
+        """One writer per run: a second resume of a run that is still training is refused, not interleaved.
+        Under torchrun rank 0 holds the lock and its refusal stops every rank."""
+        lock = RunLock(run.dir)
+
+        def take() -> None:
+            try:
+                lock.__enter__()
+            except RunBusy as e:
+                raise self._failed(e, str(run.dir)) from e
+
+        distributed.on_main(take)
         try:
             return self._recorded(run, ds, skipped, hashes, resume)
         finally:
-            lock.__exit__(None, None, None)
+            if distributed.is_main():
+                lock.__exit__(None, None, None)
 
     def _recorded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
         self.run, self.t0, self.skipped = run, time.perf_counter(), list(skipped)
         self.seconds_before = run.summary.get("seconds", 0.0) if resume else 0.0
         self.best_acc, self.best_epoch, self.epoch, self.images_per_s = 0.0, 0, 0, 0.0
-        recorder = RunRecorder(run)
-        self.events.listeners.append(recorder)
+        recorders = [RunRecorder(run)] if distributed.is_main() else []  # rank 0 alone writes the run folder
+        self.events.listeners += recorders
         self.classes, self.head_fit = ds.classes, None
         strategy = self._strategy(ds, hashes)
         self.epochs = strategy.epochs or self.config.epochs
@@ -454,6 +531,11 @@ class Trainer:
             self.events.emit(RunStarted(str(run.dir), ds.classes, str(self.device), str(self.dtype), self.epochs,
                                         resume, len(self.skipped)))
             self.events.emit(Logged(f"Preprocessing: {self.prep.describe()}."))
+            if distributed.active():
+                self.events.emit(Logged(
+                    f"{distributed.size()} processes (torch.distributed, {distributed.backend()}), each on 1/"
+                    f"{distributed.size()} of the images; global batch {self.config.batch_size} = "
+                    f"{distributed.size()} x {distributed.per_rank_batch(self.config.batch_size)} per process."))
             for p in self.skipped[:20]:
                 self.events.emit(Logged(f"Skipped {Path(p.path).name}: {p.reason}"))
             status, reason = RunStatus.FINISHED, None
@@ -473,7 +555,8 @@ class Trainer:
             self.events.emit(RunEnded(result, tuple(self.skipped)))
             return result
         finally:
-            self.events.listeners.remove(recorder)
+            for recorder in recorders:
+                self.events.listeners.remove(recorder)
 
     def _result(self, status: str, reason: str | None) -> RunResult:
         return RunResult(str(self.run.dir), status, self.best_acc, self.best_epoch, self.epoch, self._seconds(),
@@ -513,31 +596,34 @@ class Trainer:
         """The one training loop. Returns why it ended early (early stopping), or None."""
         cfg, epochs = self.config, self.epochs
         strategy.prepare(self)
-        steps_per_epoch = strategy.steps_per_epoch(cfg.batch_size)
+        self.batch_size = distributed.per_rank_batch(cfg.batch_size)
+        steps_per_epoch = strategy.steps_per_epoch(self.batch_size)
         opt, sched = self._optimizer(strategy.param_groups(), epochs * steps_per_epoch)
         start = self._restore(strategy, opt, sched) if resume else 0
         self.epoch = start
         scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(strategy.autocast))
-        gen = torch.Generator().manual_seed(cfg.seed + start)
+        gen = torch.Generator().manual_seed(cfg.seed + start + 1_000_003 * distributed.rank())  # each rank its own draws
         self.phase("training", f"Training ({cfg.strategy}) on {strategy.n_train} images")
         t_train, steps_done, seen, train_time = time.perf_counter(), 0, 0, 0.0
         steps_left = (epochs - start) * steps_per_epoch
         for epoch in range(start + 1, epochs + 1):
             t_epoch, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
             strategy.train_mode()
-            for step, idx in enumerate(strategy.batches(cfg.batch_size, gen)):
-                self.check_stop()
+            for step, idx in enumerate(strategy.batches(self.batch_size, gen)):
+                self.sync_stop()
                 t_step = time.perf_counter()
                 loss_value, logits, y = strategy.step(idx, gen, opt, sched, scaler, cfg.label_smoothing, self.device)
                 train_time += time.perf_counter() - t_step
                 total, seen, steps_done = total + len(y), seen + len(y), steps_done + 1
                 correct += (logits.argmax(1) == y).sum().item()
                 loss_sum += loss_value * len(y)
-                self.images_per_s = seen / max(train_time, 1e-9) if strategy.has_rate else 0.0
+                # the ranks step in lockstep, so the whole job's rate is this rank's times their number
+                self.images_per_s = seen * distributed.size() / max(train_time, 1e-9) if strategy.has_rate else 0.0
                 elapsed = time.perf_counter() - t_train  # includes validation, so the ETA does too
                 eta = elapsed / steps_done * (steps_left - steps_done)
                 self.events.emit(StepEnded(epoch, step + 1, steps_per_epoch, loss_value, sched.get_last_lr()[0],
                                            self.images_per_s, eta))
+            loss_sum, correct, total = distributed.all_sum(loss_sum, correct, total)
             val_loss, val_acc = strategy.validate(self.check_stop)
             row = EpochRow(epoch, loss_sum / total, correct / total, val_loss, val_acc, sched.get_last_lr()[0],
                            self.images_per_s, time.perf_counter() - t_epoch)
@@ -551,10 +637,12 @@ class Trainer:
         improved = row.val_acc > self.best_acc or self.best_epoch == 0
         if improved:
             self.best_acc, self.best_epoch = row.val_acc, row.epoch
-            save_state(self.run.dir / "best.safetensors", trainable, self.classes)
-        save_state(self.run.dir / "last.safetensors", trainable, self.classes)
-        save_trainer_state(self.run.dir, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": self.epoch,
-                                          "best_acc": self.best_acc, "best_epoch": self.best_epoch})
+        if distributed.is_main():  # every rank holds the same weights and figures; rank 0 writes them
+            if improved:
+                save_state(self.run.dir / "best.safetensors", trainable, self.classes)
+            save_state(self.run.dir / "last.safetensors", trainable, self.classes)
+            save_trainer_state(self.run.dir, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                              "epoch": self.epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch})
         row = EpochRow(**{**row.to_dict(), "seconds": round(self._seconds(), 3), "best_val_acc": self.best_acc,
                           "best_epoch": self.best_epoch})
         self.events.emit(EpochEnded(row, self.epochs, improved))
