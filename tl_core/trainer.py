@@ -27,7 +27,7 @@ from tl_core import backbones, dataset_embeddings, paths
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
-from tl_core.embeddings import EmbeddingCache
+from tl_core.embeddings import EmbeddingCache, inference_copy
 from tl_core.events import (
     Emitter,
     EpochEnded,
@@ -43,7 +43,7 @@ from tl_core.events import (
     StepEnded,
 )
 from tl_core.linear_probe import ProbeResult, fit_head
-from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
+from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many, progressive_size
 from tl_core.recorder import RunRecorder
 from tl_core.runs import (
     RunBusy,
@@ -207,6 +207,11 @@ class WholeNetwork(Strategy):
         self.batcher = Batcher(t.prep, t.device, cfg.augment)
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
         self.autocast = t.dtype
+        resize = cfg.progressive_resize if cfg.strategy != "features" else 1.0  # a frozen backbone gains nothing
+        self.sizes = [progressive_size(t.prep.crop, e, t.epochs, resize) for e in range(1, t.epochs + 1)]
+        if len(set(self.sizes)) > 1:
+            t.events.emit(Logged(f"Progressive resizing: training images of {' / '.join(map(str, self.sizes))} px by epoch "
+                                 f"(validation at {t.prep.crop} px)."))
 
     def param_groups(self) -> list[dict]:
         cfg, model = self.t.config, self.t.model
@@ -221,19 +226,23 @@ class WholeNetwork(Strategy):
     def train_mode(self) -> None:
         self.t.model.train()
         backbones.freeze_batchnorm(self.t.model)
+        self.size = self.sizes[min(self.t.epoch, len(self.sizes) - 1)]  # t.epoch: epochs finished (resume included)
 
     def forward(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.batcher.train(self.train_store.get(idx), gen)
+        x = self.batcher.train(self.train_store.get(idx), gen, self.size)
         return self.net(x), self.y_train[idx].to(self.t.device, non_blocking=True)
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
+        """At full size, on an inference copy (BatchNorm folded, bf16 weights): 1.7x the images/s of the training
+        graph in eval mode on CPU, for a fold that costs a fraction of a second."""
         t, store = self.t, self.val_store
         self.net.eval()
+        net = self.net if t.config.compile else inference_copy(t.model, t.dtype)
         loss_sum, correct = 0.0, 0
         with torch.inference_mode(), torch.autocast(t.device.type, dtype=t.dtype, enabled=t.dtype is not None):
             for idx in batches(len(store), t.config.batch_size * 2, False):
                 check_stop()
-                logits = self.net(self.batcher.eval(store.get(idx))).float()
+                logits = net(self.batcher.eval(store.get(idx))).float()
                 y = self.y_val[idx].to(t.device)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
