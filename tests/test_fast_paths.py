@@ -107,6 +107,7 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs():
 def test_progressive_resizing_grows_to_the_full_size_and_batches_follow():
     assert [progressive_size(224, e, 5, 0.5) for e in range(1, 6)] == [128, 128, 160, 192, 224]
     assert {progressive_size(224, e, 5, 1.0) for e in range(1, 6)} == {224} == {progressive_size(224, 1, 1, 0.5)}
+    assert {progressive_size(48, e, 5, 0.5) for e in range(1, 6)} == {48}  # small images are never shrunk further
     u8 = torch.randint(0, 255, (4, 3, 73, 73), dtype=torch.uint8)
     for augment in ("none", "light"):
         b = Batcher(Preprocessing.imagenet(64), torch.device("cpu"), augment)
@@ -124,6 +125,6 @@ def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weig
     cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=96, epochs=3, batch_size=32, patience=0,
                       progressive_resize=0.5)
     result = train("demo", cfg, tmp_path, [events.append])
-    assert "Progressive resizing: training images of 48 / 72 / 96 px by epoch (validation at 96 px)." in [
+    assert "Progressive resizing: training images of 64 / 72 / 96 px by epoch (validation at 96 px)." in [
         e.message for e in events if isinstance(e, Logged)]
     assert result.best_val_accuracy >= 0.6  # 5 classes: chance is 0.2

@@ -149,14 +149,15 @@ class Batcher:
 
 def progressive_size(crop: int, epoch: int, epochs: int, start: float) -> int:
     """The training image side of `epoch` (1-based): `start` x crop at the first epoch, growing linearly to the full
-    crop at the last, in steps of 32 px (8 px under 192; each new shape costs the CPU backend a plan). Low resolution early is
+    crop at the last, in steps of 32 px (8 px under 192; each new shape costs the CPU backend a plan), never under
+    64 px. Low resolution early is
     fastai's progressive resizing; FixRes explains why it does not hurt: random resized crops enlarge objects, so a
     network trained on smaller crops sees them at the size they have in the full-size validation images."""
     if start >= 1 or epochs <= 1:
         return crop
     side = crop * (start + (1 - start) * min(epoch - 1, epochs - 1) / (epochs - 1))
     step = 32 if crop >= 192 else 8
-    return min(crop, max(32, step * round(side / step)))
+    return min(crop, max(64, step * round(side / step)))  # under 64 px the last feature maps are 2x2 or less
 
 
 def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
