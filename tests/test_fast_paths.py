@@ -2,14 +2,15 @@
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
 from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import load_dataset
-from tl_core.embeddings import EmbeddingCache, embed, fuse_for_inference, group_key, headless
-from tl_core.pipeline import Batcher, decode_many, decode_square
+from tl_core.embeddings import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
+from tl_core.pipeline import Batcher, decode_many, decode_square, progressive_size
 
 
 def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
@@ -79,3 +80,51 @@ def test_fitted_head_on_cached_embeddings_is_no_worse_than_running_the_backbone(
     slow = train("demo", TrainConfig(strategy="features", embedding_cache=False, **cfg), tmp_path / "b")
     ev_fast, ev_slow = evaluate(fast.run_dir), evaluate(slow.run_dir)
     assert ev_fast.accuracy >= ev_slow.accuracy - 0.02 and ev_fast.accuracy >= 0.9
+
+
+def test_inference_copy_folds_batchnorm_without_changing_outputs():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    for m in model.modules():  # BatchNorm statistics far from the identity, so folding them is really tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        plain = model(x)
+        fused = inference_copy(model, None)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert torch.allclose(fused(x), plain, atol=1e-4, rtol=1e-3)
+        half = inference_copy(model, torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = half(x).float()
+    assert next(half.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model itself is left as it was
+    assert torch.nn.functional.cosine_similarity(low, plain, dim=1).min() > 0.99
+
+
+def test_progressive_resizing_grows_to_the_full_size_and_batches_follow():
+    assert [progressive_size(224, e, 5, 0.5) for e in range(1, 6)] == [128, 128, 160, 192, 224]
+    assert {progressive_size(224, e, 5, 1.0) for e in range(1, 6)} == {224} == {progressive_size(224, 1, 1, 0.5)}
+    assert {progressive_size(48, e, 5, 0.5) for e in range(1, 6)} == {48}  # small images are never shrunk further
+    u8 = torch.randint(0, 255, (4, 3, 73, 73), dtype=torch.uint8)
+    for augment in ("none", "light"):
+        b = Batcher(Preprocessing.imagenet(64), torch.device("cpu"), augment)
+        small = b.train(u8, torch.Generator().manual_seed(1), 32)
+        assert small.shape == (4, 3, 32, 32) and b.train(u8, torch.Generator().manual_seed(1)).shape == (4, 3, 64, 64)
+        assert small.mean().abs() < 3  # normalised once, like the full-size batch
+
+
+def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weights, tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.events import Logged
+    from tl_core.trainer import train
+
+    events = []
+    cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=96, epochs=3, batch_size=32, patience=0,
+                      progressive_resize=0.5)
+    result = train("demo", cfg, tmp_path, [events.append])
+    assert "Progressive resizing: training images of 64 / 72 / 96 px by epoch (validation at 96 px)." in [
+        e.message for e in events if isinstance(e, Logged)]
+    assert result.best_val_accuracy >= 0.6  # 5 classes: chance is 0.2

@@ -127,7 +127,8 @@ def test_clocks_stop_and_an_early_stop_says_why(tmp_path):
 
 def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, tmp_path):
     """Defect 5: progress counts cached images too; the embedding rate is never called a training rate."""
-    cfg = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="features", image_size=48, epochs=2, patience=0)
+    cfg = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="features", image_size=48, epochs=2, patience=0,
+                      feature_views=2)
     train(DatasetSpec(str(shapes_folder), 0.3, 1), cfg, tmp_path / "runs")
     events = []
     spec = DatasetSpec(str(shapes_folder), 0.3, 2)  # another split: some train images' augmented views are new

@@ -274,7 +274,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from tl_core.bench import run_bench, scale_point
+    from tl_core.bench import run_bench, run_cold, scale_point
 
     if args.scale:
         rows = []
@@ -284,7 +284,10 @@ def cmd_bench(args) -> int:
         if args.json:
             print(json.dumps({"scale": rows}))
         return 0
-    result = run_bench(args.data, args.backbone, args.epochs, args.device, args.modes, progress=Progress())
+    if args.cold:
+        result = run_cold(args.data, args.backbone, args.epochs, args.device, args.modes, args.repeats)
+    else:
+        result = run_bench(args.data, args.backbone, args.epochs, args.device, args.modes, progress=Progress())
     if args.json:
         print(json.dumps(result))
     return 0
@@ -487,6 +490,9 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--epochs", type=int, default=5)
     be.add_argument("--device", choices=["cpu", "cuda", "mps"])
     be.add_argument("--modes", nargs="+", default=["features", "full"], choices=["features", "full"])
+    be.add_argument("--cold", action="store_true",
+                    help="each side as a whole process from empty caches; import and work timed apart")
+    be.add_argument("--repeats", type=int, default=3, help="with --cold: runs per side (medians reported)")
     be.add_argument("--scale", type=int, nargs="+", metavar="N", help="feature path time/memory at N synthetic images")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)

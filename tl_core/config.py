@@ -58,12 +58,16 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "Label smoothing", "softens the targets of the loss", low=0.0, high=0.5)
     augment: str = option("light", "Augmentation", "random crops and flips (light), plus colour jitter (strong)", choices=AUGMENTATIONS)
     embedding_cache: bool = option(True, "Cache embeddings", "frozen backbone: train the head on cached embeddings (off: run it each step)")
-    feature_views: int = option(2, "Feature views", "frozen backbone: cached views per training image (1 clean + the rest augmented)",
+    feature_views: int = option(1, "Feature views", "frozen backbone: cached views per training image: 1 = the clean view; more "
+                                "adds augmented views (used where cross-validation finds they help; each costs a backbone pass)",
                                 low=1, high=16)
     patience: int = option(5, "Early-stopping patience", "epochs without a better val accuracy before stopping; 0 = off", low=0, high=100)
     seed: int = option(0, "Training seed", "initialisation, batch order and augmentation (never the split)", low=0, high=2**31 - 1)
     amp: bool = option(True, "Mixed precision", "bf16/fp16 autocast where the device has it")
     image_size: int | None = option(None, "Image size", "blank: the weights' own crop size", low=16, high=1024)
+    progressive_resize: float = option(0.5, "Progressive resizing", "fine-tuning: the first epoch trains at this fraction of the "
+                                       "image size, growing to the full size by the last epoch (1 = off; validation is always "
+                                       "at full size)", low=0.25, high=1.0)
     device: str | None = option(None, "Device", "blank: CUDA, else Apple MPS, else CPU", choices=DEVICES)
     compile: bool = option(False, "torch.compile", "compile the model for fine-tuning (pays off on long GPU runs)")
 

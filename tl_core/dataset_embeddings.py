@@ -108,7 +108,7 @@ class FrozenBackbone:
 
         x = compute_views(
             self.model, self.head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
-            len(samples), views, hashes, self.caches(views, augment, seed), self.dtype, batch_size=32,
+            len(samples), views, hashes, self.caches(views, augment, seed), self.dtype,
             progress=(lambda d, n: progress(f"embedding {phase}", d, n)) if progress else None, should_stop=stop,
         )
         keep = [i for i in range(len(samples)) if i not in bad]

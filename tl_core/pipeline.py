@@ -99,17 +99,28 @@ class Batcher:
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std).contiguous(memory_format=memory_format(self.device))
 
-    def eval(self, u8: torch.Tensor) -> torch.Tensor:
+    def _centre(self, u8: torch.Tensor) -> torch.Tensor:
         x = self._to_device(u8)
         s, c = x.shape[-1], self.prep.crop
         o = int(round((s - c) / 2))
-        return self._normalise(x[..., o : o + c, o : o + c])
+        return x[..., o : o + c, o : o + c]
 
-    def train(self, u8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def eval(self, u8: torch.Tensor) -> torch.Tensor:
+        return self._normalise(self._centre(u8))
+
+    def train(self, u8: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
+        """Random resized crops with flips (and jitter when strong) at `size` px (default: the crop size)."""
         if self.augment == "none":
-            return self.eval(u8)
+            x = self._centre(u8)
+            if size and size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            return self._normalise(x)
         x = self._to_device(u8)
-        n, s, c = x.shape[0], x.shape[-1], self.prep.crop
+        c = size or self.prep.crop
+        if c < self.prep.crop:  # shrink the source first (antialiased): smaller crops then do not alias
+            side = round(x.shape[-1] * c / self.prep.crop)
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        n, s = x.shape[0], x.shape[-1]
         g = generator
         min_area = 0.35 if self.augment == "light" else 0.15
         area = torch.empty(n).uniform_(min_area, 1.0, generator=g) * s * s
@@ -134,6 +145,19 @@ class Batcher:
             x = ((x - m) * ct + m) * b
             x = x.clamp(0, 255)
         return self._normalise(x)
+
+
+def progressive_size(crop: int, epoch: int, epochs: int, start: float) -> int:
+    """The training image side of `epoch` (1-based): `start` x crop at the first epoch, growing linearly to the full
+    crop at the last, in steps of 32 px (8 px under 192; each new shape costs the CPU backend a plan), never under
+    64 px. Low resolution early is
+    fastai's progressive resizing; FixRes explains why it does not hurt: random resized crops enlarge objects, so a
+    network trained on smaller crops sees them at the size they have in the full-size validation images."""
+    if start >= 1 or epochs <= 1:
+        return crop
+    side = crop * (start + (1 - start) * min(epoch - 1, epochs - 1) / (epochs - 1))
+    step = 32 if crop >= 192 else 8
+    return min(crop, max(64, step * round(side / step)))  # under 64 px the last feature maps are 2x2 or less
 
 
 def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
