@@ -73,7 +73,8 @@ def test_torchrun_fine_tunes_one_model_like_one_process(task, tmp_path):
     """Whole-network training on 80 images, a step taking all of them (40 per rank: the same gradient as one
     process, up to BatchNorm's per-rank statistics): with few steps, smaller batches make any two runs differ by
     more than 0.03 (measured: one process against itself across seeds), so the comparison would say nothing."""
-    flags = [*flags, "--strategy", "full", "--epochs", "3", "--batch-size", "80", "--lr", "0.003", "--patience", "0"]
+    flags = [*flags, "--strategy", "full", "--epochs", "3", "--batch-size", "80", "--lr", "0.003", "--patience", "0",
+             "--progressive-resize", "1"]  # the same full-size images every epoch: this compares processes, not schedules
     one, two = one_and_two(tmp_path, data, flags)
     assert one["epochs_completed"] == two["epochs_completed"] == 3
     assert abs(one["best_val_accuracy"] - two["best_val_accuracy"]) <= 0.03, (one, two)
