@@ -103,7 +103,11 @@ class JobSnapshot:
     @property
     def can_kill(self) -> bool:
         """Kill is offered only to a job that has ignored a stop request for the grace period."""
-        return self.active and self.stop_requested is not None and time.time() - self.stop_requested >= KILL_GRACE_S
+        return self.active and self.stop_requested is not None and self.elapsed_since_stop >= KILL_GRACE_S
+
+    @property
+    def elapsed_since_stop(self) -> float:
+        return time.time() - self.stop_requested if self.stop_requested else 0.0
 
     @property
     def resumable(self) -> bool:
@@ -162,6 +166,13 @@ class JobSnapshot:
     def phase_fraction(self) -> float:
         done, total = self.progress
         return min(1.0, done / total) if total else 0.0
+
+
+def usable_gpus() -> int:
+    """CUDA GPUs a job could spread over (one torchrun worker each); 0 or 1 means no choice to offer."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def train_command(spec: DatasetSpec, config: TrainConfig, runs_dir: str | Path, events: str | Path, workers: int = 1,
