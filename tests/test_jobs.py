@@ -9,25 +9,10 @@ import time
 
 import pytest
 
+from tl_core import events as ev
 from tl_core.cli import parser
 from tl_core.config import TrainConfig, from_arguments, options, to_arguments
 from tl_core.datasets import DatasetSpec, Problem
-from tl_core.events import (
-    EVENT_TYPES,
-    EpochEnded,
-    EpochRow,
-    EventLog,
-    Logged,
-    PhaseProgress,
-    PhaseStarted,
-    RunEnded,
-    RunFailed,
-    RunResult,
-    RunStarted,
-    StepEnded,
-    from_json,
-    to_json,
-)
 from tl_core.jobs import JobBusy, JobManager, train_command
 from tl_core.runs import load_run
 
@@ -70,27 +55,28 @@ def test_the_command_uses_torchrun_for_several_workers(tmp_path):
 
 
 def test_every_event_round_trips_exactly(tmp_path):
-    row = EpochRow(3, 0.1 + 0.2, 1 / 3, 2.5e-9, 0.875, 1e-3, 123.456, 7.0, 8.25, 0.9, 2)
-    result = RunResult("/runs/x", "stopped", 0.9, 2, 3, 12.5, 40.0, 1, "stopped by request after epoch 3")
-    events = [RunStarted("/runs/x", ["ants", "bees"], "cpu", "torch.bfloat16", 5, False, 1),
-              PhaseStarted("decoding", "Decoding images once"), PhaseProgress("embedding", 3, 10, None, 12.0),
-              PhaseProgress("embedding", 4, 10, 2.5), StepEnded(1, 2, 3, float("inf"), 1e-4, 10.0, None),
-              EpochEnded(row, 5, True), Logged("ünïcode \"quoted\"\nnew line"),
-              RunEnded(result, (Problem("a/b.jpg", "not an image"),)), RunEnded(result), RunFailed("Out of memory.", "Lower it.", None)]
-    assert {type(e) for e in events} == set(EVENT_TYPES.values())  # every class is covered
+    row = ev.EpochRow(3, 0.1 + 0.2, 1 / 3, 2.5e-9, 0.875, 1e-3, 123.456, 7.0, 8.25, 0.9, 2)
+    result = ev.RunResult("/runs/x", "stopped", 0.9, 2, 3, 12.5, 40.0, 1, "stopped by request after epoch 3")
+    events = [ev.RunStarted("/runs/x", ["ants", "bees"], "cpu", "torch.bfloat16", 5, False, 1),
+              ev.PhaseStarted("decoding", "Decoding images once"), ev.PhaseProgress("embedding", 3, 10, None, 12.0),
+              ev.PhaseProgress("embedding", 4, 10, 2.5), ev.StepEnded(1, 2, 3, float("inf"), 1e-4, 10.0, None),
+              ev.EpochEnded(row, 5, True), ev.Logged("ünïcode \"quoted\"\nnew line"),
+              ev.RunEnded(result, (Problem("a/b.jpg", "not an image"),)), ev.RunEnded(result),
+              ev.RunFailed("Out of memory.", "Lower it.", None)]
+    assert {type(e) for e in events} == set(ev.EVENT_TYPES.values())  # every class is covered
     for e in events:
-        assert from_json(to_json(e)) == e and "\n" not in to_json(e)
-    file = EventLog(tmp_path / "events.jsonl")
+        assert ev.from_json(ev.to_json(e)) == e and "\n" not in ev.to_json(e)
+    file = ev.EventLog(tmp_path / "events.jsonl")
     for e in events:
         file(e)
     with open(file.path, "a") as f:
-        f.write(to_json(events[0])[:20])  # a line still being written is not read yet
+        f.write(ev.to_json(events[0])[:20])  # a line still being written is not read yet
     got, offset = file.read()
     assert got == events
     more, same = file.read(offset)
     assert more == [] and same == offset
     with pytest.raises(ValueError):
-        from_json('{"type": "os.system"}')
+        ev.from_json('{"type": "os.system"}')
 
 
 def wait_until(condition, timeout: float = 120):
