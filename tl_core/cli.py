@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -138,8 +139,8 @@ def _report(result, as_json: bool) -> int:
 
 
 def _listeners(args) -> list:
-    """The terminal, plus the JSON-lines event file a dashboard follows (`--events`)."""
-    return [Progress()] + ([EventLog(args.events)] if args.events else [])
+    """The terminal, plus the JSON-lines event file a dashboard follows (`--events`; under torchrun, rank 0's only)."""
+    return [Progress()] + ([EventLog(args.events)] if args.events and os.environ.get("RANK", "0") == "0" else [])
 
 
 def _stop_on_sigterm() -> threading.Event:
