@@ -25,7 +25,7 @@ from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.estimate import Estimate, estimate
-from tl_core.jobs import KILL_GRACE_S, JobBusy, usable_gpus
+from tl_core.jobs import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
 from tl_core.runs import RunStatus, delete_run, history_rows, list_runs
 
 page_setup("Train")
@@ -135,7 +135,7 @@ def live() -> None:
         st.code("\n".join(s.log[-40:]) or "...", language=None)
 
 
-def job_controls(job, s) -> None:
+def job_controls(job: Job, s: JobSnapshot) -> None:
     """Stop (a clean request, honoured within a step), Kill once a stop went unanswered, Resume what can go on."""
     if s.status in ("starting", "running") and st.button("Stop", key="train_stop"):
         jobs.stop(job)
