@@ -25,7 +25,7 @@ from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.estimate import Estimate, estimate
-from tl_core.jobs import JobBusy
+from tl_core.jobs import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
 from tl_core.runs import RunStatus, delete_run, history_rows, list_runs
 
 page_setup("Train")
@@ -91,9 +91,12 @@ def settings_form() -> None:
         st.error("A frozen backbone with random weights cannot learn: feature extraction needs pretrained weights. "
                  "Keep *Pretrained weights* on (or give your own weight file), or choose full fine-tuning to train "
                  "from scratch (far less accurate).")
+    gpus = usable_gpus()
+    workers = st.number_input("GPUs to use", 1, gpus, gpus, key="train_gpus",
+                              help="one training process per GPU (torchrun, DistributedDataParallel)") if gpus > 1 else 1
     if st.button("Start training", type="primary", key="train_start", disabled=cannot_learn):
         try:
-            jobs.start(spec, config.validate())
+            jobs.start(spec, config.validate(), workers=workers)
             st.rerun()
         except JobBusy as err:
             st.warning(f"Busy: {err}")
@@ -127,12 +130,29 @@ def live() -> None:
         m[1].metric("Last val loss", f"{s.history[-1].val_loss:.3f}")
         m[2].metric("Elapsed", f"{s.elapsed:.0f} s")
         st.plotly_chart(curves(s.history), key="live_curves")
-    if s.status in ("starting", "running"):
-        if st.button("Stop", key="train_stop"):
-            jobs.stop(job)
-            st.rerun(scope="fragment")
-    with st.expander("Log", expanded=s.status == "failed"):
+    job_controls(job, s)
+    with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
         st.code("\n".join(s.log[-40:]) or "...", language=None)
+
+
+def job_controls(job: Job, s: JobSnapshot) -> None:
+    """Stop (a clean request, honoured within a step), Kill once a stop went unanswered, Resume what can go on."""
+    if s.status in ("starting", "running") and st.button("Stop", key="train_stop"):
+        jobs.stop(job)
+        st.rerun(scope="fragment")
+    elif s.status == "stopping" and s.stop_requested:
+        st.caption(f"Stop requested {s.elapsed_since_stop:.0f} s ago; the run ends after the current step."
+                   + ("" if s.can_kill else f" If it does not, Kill is offered after {KILL_GRACE_S:.0f} s."))
+        if s.can_kill and st.button("Kill", key="train_kill", type="primary",
+                                    help="End the training process at once; the run keeps its finished epochs"):
+            jobs.kill(job)
+            st.rerun(scope="fragment")
+    elif s.resumable and st.button("Resume this run", key="job_resume", disabled=jobs.active() is not None):
+        try:
+            jobs.start(s.dataset, s.config, resume_dir=s.run_dir, workers=s.workers)
+            st.rerun(scope="app")
+        except (JobBusy, ValueError) as err:
+            st.error(str(err))
 
 
 active = jobs.active() is not None

@@ -144,7 +144,7 @@ def st_home() -> str:
     return os.environ["TL_STUDIO_HOME"]
 
 
-def test_start_busy_then_stop(ui):
+def test_start_busy_restart_then_stop(ui):
     use_backbone("mobilenet_v3_small")
     tab_a, tab_b = open_page("pages/3_Train.py"), open_page("pages/3_Train.py")
     _tiny_settings(tab_a, 200)
@@ -153,9 +153,12 @@ def test_start_busy_then_stop(ui):
     assert any("is running" in i.value for i in tab_a.info)
     tab_b.button(key="train_start").click().run()  # the second tab still shows its form
     assert any("Busy" in w.value for w in tab_b.warning)
-    wait_for(tab_a, lambda a: any("running" in s.value for s in a.subheader) and a.button(key="train_stop"))
-    tab_a.button(key="train_stop").click().run()
-    wait_for(tab_a, lambda a: any(": stopped" in s.value for s in a.subheader), 60)
+    st.cache_resource.clear()  # the server restarts (a new JobManager); the training child goes on
+    tab_c = open_page("pages/3_Train.py")
+    wait_for(tab_c, lambda a: any("Job 1: running" in s.value for s in a.subheader) and a.button(key="train_stop"))
+    tab_c.button(key="train_stop").click().run()
+    wait_for(tab_c, lambda a: any("Job 1: stopped" in s.value for s in a.subheader), 60)
+    assert tab_c.button(key="job_resume")  # a stopped run can go on from the job panel
 
 
 def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):

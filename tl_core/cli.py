@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tl_core.events import EpochEnded, Event, Logged, PhaseProgress, PhaseStarted, RunFailed, StepEnded
+from tl_core.events import EpochEnded, Event, EventLog, Logged, PhaseProgress, PhaseStarted, RunFailed, StepEnded
 
 if TYPE_CHECKING:
     from tl_core.runs import Run
@@ -140,17 +143,31 @@ def _report(result, as_json: bool) -> int:
     return code
 
 
+def _listeners(args) -> list:
+    """The terminal, plus the JSON-lines event file a dashboard follows (`--events`; under torchrun, rank 0's only)."""
+    return [Progress()] + ([EventLog(args.events)] if args.events and os.environ.get("RANK", "0") == "0" else [])
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM (the dashboard's Stop) ends the run within a step, keeping its checkpoint: a resumable 'stopped'."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
 def cmd_train(args) -> int:
+    stop = _stop_on_sigterm()  # first: importing torch takes seconds, and a Stop may come meanwhile
     from tl_core.config import from_arguments
     from tl_core.trainer import train
 
-    return _report(train(_spec(args), from_arguments(args), args.runs_dir, [Progress()]), args.json)
+    return _report(train(_spec(args), from_arguments(args), args.runs_dir, _listeners(args), stop), args.json)
 
 
 def cmd_resume(args) -> int:
+    stop = _stop_on_sigterm()
     from tl_core.trainer import resume
 
-    return _report(resume(args.run_dir, [Progress()], epochs=args.epochs), args.json)
+    return _report(resume(args.run_dir, _listeners(args), stop, epochs=args.epochs), args.json)
 
 
 def cmd_predict(args) -> int:
@@ -419,6 +436,7 @@ def parser() -> argparse.ArgumentParser:
     _data_arguments(t)
     add_arguments(t)
     t.add_argument("--runs-dir", default=str(paths.runs_dir()))
+    t.add_argument("--events", metavar="FILE", help="also append every training event to FILE as JSON lines")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -431,6 +449,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_dir")
     r.add_argument("--epochs", type=int, help="new total number of epochs")
+    r.add_argument("--events", metavar="FILE", help="also append every training event to FILE as JSON lines")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_resume)
 

@@ -125,5 +125,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, choices=opt.choices, default=None, help=help)
 
 
+def to_arguments(config: TrainConfig) -> list[str]:
+    """The flags that `add_arguments` + `from_arguments` turn back into exactly this config (a job's command line)."""
+    out = []
+    for name, kind, _, _ in options():
+        value, flag = getattr(config, name), "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        out.append((flag if value else "--no-" + flag[2:]) if kind is bool else f"{flag}={value}")
+    return out
+
+
 def from_arguments(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{name: getattr(args, name) for name, *_ in options() if getattr(args, name, None) is not None})
