@@ -11,6 +11,7 @@ from pages.ui.shared import backbone_rows, choices, choose, device_text, page_se
 from tl_core import paths, speed
 from tl_core.backbones import recommend
 from tl_core.devices import pick_device
+from tl_core.formats import TABLE_PERCENT
 
 page_setup("Backbones")
 st.caption(f"Measured on {device_text()}")
@@ -44,9 +45,10 @@ view = view.sort_values(sort_by, ascending=sort_by in ("ms_per_image", "size_mb"
 columns = ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "ms_per_image", "images_per_s", "cached"]
 st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
     "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
-    "acc1": st.column_config.NumberColumn("acc@1"), "acc5": st.column_config.NumberColumn("acc@5"),
-    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)"),
-    "images_per_s": st.column_config.NumberColumn("images/s (batch)"),
+    "acc1": st.column_config.NumberColumn("acc@1", format=TABLE_PERCENT, help="ImageNet top-1 accuracy (torchvision's figure)"),
+    "acc5": st.column_config.NumberColumn("acc@5", format=TABLE_PERCENT),
+    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)", format="%.1f", help="Measured on this device"),
+    "images_per_s": st.column_config.NumberColumn("images/s (batch)", format="%.0f"),
     "cached": st.column_config.CheckboxColumn("weights offline")})
 
 to_measure = [n for n in view.name if n in speed.SHORTLIST or len(view) <= 12][:12] or list(speed.SHORTLIST)
