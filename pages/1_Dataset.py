@@ -114,8 +114,10 @@ if report.split_source != "folders":
     st.caption("This dataset has no validation folder: usable images are split at random, per class. "
                "Training uses exactly this split.")
     col1, col2 = st.columns(2)
-    frac = col1.slider("Validation fraction", 0.05, 0.5, float(spec.val_fraction), 0.05, key="val_fraction")
-    seed = col2.number_input("Split seed", 0, 10_000, int(spec.split_seed), key="split_seed")
+    frac = col1.slider("Validation fraction", 0.05, 0.5, float(spec.val_fraction), 0.05, key="val_fraction",
+                       help="Share of each class held out to measure accuracy (default 20%); never trained on")
+    seed = col2.number_input("Split seed", 0, 10_000, int(spec.split_seed), key="split_seed",
+                             help="Which images are held out: the same seed gives the same split (the training seed never changes it)")
     if frac != spec.val_fraction or seed != spec.split_seed:
         choose(val_fraction=frac, split_seed=int(seed))
 

@@ -51,7 +51,7 @@ def settings_form() -> None:
     skipped = f", {len(report.skipped)} file(s) skipped (see the Dataset page)" if report.skipped else ""
     st.markdown(f"**{report.name}**: {n.get('train', 0)} training and {n.get('val', 0)} validation images "
                 f"({report.split_source}{skipped}), {len(report.classes)} classes. "
-                f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1}).")
+                f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1:.1f}%).")
     if not info.cached:
         cached = [r.name for r in backbone_rows() if r.cached]
         st.warning(f"{name}'s weights are not cached: starting will try to download them. Offline, put "

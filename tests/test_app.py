@@ -330,3 +330,15 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     at.checkbox(key="run_delete_confirm").check().run()
     at.button(key="run_delete").click().run()
     assert not Path(first.run_dir).exists() and any("Deleted" in s.value for s in at.success)
+
+
+def test_every_setting_has_a_one_line_help(ui):
+    at = open_page("pages/3_Train.py")
+    settings = [w for w in [*at.main, *(w for e in at.expander for w in e)] if str(getattr(w, "key", "")).startswith("cfg_")]
+    assert len({w.key for w in settings}) >= 20  # every TrainConfig option shown on the page
+    for w in settings:
+        assert w.help and "\n" not in w.help, w.key
+    assert "default" in at.number_input(key="cfg_epochs").help  # defaults explained where they depend on something
+    at = open_page("pages/2_Backbones.py")
+    for key in ("bb_family", "bb_size", "bb_acc", "bb_cached", "bb_sort"):
+        assert next(w for w in at.main if getattr(w, "key", None) == key).help, key

@@ -23,7 +23,8 @@ def render_compare() -> None:
     cached = [r.name for r in rows if r.cached and r.name in SHORTLIST] or [r.name for r in rows if r.cached][:3]
     a, b = st.columns([4, 1])
     names = a.multiselect("Backbones to compare", [r.name for r in rows], default=cached or ["mobilenet_v2"], key="cmp_names")
-    size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size")
+    size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size",
+                          help="Side of the square the images are resized to; smaller is faster and usually less accurate")
     key = (spec, int(size), tuple(names))
     if st.button(f"Compare {len(names)} backbone(s) on this dataset", key="cmp_run", disabled=not names):
         bar = st.progress(0.0, text="Starting...")
