@@ -239,6 +239,7 @@ def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
     assert any("resnet18-f37072fd.pth" in e.value for e in at.error)
     assert any(i.value.startswith("Suggestion:") and "from scratch" in i.value for i in at.info)
+    assert not at.get("plotly_chart")  # no empty chart with made-up axes after a failure (nor for its epoch-less run)
 
 
 def test_backbones_page_measures_on_this_device(ui):

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import MOBILENET_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,7 +40,8 @@ def server(tmp_path, studio_home):
     (home / "demo-v1").symlink_to(demo_root())
     port = free_port()
     env = {**os.environ, "TL_STUDIO_HOME": str(home), "TL_STUDIO_RUNS": str(tmp_path / "runs"),
-           "TORCH_HOME": str(tmp_path / "torch")}
+           "TORCH_HOME": str(tmp_path / "torch"),
+           "OMP_NUM_THREADS": "1"}  # on a shared, busy CI machine two spinning torch threads train 15x slower than one
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -66,10 +68,9 @@ def shot(page, name: str) -> None:
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
-    tall = page.evaluate("() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
-                         "[data-testid=stAppViewContainer]')].map(e => e.scrollHeight), document.body.scrollHeight)")
+    tall = page.evaluate("() => Math.max(...[...document.querySelectorAll('section, div')].map(e => e.scrollHeight))")
     page.set_viewport_size({"width": size["width"], "height": min(max(tall, size["height"]), 5000)})  # the page scrolls inside
-    page.wait_for_timeout(600)  # let plotly redraw at the new size
+    page.wait_for_timeout(1500)  # let plotly and the data grids redraw at the new size
     page.screenshot(path=SHOTS / f"{name}.png")
     page.set_viewport_size(size)
     if os.environ.get("TL_STUDIO_DOCS_SHOTS") == "1":
@@ -109,7 +110,7 @@ def select_option(page, label: str, value: str, attempts: int = 4) -> None:
     expect(box).to_have_value(value)
 
 
-def test_whole_flow_in_a_real_browser(server):
+def test_whole_flow_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     print(f"\nscreenshots: {SHOTS}")
@@ -164,7 +165,7 @@ def test_whole_flow_in_a_real_browser(server):
         page.get_by_text("Full fine-tune").click()
         expect(page.get_by_label("Epochs", exact=True)).to_have_value("5")  # the strategy's own default follows it
         page.get_by_text("More settings", exact=True).click()
-        page.get_by_label("Epochs", exact=True).fill("2")
+        page.get_by_label("Epochs", exact=True).fill("3")
         page.get_by_label("Epochs", exact=True).press("Enter")
         page.get_by_test_id("stCheckbox").filter(has_text="Pretrained weights").click()
         page.get_by_label("Image size", exact=True).fill("32")
@@ -195,6 +196,22 @@ def test_whole_flow_in_a_real_browser(server):
         expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Validation accuracy")).to_be_visible()
         shot(page, "train-finished")
 
+        if MOBILENET_FILE.exists():  # real ImageNet weights: Quick start takes the demo to a good model in one click
+            ckpt = tmp_path / "torch" / "hub" / "checkpoints"  # the server's TORCH_HOME (same tmp_path)
+            ckpt.mkdir(parents=True, exist_ok=True)
+            (ckpt / "mobilenet_v2-b0353104.pth").symlink_to(MOBILENET_FILE)
+            nav.get_by_role("link", name="Backbones").click()
+            select_option(page, "Backbone for training", "mobilenet_v2")
+            page.get_by_role("button", name="Use for training").click()
+            expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="mobilenet_v2 selected")).to_be_visible()
+            nav.get_by_role("link", name="Home").click()
+            expect(page.locator(".st-key-step_3")).to_contain_text("Last trained")  # step 3 done after the first run
+            page.get_by_role("button", name="Quick start: train mobilenet_v2 on demo (shapes)").click()
+            expect(page.get_by_role("heading", name=re.compile(r"Job 3: finished"))).to_be_visible(timeout=300_000)
+            best = page.get_by_test_id("stMetric").filter(has_text="Best val accuracy").get_by_test_id("stMetricValue")
+            assert float(best.inner_text().rstrip("%")) > 80  # pretrained features: far above chance (20%)
+            shot(page, "train-quick-start")
+
         nav.get_by_role("link", name="Predict").click()
         page.locator("input[type=file]").first.set_input_files(str(demo_star))
         top = page.get_by_test_id("stMarkdown").filter(has_text=re.compile(r"\(\d+\.\d%\)"))
@@ -220,7 +237,7 @@ def test_whole_flow_in_a_real_browser(server):
         counts = [int(re.match(r"<b>(\d+)</b>", t).group(1)) for t in texts]
         current = classes.index(shown_true) * len(classes) + classes.index(shown_pred)
         target = next(i for i, n in enumerate(counts) if n and i != current)  # another cell with images
-        matrix.locator("path.point").nth(target).click(force=True, position={"x": 6, "y": 6})  # off the cell's text
+        matrix.locator("path.point").nth(target).click(force=True)  # the cell's text lets clicks through
         expect(caption).not_to_have_text(before)  # the click chose another cell and its images
         expect(matrix.locator(".annotation-text").first).to_have_css("opacity", "1")  # nothing faded
         shot(page, "predict-evaluate")
