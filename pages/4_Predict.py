@@ -165,7 +165,7 @@ with tab_eval:
                   delta_color="off", delta_arrow="off",
                   help="Average gap between confidence and accuracy; temperature fitted on this split.")
         clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",
-                                  selection_mode="points", width="content")
+                                  selection_mode="points", width="content", config={"displayModeBar": False})
         cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
         clicks = clicked.selection.points if clicked and clicked.selection else []
         picked = (clicks[0].get("y"), clicks[0].get("x")) if clicks else None

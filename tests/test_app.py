@@ -147,7 +147,7 @@ def test_demo_flow_train_predict_evaluate(ui):
     assert any(c.value.startswith("Estimated time: about") for c in at.caption)
     _tiny_settings(at, 2)
     at.button(key="train_start").click().run()
-    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader))
+    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader), 400)  # slow on a busy shared machine
     best = next(m for m in at.metric if m.label == "Best val accuracy")
     assert re.fullmatch(r"\d+\.\d%", best.value)  # one format for accuracy everywhere: 95.4%
     curves = chart(at, "Accuracy")

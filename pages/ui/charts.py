@@ -92,10 +92,12 @@ def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) ->
     rows = [sum(r) or 1 for r in matrix]
     share = [[c / rows[i] for c in r] for i, r in enumerate(matrix)]
     fig = go.Figure(go.Heatmap(z=share, x=list(classes), y=list(classes), colorscale="Blues", zmin=0, zmax=1, xgap=2, ygap=2,
-                               customdata=matrix, showscale=False,
-                               hovertemplate="true %{y}, predicted %{x}: %{customdata} images (%{z:.0%} of the row)<extra></extra>"))
-    cells = [(t, p) for t in classes for p in classes]
-    fig.add_trace(go.Scatter(x=[p for _, p in cells], y=[t for t, _ in cells], mode="markers", hoverinfo="skip",
+                               customdata=matrix, showscale=False, hoverinfo="skip"))  # the markers below hover and click
+    cells = [(i, j) for i in range(n) for j in range(n)]
+    fig.add_trace(go.Scatter(x=[classes[j] for _, j in cells], y=[classes[i] for i, _ in cells], mode="markers",
+                             customdata=[[matrix[i][j], share[i][j]] for i, j in cells],
+                             hovertemplate="true %{y}, predicted %{x}: %{customdata[0]} images "
+                                           "(%{customdata[1]:.0%} of the row)<extra></extra>",
                              marker={"symbol": "square", "size": CELL_PX - 8, "opacity": 0}, showlegend=False,
                              selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}}))
     if n <= 30:  # beyond that the numbers do not fit; the hover still has them
