@@ -69,8 +69,11 @@ def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
     tall = page.evaluate("() => Math.max(...[...document.querySelectorAll('section, div')].map(e => e.scrollHeight))")
+    charts = page.locator(".js-plotly-plot").count()
     page.set_viewport_size({"width": size["width"], "height": min(max(tall, size["height"]), 5000)})  # the page scrolls inside
     page.wait_for_timeout(1500)  # let plotly and the data grids redraw at the new size
+    page.wait_for_function("n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n", arg=charts,
+                           timeout=20_000)  # a live fragment may be redrawing its chart: wait until it is back
     page.screenshot(path=SHOTS / f"{name}.png")
     page.set_viewport_size(size)
     if os.environ.get("TL_STUDIO_DOCS_SHOTS") == "1":

@@ -94,7 +94,7 @@ def print_table(rows: Sequence[dict], columns: Sequence[str], formats: dict[str,
     out = Console()
     if not out.is_terminal:  # piped: no colour, never wrapped or cut to 80 columns
         out = Console(width=100_000, no_color=True, highlight=False)
-    table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left",
+    table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), title=title, title_justify="left",
                   highlight=False)
     for r in rows:
         table.add_row(*(_cell(r.get(c), (formats or {}).get(c)) for c in columns))
