@@ -65,8 +65,10 @@ def server(tmp_path, studio_home):
 def shot(page, name: str) -> None:
     """A full-page screenshot; for the docs also a smaller copy (1000 px wide, 256 colours: tens of kB)."""
     from PIL import Image
+    from playwright.sync_api import expect
 
     SHOTS.mkdir(parents=True, exist_ok=True)
+    expect(page.get_by_test_id("stStatusWidget")).to_be_hidden()  # the page has finished drawing
     size = page.viewport_size
     tall = page.evaluate("() => Math.max(...[...document.querySelectorAll('section, div')].map(e => e.scrollHeight))")
     charts = page.locator(".js-plotly-plot").count()
@@ -148,6 +150,7 @@ def test_whole_flow_in_a_real_browser(server, tmp_path):
         offline = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Recommended")
         expect(offline).to_contain_text("not on this machine yet")
         expect(offline).to_contain_text("hub/checkpoints")
+        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="ImageNet accuracy against compute")).to_be_visible()
         shot(page, "backbones-offline")
         select_option(page, "Backbone for training", "mobilenet_v3_small")
         page.get_by_role("button", name="Use for training").click()
