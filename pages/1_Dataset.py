@@ -12,6 +12,15 @@ from tl_core import builder, paths
 from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 page_setup("Dataset")
+
+
+def relative_name(path: str, root: str) -> str:
+    """A file as the user knows it: inside the dataset (`train/cat/x.jpg`), not as a server path."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
+
 spec = choices().dataset
 
 kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset", "Build in the browser"]
@@ -105,8 +114,10 @@ if report.split_source != "folders":
     st.caption("This dataset has no validation folder: usable images are split at random, per class. "
                "Training uses exactly this split.")
     col1, col2 = st.columns(2)
-    frac = col1.slider("Validation fraction", 0.05, 0.5, float(spec.val_fraction), 0.05, key="val_fraction")
-    seed = col2.number_input("Split seed", 0, 10_000, int(spec.split_seed), key="split_seed")
+    frac = col1.slider("Validation fraction", 0.05, 0.5, float(spec.val_fraction), 0.05, key="val_fraction",
+                       help="Share of each class held out to measure accuracy (default 20%); never trained on")
+    seed = col2.number_input("Split seed", 0, 10_000, int(spec.split_seed), key="split_seed",
+                             help="Which images are held out: the same seed gives the same split (the training seed never changes it)")
     if frac != spec.val_fraction or seed != spec.split_seed:
         choose(val_fraction=frac, split_seed=int(seed))
 
@@ -139,15 +150,23 @@ for i, f in enumerate(shown):
 if report.images:
     sizes = pd.DataFrame([{"width": im.width, "height": im.height, "class": report.classes[im.label], "mode": im.mode}
                           for im in report.images])
-    st.plotly_chart(px.scatter(sizes, x="width", y="height", color="class", hover_data=["mode"], title="Image sizes"),
-                    key="size_chart")
+    distinct = sizes[["width", "height"]].drop_duplicates()
+    if len(distinct) == 1:  # one dot on a 95-97 axis says nothing: say it in words
+        st.caption(f"Image sizes: all {len(sizes)} images are {distinct.width.iloc[0]} x {distinct.height.iloc[0]} pixels.")
+    else:
+        top = int(max(sizes.width.max(), sizes.height.max()) * 1.05) + 1  # from zero, same scale both ways
+        fig = px.scatter(sizes, x="width", y="height", color="class", hover_data=["mode"], opacity=0.6,
+                         title=f"Image sizes ({len(distinct)} different, median {int(sizes.width.median())} x "
+                               f"{int(sizes.height.median())} pixels)", range_x=[0, top], range_y=[0, top])
+        st.plotly_chart(fig, key="size_chart")
 
 st.subheader("Problems")
 if report.problems:
     st.caption("Counts above are of usable images only. Training leaves out the skipped files and records why; "
                "the other rows are warnings about images it uses.")
-    st.dataframe(pd.DataFrame([{"file": p.path, "reason": p.reason, "used in training": "no" if p in report.skipped else "yes"}
-                               for p in report.problems]), hide_index=True)
+    st.dataframe(pd.DataFrame([{"file": relative_name(p.path, report.root), "reason": p.reason,
+                                "used in training": "no" if p in report.skipped else "yes"} for p in report.problems]),
+                 hide_index=True)
 else:
     st.success("No problems found: every file is a readable image and every class is in every split.")
 

@@ -11,6 +11,7 @@ from pages.ui.shared import backbone_rows, choices, choose, device_text, page_se
 from tl_core import paths, speed
 from tl_core.backbones import recommend
 from tl_core.devices import pick_device
+from tl_core.formats import TABLE_PERCENT
 
 page_setup("Backbones")
 st.caption(f"Measured on {device_text()}")
@@ -29,24 +30,28 @@ else:  # be truthful offline: nothing is cached, so say what to do rather than p
                "file as *Own weight file* on the Train page.")
 
 f1, f2, f3, f4 = st.columns(4)
-families = f1.multiselect("Family", sorted(table.family.unique()), key="bb_family")
-max_size = f2.slider("Max size (MB)", 1, int(table.size_mb.max()) + 1, 120, key="bb_size")
-min_acc = f3.slider("Min ImageNet acc@1", 50.0, 90.0, 60.0, 0.5, key="bb_acc")
-cached_only = f4.checkbox("Offline weights only", key="bb_cached")
+families = f1.multiselect("Family", sorted(table.family.unique()), key="bb_family", help="Architectures of one design (empty: all)")
+max_size = f2.slider("Max size (MB)", 1, int(table.size_mb.max()) + 1, 120, key="bb_size",
+                     help="Size of the weight file: a proxy for memory and for the download")
+min_acc = f3.slider("Min ImageNet acc@1", 50.0, 90.0, 60.0, 0.5, key="bb_acc",
+                    help="Top-1 accuracy on ImageNet (torchvision's figure): a better backbone usually transfers better")
+cached_only = f4.checkbox("Offline weights only", key="bb_cached", help="Only backbones whose weight file is already on this machine")
 view = table[(table.size_mb <= max_size) & (table.acc1 >= min_acc)]
 if families:
     view = view[view.family.isin(families)]
 if cached_only:
     view = view[view.cached]
-sort_by = st.selectbox("Sort by", ["acc1", "ms_per_image", "size_mb", "gflops", "params_m", "name"], key="bb_sort")
+sort_by = st.selectbox("Sort by", ["acc1", "ms_per_image", "size_mb", "gflops", "params_m", "name"], key="bb_sort",
+                       help="Accuracy sorts best first; speed and size sort smallest first")
 view = view.sort_values(sort_by, ascending=sort_by in ("ms_per_image", "size_mb", "gflops", "params_m", "name"))
 
 columns = ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "ms_per_image", "images_per_s", "cached"]
 st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
     "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
-    "acc1": st.column_config.NumberColumn("acc@1"), "acc5": st.column_config.NumberColumn("acc@5"),
-    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)"),
-    "images_per_s": st.column_config.NumberColumn("images/s (batch)"),
+    "acc1": st.column_config.NumberColumn("acc@1", format=TABLE_PERCENT, help="ImageNet top-1 accuracy (torchvision's figure)"),
+    "acc5": st.column_config.NumberColumn("acc@5", format=TABLE_PERCENT),
+    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)", format="%.1f", help="Measured on this device"),
+    "images_per_s": st.column_config.NumberColumn("images/s (batch)", format="%.0f"),
     "cached": st.column_config.CheckboxColumn("weights offline")})
 
 to_measure = [n for n in view.name if n in speed.SHORTLIST or len(view) <= 12][:12] or list(speed.SHORTLIST)

@@ -3,10 +3,9 @@
 import json
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
+from pages.ui.charts import history_chart, training_curves
 from pages.ui.config_form import config_form
 from pages.ui.lr_find import render_lr_finder
 from pages.ui.shared import (
@@ -25,6 +24,7 @@ from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.estimate import Estimate, estimate
+from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
 from tl_core.jobs import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
 from tl_core.runs import RunStatus, delete_run, history_rows, list_runs
 
@@ -33,19 +33,6 @@ jobs = job_manager()
 spec = choices().dataset
 name = chosen_backbone()
 info = next(r for r in backbone_rows() if r.name == name)
-
-
-def curves(history) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    epochs = [h.epoch for h in history]
-    for col, metric in enumerate(("loss", "acc"), start=1):
-        for split, dash in (("train", "dot"), ("val", "solid")):
-            fig.add_trace(go.Scatter(x=epochs, y=[getattr(h, f"{split}_{metric}") for h in history], name=f"{split} {metric}",
-                                     mode="lines+markers", line={"dash": dash}), row=1, col=col)
-    fig.update_xaxes(title_text="epoch", dtick=1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    fig.update_layout(height=340, margin={"t": 60})
-    return fig
 
 
 @st.cache_data(ttl=60, show_spinner="Estimating the time...")
@@ -64,7 +51,7 @@ def settings_form() -> None:
     skipped = f", {len(report.skipped)} file(s) skipped (see the Dataset page)" if report.skipped else ""
     st.markdown(f"**{report.name}**: {n.get('train', 0)} training and {n.get('val', 0)} validation images "
                 f"({report.split_source}{skipped}), {len(report.classes)} classes. "
-                f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1}).")
+                f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1:.1f}%).")
     if not info.cached:
         cached = [r.name for r in backbone_rows() if r.cached]
         st.warning(f"{name}'s weights are not cached: starting will try to download them. Offline, put "
@@ -126,10 +113,16 @@ def live() -> None:
         st.info(f"Suggestion: {s.suggestion}")
     if s.history:
         m = st.columns(3)
-        m[0].metric("Best val accuracy", f"{s.best.val_acc:.3f}", f"epoch {s.best.epoch}", delta_color="off")
-        m[1].metric("Last val loss", f"{s.history[-1].val_loss:.3f}")
-        m[2].metric("Elapsed", f"{s.elapsed:.0f} s")
-        st.plotly_chart(curves(s.history), key="live_curves")
+        m[0].metric("Best val accuracy", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
+        m[1].metric("Last val loss", loss(s.history[-1].val_loss))
+        m[2].metric("Elapsed", seconds(s.elapsed))
+    fig = training_curves(s.history, s.step_losses, s.epochs)
+    if fig:
+        st.plotly_chart(fig, key="live_curves")
+    elif s.active:
+        st.caption("The loss and accuracy curves appear with the first training step.")
+    elif s.status != "failed":
+        st.caption("This job ended before its first training step: there is no curve to draw.")
     job_controls(job, s)
     with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
         st.code("\n".join(s.log[-40:]) or "...", language=None)
@@ -170,16 +163,17 @@ if not runs:
     st.caption("No runs yet.")
 else:
     table = pd.DataFrame(history_rows(runs[:50]))
+    if "best val acc" in table:
+        table["best val acc"] = table["best val acc"].map(points)
     picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="run_table",
-                          column_config={"best val acc": st.column_config.NumberColumn(format="%.3f")})
+                          column_config={"best val acc": st.column_config.NumberColumn(format=TABLE_PERCENT),
+                                         "seconds": st.column_config.NumberColumn("time", format=TABLE_SECONDS)})
     chosen = [runs[i] for i in picked.selection.rows] if picked and picked.selection.rows else runs[:1]
-    fig = go.Figure()
-    for r in chosen:
-        rows = r.metrics()
-        fig.add_trace(go.Scatter(x=[m["epoch"] for m in rows], y=[m["val_acc"] for m in rows], name=r.id, mode="lines+markers"))
-    fig.update_layout(title="Validation accuracy (select rows above to compare runs)", xaxis_title="epoch",
-                      yaxis_title="val accuracy", height=320, xaxis={"dtick": 1}, yaxis={"range": [0, 1.02]})
-    st.plotly_chart(fig, key="history_chart")
+    fig = history_chart([(r.id, [] if r.broken else r.metrics()) for r in chosen])
+    if fig:
+        st.plotly_chart(fig, key="history_chart")
+    else:
+        st.caption(f"{', '.join(r.id for r in chosen)}: no finished epoch, so no curve (select other runs above to compare).")
 
     st.markdown("**Manage a run**")
     a, b, c = st.columns([3, 1, 2])

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
+from pages.ui.charts import confusion_figure, topk_bars
 from pages.ui.shared import choices, choose, page_setup
 from tl_core import paths
 from tl_core.datasets import DatasetError, resolve_in_root
 from tl_core.explain import explain
 from tl_core.export import FORMATS, ExportError, export, load_check
+from tl_core.formats import TABLE_PERCENT, percent, points
 from tl_core.images import BadImage
-from tl_core.predict import UNSURE, Predictor, evaluate, expand_inputs, percent, prediction_rows
+from tl_core.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows
 from tl_core.runs import latest_finished, list_runs
 
 page_setup("Predict")
@@ -69,21 +70,16 @@ def answer_line(p) -> str:
     return f"**{best}** ({percent(prob)})"
 
 
-def bar_chart(top: list[tuple[str, float]]):
-    df = pd.DataFrame(top, columns=["class", "probability"])
-    df["label"] = df.probability.map(percent)
-    fig = px.bar(df, x="probability", y="class", orientation="h", text="label", range_x=[0, 1.15], height=80 + 40 * len(df))
-    fig.update_traces(textposition="outside", cliponaxis=False)
-    fig.update_yaxes(autorange="reversed")  # most likely class on top
-    fig.update_xaxes(tickformat=".0%")
-    return fig
-
-
 def results_table(preds, key: str) -> None:
     table = pd.DataFrame(prediction_rows(preds, threshold))
     if len(table) > 1:  # a folder's files by their names inside it, not by server paths
         table["file"] = [os.path.relpath(f, os.path.commonpath(list(table.file))) for f in table.file]
-    st.dataframe(table, hide_index=True, key=f"{key}_table")
+    shown = table.copy()  # probabilities as percentages on screen; the CSV keeps 0-1 values for scripts
+    probs = [c for c in shown.columns if c == "confidence" or c.endswith("_probability")]
+    for c in probs:
+        shown[c] = shown[c].map(points)
+    st.dataframe(shown, hide_index=True, key=f"{key}_table",
+                 column_config={c: st.column_config.NumberColumn(format=TABLE_PERCENT) for c in probs})
     st.download_button("Download results (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv", key=f"{key}_csv")
 
 
@@ -118,7 +114,7 @@ with tab_predict:
                 overlay, cls = heat_overlay(str(run.dir), stamp, img.getvalue())
                 mid.image(overlay, caption=f"Grad-CAM: evidence for {cls}", width="stretch")
             chart_col.markdown(answer_line(p))
-            chart_col.plotly_chart(bar_chart(p.top), key=f"bars_{p.file}_{id(img)}")
+            chart_col.plotly_chart(topk_bars(p.top), key=f"bars_{p.file}_{id(img)}")
         results_table(preds, "pred")
 
 with tab_batch:
@@ -163,22 +159,16 @@ with tab_eval:
         st.session_state.evaluated = run.id
         ev = evaluation(str(run.dir), stamp)
         m1, m2 = st.columns(2)
-        m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)}",
-                  delta_color="off")
+        m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)} images",
+                  delta_color="off", delta_arrow="off")
         m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} before temperature scaling",
-                  delta_color="off", help="Average gap between confidence and accuracy; temperature fitted on this split.")
-        grid = pd.DataFrame([{"true": t, "predicted": p, "images": ev.confusion_matrix[i][j]}
-                             for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)])
-        fig = px.scatter(grid, x="predicted", y="true", color="images", text="images", color_continuous_scale="Blues",
-                         title="Confusion matrix: click a cell to see its images")
-        fig.update_traces(marker={"symbol": "square", "size": 46, "line": {"width": 0}}, textfont={"color": "#111"})
-        fig.update_xaxes(categoryorder="array", categoryarray=ev.classes, side="top")
-        fig.update_yaxes(categoryorder="array", categoryarray=ev.classes, autorange="reversed")
-        fig.update_layout(height=180 + 62 * len(ev.classes), clickmode="event+select")
-        clicked = st.plotly_chart(fig, key="confusion", on_select="rerun", selection_mode="points")
+                  delta_color="off", delta_arrow="off",
+                  help="Average gap between confidence and accuracy; temperature fitted on this split.")
+        clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",
+                                  selection_mode="points", width="content", config={"displayModeBar": False})
         cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
-        points = clicked.selection.points if clicked and clicked.selection else []
-        picked = (points[0].get("y"), points[0].get("x")) if points else None
+        clicks = clicked.selection.points if clicked and clicked.selection else []
+        picked = (clicks[0].get("y"), clicks[0].get("x")) if clicks else None
         if picked and picked not in cells:
             st.info(f"No validation image of {picked[0]} was predicted as {picked[1]}.")
         index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
@@ -190,7 +180,11 @@ with tab_eval:
         for i, p in enumerate(shown[:18]):
             cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")
         st.subheader("Per class")
-        st.dataframe(pd.DataFrame(ev.per_class), hide_index=True, key="per_class")
+        per_class = pd.DataFrame(ev.per_class)
+        for col in ("precision", "recall", "f1"):
+            per_class[col] = per_class[col].map(points)
+        st.dataframe(per_class, hide_index=True, key="per_class",
+                     column_config={c: st.column_config.NumberColumn(format=TABLE_PERCENT) for c in ("precision", "recall", "f1")})
         st.subheader("Most confident mistakes")
         if not ev.mistakes:
             st.success("No mistakes on the validation split.")

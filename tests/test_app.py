@@ -1,5 +1,6 @@
 """Every page through Streamlit's AppTest: widgets exist, the demo flow works, jobs start, refuse and stop."""
 
+import re
 import time
 from pathlib import Path
 
@@ -51,12 +52,38 @@ def wait_for(at: AppTest, done, timeout: float = 180) -> None:
     pytest.fail("timed out waiting for the page")
 
 
-def test_home_shows_device_job_state_and_sidebar(ui):
+def test_home_shows_the_three_steps_and_the_sidebar(ui):
     at = open_page()
     assert at.title[0].value == "TL Studio"
-    assert {m.label for m in at.metric} >= {"Device", "Training job"}
-    assert any("CPU" in c.value for c in at.caption)
-    assert any(m.value == "**demo**" for m in at.sidebar.markdown)
+    assert any("CPU" in m.value for m in at.markdown)
+    steps = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert steps == ["#### :material/check_circle: 1. Data", "#### :material/radio_button_unchecked: 2. Backbone",
+                     "#### :material/radio_button_unchecked: 3. Train and use"]  # the demo is usable; nothing chosen or trained
+    assert any("5 classes, 300 training and 80 validation images" in m.value for m in at.markdown)
+    assert any(m.value == "**demo (shapes)**" for m in at.sidebar.markdown)
+    assert not any("/" in m.value for m in at.sidebar.markdown if m.value.startswith("**"))  # names, never paths
+
+
+def chart(at: AppTest, text: str) -> dict:
+    """The plotly figure (as the browser gets it) whose spec contains `text`, e.g. its title."""
+    import json
+
+    return json.loads(next(c.proto.spec for c in at.get("plotly_chart") if text in c.proto.spec))
+
+
+def test_quick_start_trains_the_chosen_backbone_on_the_chosen_data(ui):
+    use_backbone("mobilenet_v3_small")
+    at = open_page()
+    assert at.button(key="quick_start").label == "Quick start: train mobilenet_v3_small on demo (shapes)"
+    at.button(key="quick_start").click().run()
+    assert not at.exception, at.exception
+    from pages.ui.shared import job_manager
+
+    job = job_manager().current()
+    assert job and (job.dataset.source, job.config.strategy, job.config.pretrained, job.config.backbone) == (
+        "demo", "features", True, "mobilenet_v3_small")  # the good defaults: a fitted head on pretrained features
+    assert at.title[0].value == "Train" and any(s.value.startswith("Job 1") for s in at.subheader)  # sent to watch it
+    assert any("demo (shapes)" in c.value for c in at.caption)  # the job panel names its dataset
 
 
 def test_dataset_page_summarises_and_checks_the_demo(ui):
@@ -66,7 +93,8 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
     assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
     assert metrics["Problems"] == "0" and at.success
     assert at.radio(key="dataset_kind").options[:4] == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
-    assert len(at.get("plotly_chart")) == 2 and len(at.image) == 12  # one page of samples
+    assert len(at.get("plotly_chart")) == 1 and len(at.image) == 12  # one page of samples
+    assert any(c.value == "Image sizes: all 380 images are 96 x 96 pixels." for c in at.caption)  # no one-dot chart
     at.radio(key="dataset_kind").set_value("torchvision dataset").run()
     at.button(key="use_tv").click().run()
     assert "needs internet access" in at.error[0].value
@@ -119,9 +147,20 @@ def test_demo_flow_train_predict_evaluate(ui):
     assert any(c.value.startswith("Estimated time: about") for c in at.caption)
     _tiny_settings(at, 2)
     at.button(key="train_start").click().run()
-    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader))
-    assert at.get("plotly_chart") and any(m.label == "Best val accuracy" for m in at.metric)
+    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader), 400)  # slow on a busy shared machine
+    best = next(m for m in at.metric if m.label == "Best val accuracy")
+    assert re.fullmatch(r"\d+\.\d%", best.value)  # one format for accuracy everywhere: 95.4%
+    curves = chart(at, "Accuracy")
+    steps = [t for t in curves["data"] if t["name"] == "train loss (smoothed)"][0]
+    assert len(steps["y"]) == 2 * 19  # every step of both epochs (300 images / 16): it moves within the first epoch
+    assert steps["x"][0] == pytest.approx(1 / 19) and steps["x"][-1] == pytest.approx(2.0)
+    layout = curves["layout"]
+    assert layout["xaxis"]["range"] == [0, 2.2] and layout["xaxis"]["dtick"] == 1  # whole epochs, fixed
+    assert layout["yaxis2"]["range"] == [0, 1.02] and layout["yaxis2"]["tickformat"] == ".0%"
+    assert layout["yaxis"]["range"][0] == 0
     assert len(at.dataframe[0].value) == 1  # run history
+    history = chart(at, "Validation accuracy")
+    assert history["layout"]["yaxis"]["range"] == [0, 1.02] and history["layout"]["xaxis"]["range"] == [0, 2.2]
 
     at = open_page("pages/4_Predict.py")
     star = sorted((Path(st_home()) / "demo-v1" / "val" / "star").iterdir())[0]
@@ -129,10 +168,28 @@ def test_demo_flow_train_predict_evaluate(ui):
                                                       ("junk.png", b"not an image", "image/png")]).run()
     assert not at.exception
     assert any(m.value.startswith("**") and "%" in m.value for m in at.markdown)  # top class and probability
+    at.slider(key="top_k").set_value(3).run()
+    bars = chart(at, '"orientation":"h"')["data"][0]
+    assert len(bars["text"]) == 3 and all(re.fullmatch(r"\d+\.\d%", t) for t in bars["text"])  # every bar labelled
     assert any("not an image" in e.value for e in at.error)
     assert at.get("download_button")
     at.button(key="eval_btn").click().run()
-    assert any(m.label == "Validation accuracy" for m in at.metric)
+    assert not at.exception, at.exception
+    accuracy = next(m for m in at.metric if m.label == "Validation accuracy")
+    assert "mistakes of 80" in accuracy.proto.delta and accuracy.proto.direction == accuracy.proto.NONE  # no "up" arrow
+    matrix = chart(at, "Confusion matrix")
+    heat = matrix["data"][0]
+    assert heat["type"] == "heatmap" and heat["x"] == heat["y"] == ["circle", "cross", "square", "star", "triangle"]
+    counts = heat["customdata"]
+    assert sum(map(sum, counts)) == 80 and all(sum(r) == pytest.approx(1) for r in heat["z"])  # shares of each true row
+    notes = matrix["layout"]["annotations"]
+    assert len(notes) == 25 and notes[0]["text"] == f"<b>{counts[0][0]}</b><br>{heat['z'][0][0]:.0%}"
+    assert {n["font"]["color"] for n in notes if float(n["text"].split("<br>")[1][:-1]) > 50} <= {"#ffffff"}  # white on dark
+    assert {n["font"]["color"] for n in notes if float(n["text"].split("<br>")[1][:-1]) < 40} <= {"#1a1a1a"}
+    layout = matrix["layout"]
+    assert layout["yaxis"]["scaleanchor"] == "x" and layout["width"] - 160 == layout["height"] - 140 == 5 * 64  # square
+    clicks = matrix["data"][1]
+    assert clicks["unselected"]["marker"]["opacity"] == clicks["selected"]["marker"]["opacity"]  # a click fades nothing
     assert at.selectbox(key="eval_cell_None").options
     at.button(key="export_btn").click().run()
     assert any(b.proto.label.startswith("Download model") for b in at.get("download_button"))
@@ -185,6 +242,7 @@ def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
     assert any("resnet18-f37072fd.pth" in e.value for e in at.error)
     assert any(i.value.startswith("Suggestion:") and "from scratch" in i.value for i in at.info)
+    assert not at.get("plotly_chart")  # no empty chart with made-up axes after a failure (nor for its epoch-less run)
 
 
 def test_backbones_page_measures_on_this_device(ui):
@@ -276,3 +334,15 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     at.checkbox(key="run_delete_confirm").check().run()
     at.button(key="run_delete").click().run()
     assert not Path(first.run_dir).exists() and any("Deleted" in s.value for s in at.success)
+
+
+def test_every_setting_has_a_one_line_help(ui):
+    at = open_page("pages/3_Train.py")
+    settings = [w for w in [*at.main, *(w for e in at.expander for w in e)] if str(getattr(w, "key", "")).startswith("cfg_")]
+    assert len({w.key for w in settings}) >= 20  # every TrainConfig option shown on the page
+    for w in settings:
+        assert w.help and "\n" not in w.help, w.key
+    assert "default" in at.number_input(key="cfg_epochs").help  # defaults explained where they depend on something
+    at = open_page("pages/2_Backbones.py")
+    for key in ("bb_family", "bb_size", "bb_acc", "bb_cached", "bb_sort"):
+        assert next(w for w in at.main if getattr(w, "key", None) == key).help, key

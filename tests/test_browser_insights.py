@@ -19,7 +19,7 @@ def server_weights(tmp_path, real_weights) -> Path:
 
 
 def set_number(page, label: str, value: str) -> None:
-    box = page.get_by_label(label)
+    box = page.get_by_label(label, exact=True)  # not the "Help for ..." button of its tooltip
     box.fill(value)
     box.press("Enter")
     page.wait_for_timeout(500)

@@ -48,3 +48,33 @@ def test_errors_are_one_line_without_traceback():
     assert out.stderr.strip().count("\n") == 0 and "does not exist" in out.stderr
     bad = cli("train", "demo", "--backbone", "not_a_net", "--epochs", "1")
     assert bad.returncode == 1 and "Unknown backbone" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_piped_output_is_plain_and_a_terminal_gets_bars(tmp_path):
+    import pty
+
+    piped = cli("scan", "demo")
+    assert piped.returncode == 0 and piped.stderr == ""  # no bar, no message when not a terminal
+    assert "\x1b" not in piped.stdout  # no colour or cursor codes in a file
+    lines = piped.stdout.splitlines()
+    assert lines[0].startswith("demo (shapes): 380 usable images") and lines[1].split() == ["split", "circle", "cross",
+                                                                                            "square", "star", "triangle"]
+    assert [line.split() for line in lines[3:5]] == [["train", *["60"] * 5], ["val", *["16"] * 5]]
+    as_json = cli("runs", "--runs-dir", str(tmp_path), "--json")
+    assert json.loads(as_json.stdout) == [] and as_json.stderr == ""
+
+    primary, secondary = pty.openpty()  # a real terminal: rich draws its live bar on stderr
+    proc = subprocess.run([sys.executable, "-m", "tl_core", "scan", "demo"], stdout=subprocess.PIPE, stderr=secondary,
+                          cwd=ROOT, timeout=300, env={**os.environ, "COLUMNS": "120"})
+    os.close(secondary)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(primary)
+    assert proc.returncode == 0 and b"checking images" in drawn and b"380/380" in drawn

@@ -8,59 +8,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tl_core.events import EpochEnded, Event, EventLog, Logged, PhaseProgress, PhaseStarted, RunFailed, StepEnded
+from tl_core.events import EventLog
+from tl_core.formats import loss, percent, seconds
+from tl_core.terminal import Progress, print_table
 
 if TYPE_CHECKING:
     from tl_core.runs import Run
-
-
-class Progress:
-    """A one-line progress bar on a terminal (stderr); silent when piped, so JSON output stays clean."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.enabled, self.last = stream, stream.isatty(), 0.0
-
-    def bar(self, label: str, done: int, total: int, extra: str = "") -> None:
-        now = time.time()
-        if not self.enabled or (now - self.last < 0.1 and done < total):
-            return
-        self.last = now
-        frac = done / total if total else 0
-        filled = int(frac * 30)
-        self.stream.write(f"\r{label[:28]:<28} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {extra}\033[K")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def say(self, message: str) -> None:
-        if self.enabled:
-            self.stream.write(f"\r{message}\033[K\n")
-            self.stream.flush()
-
-    def __call__(self, e: Event) -> None:
-        if isinstance(e, PhaseProgress):
-            self.bar(e.phase, e.done, e.total, f"{e.rate:.0f}/s" if e.rate else "")
-        elif isinstance(e, StepEnded) and e.eta is not None:
-            self.bar(f"epoch {e.epoch}", e.step, e.steps, f"{e.images_per_s:.0f} img/s, ETA {e.eta:.0f}s")
-        elif isinstance(e, EpochEnded):
-            r = e.row
-            self.say(f"epoch {r.epoch}/{e.epochs}  train loss {r.train_loss:.3f} acc {r.train_acc:.3f}  "
-                     f"val loss {r.val_loss:.3f} acc {r.val_acc:.3f}" + ("  *" if e.improved else ""))
-        elif isinstance(e, (PhaseStarted, Logged)):
-            self.say(e.message)
-        elif isinstance(e, RunFailed):
-            self.say(f"error: {e.message}")
-
-
-def _print_table(rows: list[dict], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
 
 
 def cmd_backbones(args) -> int:
@@ -69,9 +25,9 @@ def cmd_backbones(args) -> int:
 
     device = pick_device(args.device)
     if args.measure:
-        bar = Progress()
-        speed.measure_many(args.names or speed.SHORTLIST, device,
-                           lambda i, n, name: bar.bar(f"measuring {name}", i, n))
+        with Progress() as bar:
+            speed.measure_many(args.names or speed.SHORTLIST, device,
+                               lambda i, n, name: bar.bar("measuring backbones", i, n, name or "done"))
     speeds = speed.load_speeds(device)
     rows = []
     for b in backbones.list_backbones():
@@ -83,8 +39,9 @@ def cmd_backbones(args) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        _print_table(rows, ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "input_size",
-                            "ms_per_image", "images_per_s", "cached"])
+        print_table(rows, ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "input_size",
+                           "ms_per_image", "images_per_s", "cached"],
+                    {"ms_per_image": lambda v: f"{v:.1f}", "images_per_s": lambda v: f"{v:.0f}"})
     return 0
 
 
@@ -97,8 +54,8 @@ def _spec(args):
 def _scan(args):
     from tl_core.scan import scan
 
-    bar = Progress()
-    return scan(_spec(args), lambda d, n: bar.bar("checking images", d, n))
+    with Progress() as bar:
+        return scan(_spec(args), bar.callback("checking images"))
 
 
 def cmd_scan(args) -> int:
@@ -108,7 +65,7 @@ def cmd_scan(args) -> int:
         return 0
     print(f"{report.name}: {report.n_images} usable images, {len(report.classes)} classes ({report.split_source})")
     if report.classes:
-        _print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
+        print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
     if report.problems:
         print(f"\n{len(report.problems)} problem(s):")
         for p in report.problems[:50]:
@@ -138,14 +95,14 @@ def _report(result, as_json: bool) -> int:
         print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
     else:
         why = f" ({result.stop_reason})" if result.stop_reason else ""
-        print(f"{result.status}{why}: best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) "
-              f"after {result.epochs_completed} epochs, {result.seconds:.1f}s -> {result.run_dir}")
+        print(f"{result.status}{why}: best val accuracy {percent(result.best_val_accuracy)} (epoch {result.best_epoch}) "
+              f"after {result.epochs_completed} epochs, {seconds(result.seconds)} -> {result.run_dir}")
     return code
 
 
-def _listeners(args) -> list:
+def _listeners(args, bar: Progress) -> list:
     """The terminal, plus the JSON-lines event file a dashboard follows (`--events`; under torchrun, rank 0's only)."""
-    return [Progress()] + ([EventLog(args.events)] if args.events and os.environ.get("RANK", "0") == "0" else [])
+    return [bar] + ([EventLog(args.events)] if args.events and os.environ.get("RANK", "0") == "0" else [])
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -160,25 +117,29 @@ def cmd_train(args) -> int:
     from tl_core.config import from_arguments
     from tl_core.trainer import train
 
-    return _report(train(_spec(args), from_arguments(args), args.runs_dir, _listeners(args), stop), args.json)
+    with Progress() as bar:
+        result = train(_spec(args), from_arguments(args), args.runs_dir, _listeners(args, bar), stop)
+    return _report(result, args.json)
 
 
 def cmd_resume(args) -> int:
     stop = _stop_on_sigterm()
     from tl_core.trainer import resume
 
-    return _report(resume(args.run_dir, _listeners(args), stop, epochs=args.epochs), args.json)
+    with Progress() as bar:
+        result = resume(args.run_dir, _listeners(args, bar), stop, epochs=args.epochs)
+    return _report(result, args.json)
 
 
 def cmd_predict(args) -> int:
-    from tl_core.predict import Predictor, expand_inputs, percent, write_csv
+    from tl_core.predict import Predictor, expand_inputs, write_csv
 
     files = expand_inputs(args.images)
     if not files:
         raise ValueError("No image files found in the given paths.")
-    bar = Progress()
     predictor = Predictor.from_run(args.run_dir, args.device)
-    predictions = predictor.predict_many(files, min(args.top_k, len(predictor.classes)), progress=lambda d, n: bar.bar("predicting", d, n))
+    with Progress() as bar:
+        predictions = predictor.predict_many(files, min(args.top_k, len(predictor.classes)), progress=bar.callback("predicting"))
     threshold = predictor.threshold if args.unsure_below is None else args.unsure_below
     if args.csv:
         write_csv(predictions, args.csv, threshold)
@@ -193,7 +154,7 @@ def cmd_predict(args) -> int:
 
 def cmd_explain(args) -> int:
     from tl_core.explain import explain
-    from tl_core.predict import Predictor, percent
+    from tl_core.predict import Predictor
 
     e = explain(Predictor.from_run(args.run_dir, args.device), args.image, args.class_name)
     e.overlay().save(args.out)
@@ -207,9 +168,9 @@ def cmd_explain(args) -> int:
 def cmd_lr_find(args) -> int:
     from tl_core.lr_find import lr_find
 
-    bar = Progress()
-    result = lr_find(args.data, args.backbone, strategy=args.strategy, steps=args.steps, batch_size=args.batch_size,
-                     image_size=args.image_size, device=args.device, progress=lambda d, n: bar.bar("lr sweep", d, n))
+    with Progress() as bar:
+        result = lr_find(args.data, args.backbone, strategy=args.strategy, steps=args.steps, batch_size=args.batch_size,
+                         image_size=args.image_size, device=args.device, progress=bar.callback("lr sweep"))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -221,24 +182,23 @@ def cmd_lr_find(args) -> int:
 def cmd_evaluate(args) -> int:
     from tl_core.predict import evaluate
 
-    bar = Progress()
-    ev = evaluate(args.run_dir, args.split, args.device, lambda d, n: bar.bar("evaluating", d, n))
+    with Progress() as bar:
+        ev = evaluate(args.run_dir, args.split, args.device, bar.callback("evaluating"))
     if args.json:
         d = ev.to_dict()
         d.pop("predictions")
         print(json.dumps(d))
         return 0
-    print(f"accuracy on {args.split}: {ev.accuracy:.3f}")
-    print(f"expected calibration error: {ev.ece:.3f} -> {ev.ece_calibrated:.3f} after temperature scaling "
+    print(f"accuracy on {args.split}: {percent(ev.accuracy)}")
+    print(f"expected calibration error: {percent(ev.ece)} -> {percent(ev.ece_calibrated)} after temperature scaling "
           f"(T = {ev.temperature:.3f}, fitted on the validation split)")
-    _print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"])
-    print("\nconfusion matrix (rows: true, columns: predicted)")
-    _print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
-                 ["true", *ev.classes])
+    print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"], dict.fromkeys(("precision", "recall", "f1"), percent))
+    print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
+                ["true", *ev.classes], title="confusion matrix (rows: true, columns: predicted)")
     if ev.mistakes:
         print(f"\nmost confident mistakes ({len(ev.mistakes)}):")
         for m in ev.mistakes[:10]:
-            print(f"  {m['file']}: {m['true']} predicted as {m['predicted']} ({m['confidence']:.2f})")
+            print(f"  {m['file']}: {m['true']} predicted as {m['predicted']} ({percent(m['confidence'])})")
     if ev.skipped:
         print(f"\nunreadable images, not counted ({len(ev.skipped)}):")
         for s in ev.skipped:
@@ -258,7 +218,8 @@ def cmd_runs(args) -> int:
     if args.json:
         print(json.dumps(rows))
     elif rows:
-        _print_table(rows, ["id", "status", "best_val_accuracy", "epochs_completed", "backbone", "strategy"])
+        print_table(rows, ["id", "status", "best_val_accuracy", "epochs_completed", "backbone", "strategy"],
+                    {"best_val_accuracy": percent})
         for row in rows:
             if "error" in row:
                 print(f"{row['id']}: {row['error']}")
@@ -338,7 +299,7 @@ def cmd_throughput(args) -> int:
         print(json.dumps({"device": describe_device(device), "torch": torch.__version__,
                           "torchvision": torchvision.__version__, "settings": asdict(settings), "results": rows}))
     else:
-        _print_table(rows, ["model", "batch", "compile", "train_images_per_s", "compute_ms", "fwd_bwd_ms", "pipeline_ms",
+        print_table(rows, ["model", "batch", "compile", "train_images_per_s", "compute_ms", "fwd_bwd_ms", "pipeline_ms",
                             "pipeline_ratio", "infer_images_per_s", "warmup_s"])
     return 0
 
@@ -365,16 +326,16 @@ def cmd_compare(args) -> int:
     from tl_core.config import TrainConfig
     from tl_core.datasets import load_dataset
 
-    bar = Progress()
     config = TrainConfig(image_size=args.image_size, device=args.device, seed=args.seed)
-    rows = compare(load_dataset(_spec(args)), args.backbones, config,
-                   lambda phase, d, n: bar.bar(phase, d, n))
+    with Progress() as bar:
+        rows = compare(load_dataset(_spec(args)), args.backbones, config, bar.bar)
     front, best = pareto_front(rows), recommend(rows)
     if args.json:
         print(json.dumps({"backbones": [r.to_dict() for r in rows], "pareto_front": front, "recommended": best}))
         return 0
-    _print_table([{**r.to_dict(), "pareto": r.name in front} for r in rows],
-                 ["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto", "error"])
+    print_table([{**r.to_dict(), "pareto": r.name in front} for r in rows],
+                ["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto", "error"],
+                {"val_accuracy": percent, "cv_accuracy": percent, "seconds": seconds})
     print(f"\nrecommended: {best}" if best else "\nno backbone could be evaluated")
     return 0
 
@@ -383,15 +344,16 @@ def cmd_issues(args) -> int:
     from tl_core.data_health import check_health
     from tl_core.datasets import load_dataset
 
-    bar = Progress()
-    report = check_health(load_dataset(_spec(args)), args.backbone,
-                          image_size=args.image_size, device=args.device, progress=lambda p, d, n: bar.bar(p, d, n))
+    with Progress() as bar:
+        report = check_health(load_dataset(_spec(args)), args.backbone,
+                              image_size=args.image_size, device=args.device, progress=bar.bar)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     print(f"{report.n_images} images, {len(report.classes)} classes, embeddings of {report.backbone}")
     print(f"\nlikely mislabelled ({len(report.suspects)}):")
-    _print_table([vars(s) for s in report.suspects[:30]], ["path", "split", "given", "suggested", "quality", "flagged"])
+    print_table([vars(s) for s in report.suspects[:30]], ["path", "split", "given", "suggested", "quality", "flagged"],
+                {"quality": loss})
     print(f"\nnear-duplicates ({len(report.duplicates)}):")
     for p in report.duplicates[:30]:
         flags = ", ".join(f for f, on in (("cross-split", p.cross_split), ("cross-class", p.cross_class)) if on)

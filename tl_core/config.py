@@ -44,18 +44,22 @@ class TrainConfig:
                            choices=STRATEGIES, advanced=False)
     epochs: int | None = option(None, "Epochs", "passes over the training images (default: 10 for features, 5 otherwise)",
                                 low=1, high=500, advanced=False)
-    batch_size: int = option(32, "Batch size", "images per step", low=1, high=1024, advanced=False)
+    batch_size: int = option(32, "Batch size", "images per training step (lower it when memory runs out)", low=1, high=1024, advanced=False)
     lr: float | None = option(None, "Learning rate (head)", "blank: 1e-3 for AdamW, 1e-2 for SGD; the backbone gets lr x factor",
                               low=1e-7, high=10.0, advanced=False)
-    finetune_stages: int = option(2, "Stages to fine-tune (K)", "with strategy finetune: how many final stages learn", low=1, high=20,
-                                  advanced=False)
+    finetune_stages: int = option(2, "Stages to fine-tune (K)",
+                                  "with strategy finetune: how many final stages (blocks) learn; the earlier ones stay frozen",
+                                  low=1, high=20, advanced=False)
     pretrained: bool = option(True, "Pretrained weights", "off: train from scratch (far less accurate; when no weights exist)")
     weights_path: str | None = option(None, "Own weight file", "a .safetensors or state-dict file on the server (never unpickled)")
     optimizer: str = option("adamw", "Optimizer", "AdamW or SGD with momentum 0.9", choices=OPTIMIZERS)
     schedule: str = option("cosine", "Schedule", "cosine with warm-up, or one-cycle", choices=SCHEDULES)
     backbone_lr_factor: float = option(0.1, "Backbone lr factor", "backbone learning rate = head lr x this", low=0.0, high=10.0)
-    weight_decay: float = option(1e-4, "Weight decay", "L2 penalty of the optimiser", low=0.0, high=1.0)
-    label_smoothing: float = option(0.1, "Label smoothing", "softens the targets of the loss", low=0.0, high=0.5)
+    weight_decay: float = option(1e-4, "Weight decay", "L2 penalty of the optimiser: keeps weights small against over-fitting",
+                                 low=0.0, high=1.0)
+    label_smoothing: float = option(0.1, "Label smoothing",
+                                    "targets of 1 - x for the right class, x shared by the others: less over-confident answers",
+                                    low=0.0, high=0.5)
     augment: str = option("light", "Augmentation", "random crops and flips (light), plus colour jitter (strong)", choices=AUGMENTATIONS)
     embedding_cache: bool = option(True, "Cache embeddings", "frozen backbone: train the head on cached embeddings (off: run it each step)")
     feature_views: int = option(1, "Feature views", "frozen backbone: cached views per training image: 1 = the clean view; more "

@@ -88,6 +88,7 @@ class JobSnapshot:
     eta: float | None
     elapsed: float
     history: tuple[EpochRow, ...]
+    step_losses: tuple[tuple[float, float], ...]  # (epochs done as a fraction, training loss of that step)
     log: tuple[str, ...]
     error: str | None
     suggestion: str | None
@@ -233,6 +234,7 @@ class Job:
     images_per_s: float = 0.0
     eta: float | None = None
     history: list[EpochRow] = field(default_factory=list)
+    step_losses: deque = field(default_factory=lambda: deque(maxlen=5000))  # the live curve's per-step points
     log: deque = field(default_factory=lambda: deque(maxlen=300))
     error: str | None = None
     suggestion: str | None = None
@@ -289,7 +291,8 @@ class Job:
                 self.id, self.dataset, self.config, self.device, self.status,
                 self.run_dir, self.phase, self.progress, self.phase_rate, self.epoch, self.epochs or self.config.epochs or 0, self.step,
                 self.images_per_s, self.eta if active else None, (self.ended or time.time()) - self.started,
-                tuple(self.history), tuple(self.log), self.error, self.suggestion, self.result, self.pid, self.workers,
+                tuple(self.history), tuple(self.step_losses), tuple(self.log), self.error, self.suggestion, self.result,
+                self.pid, self.workers,
                 self.stop_requested)
 
     def on_event(self, e: Event) -> None:
@@ -313,6 +316,7 @@ class Job:
         elif isinstance(e, StepEnded):
             self.epoch, self.step = e.epoch, (e.step, e.steps)
             self.images_per_s, self.eta = e.images_per_s, e.eta
+            self.step_losses.append((e.epoch - 1 + e.step / e.steps, e.loss))
         elif isinstance(e, EpochEnded):
             self.history.append(e.row)
             self.epoch = e.row.epoch

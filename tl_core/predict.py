@@ -26,11 +26,6 @@ ImageInput = str | Path | Image.Image | BinaryIO
 UNSURE = "unsure / none of these"
 
 
-def percent(p: float) -> str:
-    """The one way the app writes a probability: 58.3%."""
-    return f"{p:.1%}"
-
-
 @dataclass
 class Prediction:
     file: str

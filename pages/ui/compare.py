@@ -10,6 +10,7 @@ from pages.ui.shared import backbone_rows, choices, dataset_label, scan_report
 from tl_core.compare import compare, pareto_front, recommend
 from tl_core.config import TrainConfig
 from tl_core.datasets import DatasetError
+from tl_core.formats import PLOTLY_PERCENT, TABLE_PERCENT, TABLE_SECONDS, points
 from tl_core.speed import SHORTLIST
 
 
@@ -22,7 +23,8 @@ def render_compare() -> None:
     cached = [r.name for r in rows if r.cached and r.name in SHORTLIST] or [r.name for r in rows if r.cached][:3]
     a, b = st.columns([4, 1])
     names = a.multiselect("Backbones to compare", [r.name for r in rows], default=cached or ["mobilenet_v2"], key="cmp_names")
-    size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size")
+    size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size",
+                          help="Side of the square the images are resized to; smaller is faster and usually less accurate")
     key = (spec, int(size), tuple(names))
     if st.button(f"Compare {len(names)} backbone(s) on this dataset", key="cmp_run", disabled=not names):
         bar = st.progress(0.0, text="Starting...")
@@ -57,7 +59,13 @@ def show(found) -> None:
     line = table[table.pareto].sort_values("ms_per_image")
     fig.add_scatter(x=line.ms_per_image, y=line.val_accuracy, mode="lines", name="Pareto front", line={"dash": "dot"})
     fig.update_traces(textposition="top center", selector={"mode": "markers+text"})
+    fig.update_yaxes(tickformat=PLOTLY_PERCENT)
     st.plotly_chart(fig, key="cmp_chart")
     st.success(f"Recommended for this dataset: **{best}**: the fastest backbone within one point of the best accuracy.")
-    st.dataframe(table[["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto"]],
-                 hide_index=True, key="cmp_table")
+    shown = table.assign(val_accuracy=table.val_accuracy.map(points), cv_accuracy=table.cv_accuracy.map(points))
+    st.dataframe(shown[["name", "val_accuracy", "cv_accuracy", "ms_per_image", "size_mb", "seconds", "pareto"]],
+                 hide_index=True, key="cmp_table", column_config={
+                     "val_accuracy": st.column_config.NumberColumn("val accuracy", format=TABLE_PERCENT),
+                     "cv_accuracy": st.column_config.NumberColumn("CV accuracy", format=TABLE_PERCENT),
+                     "ms_per_image": st.column_config.NumberColumn("ms/image", format="%.1f"),
+                     "seconds": st.column_config.NumberColumn("time", format=TABLE_SECONDS)})

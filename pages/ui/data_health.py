@@ -23,7 +23,8 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
     st.subheader("Data health")
     backbone = chosen_backbone()
     st.caption(f"From {backbone}'s embeddings (cached): every image judged by a head that never saw it.")
-    size = st.number_input("Image size for the check (0 = the weights' own)", 0, 1024, 0, key="health_size")
+    size = st.number_input("Image size for the check (0 = the weights' own)", 0, 1024, 0, key="health_size",
+                           help="Side of the square the images are resized to for their embeddings; smaller is faster")
     key = (source, ds.root, backbone, int(size))
     if st.button("Check labels, duplicates and outliers", key="health_run"):
         bar = st.progress(0.0, text="Starting...")

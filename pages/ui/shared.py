@@ -8,12 +8,15 @@ sub-folders of `pages/`). Logic lives in tl_core; this module only caches and re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages.ui.auth import require_login
 from tl_core import backbones, paths, prefs, speed
 from tl_core.datasets import DatasetSpec
 from tl_core.devices import describe_device, pick_device
+from tl_core.formats import percent
 from tl_core.jobs import JobManager
 from tl_core.prefs import Choices
 from tl_core.runs import list_runs
@@ -104,9 +107,10 @@ def chosen_backbone() -> str:
 
 
 def dataset_label(spec: DatasetSpec) -> str:
-    from pathlib import Path
-
-    return spec.source if spec.source == "demo" or spec.source.startswith("torchvision:") else Path(spec.source).name
+    """A dataset's name for people (never a server path): `demo`, `Flowers102`, `pets`, `x.zip`."""
+    if spec.source == "demo":
+        return "demo (shapes)"
+    return spec.source.split(":", 1)[1] if spec.source.startswith("torchvision:") else Path(spec.source).name
 
 
 def sidebar() -> None:
@@ -132,5 +136,5 @@ def job_status() -> None:
         st.markdown(f"last run: **{last.id}** ({last.summary.get('status')})" if last else "no runs yet")
         return
     s = job.snapshot()
-    best = f", best val acc {s.best.val_acc:.3f}" if s.best else ""
-    st.markdown(f"job {s.id}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")
+    best = f", best val acc {percent(s.best.val_acc)}" if s.best else ""
+    st.markdown(f"job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")

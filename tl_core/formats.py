@@ -1,0 +1,34 @@
+"""The one way TL Studio writes each kind of number, in the dashboard and on the command line.
+
+Accuracy and probability as a percentage with one decimal (95.4%), losses with three decimals (0.213), times in
+seconds (12.3 s). Charts and tables use the matching plotly / Streamlit formats defined here too.
+"""
+
+from __future__ import annotations
+
+PLOTLY_PERCENT = ".0%"  # axis ticks of a 0-1 accuracy or probability
+PLOTLY_PERCENT_HOVER = ".1%"
+TABLE_PERCENT = "%.1f%%"  # st.column_config.NumberColumn(format=...) of values in percentage points (`points`)
+TABLE_LOSS = "%.3f"
+TABLE_SECONDS = "%.1f s"
+
+
+def percent(p: float | None) -> str:
+    """Accuracy, probability, calibration error: 95.4%."""
+    return "-" if p is None else f"{p:.1%}"
+
+
+def loss(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def seconds(s: float | None) -> str:
+    """Durations: 0.42 s, 12.3 s, 754 s (no false precision on long runs)."""
+    if s is None:
+        return "-"
+    return f"{s:.2f} s" if s < 1 else f"{s:.1f} s" if s < 100 else f"{s:.0f} s"
+
+
+def points(p: float | None) -> float | None:
+    """0.954 -> 95.4, for a table column shown with TABLE_PERCENT (it sorts as a number)."""
+    return None if p is None else round(100 * p, 1)
