@@ -108,6 +108,7 @@ def test_progressive_resizing_grows_to_the_full_size_and_batches_follow():
     assert [progressive_size(224, e, 5, 0.5) for e in range(1, 6)] == [128, 128, 160, 192, 224]
     assert {progressive_size(224, e, 5, 1.0) for e in range(1, 6)} == {224} == {progressive_size(224, 1, 1, 0.5)}
     assert {progressive_size(48, e, 5, 0.5) for e in range(1, 6)} == {48}  # small images are never shrunk further
+    assert [progressive_size(128, e, 2, 0.5) for e in (1, 2)] == [112, 128]  # never under 112 px
     u8 = torch.randint(0, 255, (4, 3, 73, 73), dtype=torch.uint8)
     for augment in ("none", "light"):
         b = Batcher(Preprocessing.imagenet(64), torch.device("cpu"), augment)
@@ -122,9 +123,9 @@ def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weig
     from tl_core.trainer import train
 
     events = []
-    cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=96, epochs=3, batch_size=32, patience=0,
+    cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=128, epochs=3, batch_size=32, patience=0,
                       progressive_resize=0.5)
     result = train("demo", cfg, tmp_path, [events.append])
-    assert "Progressive resizing: training images of 64 / 72 / 96 px by epoch (validation at 96 px)." in [
+    assert "Progressive resizing: training images of 112 / 112 / 128 px by epoch (validation at 128 px)." in [
         e.message for e in events if isinstance(e, Logged)]
     assert result.best_val_accuracy >= 0.6  # 5 classes: chance is 0.2
