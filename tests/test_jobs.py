@@ -145,3 +145,17 @@ def test_a_stop_request_unanswered_offers_kill_after_the_grace_period(tmp_path):
     job.stop_requested -= jobs.KILL_GRACE_S
     assert job.snapshot().can_kill
     assert dataclasses.replace(job.snapshot(), status=jobs.JobStatus.STOPPED).can_kill is False
+
+
+def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
+    """Stop signals the job's whole process group: torchrun and both gloo workers end the run at one step, 'stopped'
+    with its checkpoint, and it can be resumed."""
+    server = JobManager(tmp_path / "runs", home=tmp_path / "home")
+    job = server.start("demo", TrainConfig(**TINY, epochs=500), workers=2)
+    wait_until(lambda: job.snapshot().history)
+    assert server.stop(job)
+    assert server.wait(job, 90) == "stopped"
+    s = job.snapshot()
+    assert s.workers == 2 and s.result.stop_reason.startswith("stopped by request") and s.resumable
+    run = load_run(s.run_dir)
+    assert run.summary["status"] == "stopped" and run.info["processes"] == 2
