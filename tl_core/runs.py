@@ -307,9 +307,11 @@ def history_rows(runs: list[Run]) -> list[dict]:
             rows.append({"run": r.id, "status": BROKEN, "why": r.broken})
             continue
         s, cfg = r.summary, r.info.get("config", {})
-        rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error"),
+        lr = cfg.get("lr")
+        rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error") or "",
                      "best val acc": s.get("best_val_accuracy"), "epochs": s.get("epochs_completed"),
-                     "backbone": cfg.get("backbone"), "strategy": cfg.get("strategy"), "lr": cfg.get("lr"),
+                     "backbone": cfg.get("backbone"), "strategy": cfg.get("strategy"),
+                     "lr": "automatic" if lr is None else f"{lr:g}",
                      "batch": cfg.get("batch_size"), "dataset": r.info.get("dataset", {}).get("name"),
                      "seconds": round(s.get("seconds") or 0, 1)})
     return rows
