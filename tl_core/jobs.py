@@ -344,7 +344,7 @@ class Job:
             self.status = JobStatus.FAILED
         elif self.stop_requested and code == -signal.SIGTERM:  # stopped before it could listen: nothing to keep
             self.status = JobStatus.STOPPED
-            self.log.append(f"{time.strftime('%H:%M:%S')}  Stopped before training began.")
+            self._log(None, "Stopped before training began.")
         elif self.killed:
             self._end(JobStatus.INTERRUPTED, "Killed after the stop request went unanswered; the run keeps its finished epochs.",
                       "Resume it to continue from its last finished epoch.")
@@ -360,12 +360,13 @@ class Job:
 
     def _end(self, status: JobStatus, error: str, suggestion: str) -> None:
         self.status, self.error, self.suggestion = status, error, suggestion
-        self.log.append(f"{time.strftime('%H:%M:%S')}  Error: {error}")
+        self._log(None, f"Error: {error}")
         if status == JobStatus.FAILED:
             self.log.extend(f"    {line}" for line in _tail(self.dir / "output.log"))
 
-    def _log(self, e: Event, message: str) -> None:
-        self.log.append(f"{time.strftime('%H:%M:%S', time.localtime(e.time))}  {message}")
+    def _log(self, e: Event | None, message: str) -> None:
+        """A log line stamped with the event's time (what the child did when), or now (what this server did)."""
+        self.log.append(f"{time.strftime('%H:%M:%S', time.localtime(e.time if e else None))}  {message}")
 
 
 class JobManager:
@@ -467,13 +468,13 @@ class JobManager:
                         self._jobs[job.id] = job
             return [self._jobs[i] for i in sorted(self._jobs)]
 
-    def active(self, device: str | None = None) -> Job | None:
-        return next((j for j in self.jobs() if j.active and (device is None or j.device == device)), None)
+    def active(self, device: str | None = None, jobs: list[Job] | None = None) -> Job | None:
+        return next((j for j in jobs or self.jobs() if j.active and (device is None or j.device == device)), None)
 
     def current(self) -> Job | None:
         """The active job, else the most recent one (so a page shows how the last run ended)."""
-        jobs = self.jobs()
-        return self.active() or (jobs[-1] if jobs else None)
+        jobs = self.jobs()  # one look at the job folder for both questions
+        return self.active(jobs=jobs) or (jobs[-1] if jobs else None)
 
     def stop(self, job: Job | None = None) -> bool:
         """Ask the child to stop (SIGTERM): it ends the run within a step, 'stopped', with its checkpoint."""
@@ -482,7 +483,7 @@ class JobManager:
             return False
         with job.lock:
             job.status, job.stop_requested = JobStatus.STOPPING, time.time()
-            job.log.append(f"{time.strftime('%H:%M:%S')}  Stop requested; finishing the current step.")
+            job._log(None, "Stop requested; finishing the current step.")
         return self._signal(job, signal.SIGTERM)
 
     def kill(self, job: Job) -> bool:
