@@ -48,6 +48,19 @@ def test_strategies_choose_what_trains():
     assert not model.bn1.training and not model.layer4[1].bn2.training
 
 
+def test_fine_tuning_keeps_batchnorm_statistics_unless_told_not_to():
+    model, head, _ = backbones.build("resnet18", 4, pretrained=False)
+    backbones.apply_strategy(model, head, "full")
+    model.train()
+    backbones.freeze_batchnorm(model)  # everything learns: batch statistics everywhere
+    assert model.bn1.training and model.layer4[1].bn2.training
+    backbones.freeze_batchnorm(model, learning_too=True)  # ImageNet statistics kept, scale and shift still learn
+    assert not model.bn1.training and not model.layer4[1].bn2.training and model.bn1.weight.requires_grad
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(4, 3, 64, 64)).sum().backward()
+    assert torch.equal(model.bn1.running_mean, before) and model.bn1.weight.grad is not None
+
+
 def test_missing_weights_name_the_file_and_folder():
     with pytest.raises(backbones.WeightsUnavailable) as e:
         backbones.build("resnet18", 2)

@@ -1,6 +1,7 @@
 """The fast paths must give what the plain path gives: same preprocessing, same embeddings, same predictions."""
 
 import numpy as np
+import pytest
 import torch
 import torchvision
 from PIL import Image
@@ -10,7 +11,7 @@ from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import load_dataset
 from tl_core.embeddings import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
-from tl_core.pipeline import Batcher, decode_many, decode_square, progressive_size
+from tl_core.pipeline import Batcher, decode_many, decode_square, matched_side, progressive_size
 
 
 def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
@@ -24,6 +25,36 @@ def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
         torch.from_numpy(decode_square(str(path), 256)).permute(2, 0, 1)[None])[0]
     assert ours.shape == reference.shape
     assert (ours - reference).abs().mean() < 0.02
+
+
+def test_resizing_with_torch_gives_pillows_pixels():
+    """`pipeline.square` resizes with torch's uint8 antialiased kernel: within two grey levels of Pillow's bilinear."""
+    from tl_core.pipeline import square
+
+    rng = np.random.default_rng(1)
+    for w, h, size in ((500, 375, 256), (375, 500, 224), (40, 30, 64), (256, 300, 256)):  # down, up and exact sizes
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).filter(
+            __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(2))
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = round((nw - size) / 2), round((nh - size) / 2)
+        pillow = np.asarray(img.resize((nw, nh), Image.BILINEAR).crop((left, top, left + size, top + size)), dtype=int)
+        ours = square(img, size)
+        assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
+        assert np.abs(ours.astype(int) - pillow).max() <= 2 and np.abs(ours.astype(int) - pillow).mean() < 0.05
+
+
+def test_decoding_threads_run_torch_on_one_thread_and_leave_the_rest_alone():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tl_core.devices import single_threaded_torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch has no OpenMP runtime: nothing to set")
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(1, initializer=single_threaded_torch) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == before
 
 
 def test_batch_augmentation_is_seeded_and_keeps_shape():
@@ -104,8 +135,12 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs():
     assert torch.nn.functional.cosine_similarity(low, plain, dim=1).min() > 0.99
 
 
-def test_progressive_resizing_grows_to_the_full_size_and_batches_follow():
-    assert [progressive_size(224, e, 5, 0.5) for e in range(1, 6)] == [128, 128, 160, 192, 224]
+def test_progressive_resizing_grows_to_the_matched_size_and_batches_follow():
+    assert [progressive_size(224, e, 5, 0.5) for e in range(1, 6)] == [112, 144, 160, 192, 224]
+    imagenet = Preprocessing.imagenet(224)
+    # FixRes: light random crops keep 35-100% of the 256-px square, so 208 px shows objects as validation's 224 does
+    assert (matched_side(imagenet, "light"), matched_side(imagenet, "strong"), matched_side(imagenet, "none")) == (208, 189, 224)
+    assert [progressive_size(224, e, 5, 0.5, 208) for e in range(1, 6)] == [112, 128, 160, 192, 208]
     assert {progressive_size(224, e, 5, 1.0) for e in range(1, 6)} == {224} == {progressive_size(224, 1, 1, 0.5)}
     assert {progressive_size(48, e, 5, 0.5) for e in range(1, 6)} == {48}  # small images are never shrunk further
     assert [progressive_size(128, e, 2, 0.5) for e in (1, 2)] == [112, 128]  # never under 112 px
@@ -126,6 +161,6 @@ def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weig
     cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=128, epochs=3, batch_size=32, patience=0,
                       progressive_resize=0.5)
     result = train("demo", cfg, tmp_path, [events.append])
-    assert "Progressive resizing: training images of 112 / 112 / 128 px by epoch (validation at 128 px)." in [
+    assert "Progressive resizing: training images of 112 / 112 / 120 px by epoch (validation at 128 px)." in [
         e.message for e in events if isinstance(e, Logged)]
     assert result.best_val_accuracy >= 0.6  # 5 classes: chance is 0.2

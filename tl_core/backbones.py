@@ -214,10 +214,11 @@ def apply_strategy(model: nn.Module, head: str, strategy: str, finetune_stages: 
         p.requires_grad = True
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """After model.train(): BatchNorm in frozen parts stays in eval mode, keeping ImageNet statistics."""
+def freeze_batchnorm(model: nn.Module, learning_too: bool = False) -> None:
+    """After model.train(): BatchNorm keeps its ImageNet statistics (eval mode) in the frozen parts, and with
+    `learning_too` in the parts that learn as well, which then learn only their scale and shift."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (learning_too or not any(p.requires_grad for p in m.parameters())):
             m.eval()
 
 

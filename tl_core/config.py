@@ -70,8 +70,12 @@ class TrainConfig:
     amp: bool = option(True, "Mixed precision", "bf16/fp16 autocast where the device has it")
     image_size: int | None = option(None, "Image size", "blank: the weights' own crop size", low=16, high=1024)
     progressive_resize: float = option(0.5, "Progressive resizing", "fine-tuning: the first epoch trains at this fraction of the "
-                                       "image size, growing to the full size by the last epoch (1 = off; validation is always "
-                                       "at full size)", low=0.25, high=1.0)
+                                       "image size, growing by the last epoch to the size at which random crops show objects "
+                                       "as large as validation does (1 = off; validation is always at full size)",
+                                       low=0.25, high=1.0)
+    keep_bn_statistics: bool = option(True, "Keep BatchNorm statistics", "fine-tuning: BatchNorm layers keep ImageNet's mean "
+                                      "and variance and learn only their scale and shift, as Keras' fine-tuning guide advises "
+                                      "for small datasets (off: re-estimated from every batch)")
     device: str | None = option(None, "Device", "blank: CUDA, else Apple MPS, else CPU", choices=DEVICES)
     compile: bool = option(False, "torch.compile", "compile the model for fine-tuning (pays off on long GPU runs)")
 

@@ -16,7 +16,7 @@ from torch import nn
 from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import ImageDataset, Problem, Sample
-from tl_core.devices import fast_dtype, memory_format, pick_device
+from tl_core.devices import fast_dtype, inference_batch, memory_format, pick_device
 from tl_core.embeddings import EmbeddingCache, compute_views, group_key
 from tl_core.images import content_hash
 from tl_core.pipeline import Batcher, decode_filled
@@ -108,7 +108,7 @@ class FrozenBackbone:
 
         x = compute_views(
             self.model, self.head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
-            len(samples), views, hashes, self.caches(views, augment, seed), self.dtype,
+            len(samples), views, hashes, self.caches(views, augment, seed), self.dtype, inference_batch(self.device),
             progress=(lambda d, n: progress(f"embedding {phase}", d, n)) if progress else None, should_stop=stop,
         )
         keep = [i for i in range(len(samples)) if i not in bad]

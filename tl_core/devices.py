@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,27 @@ def memory_format(device: torch.device) -> torch.memory_format:
     per new input shape on first use (measured on an H200: 8.4 s vs 1.0 s for MobileNetV2's first step), more
     than a small dataset's whole run gains."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def inference_batch(device: torch.device) -> int:
+    """Images per forward pass when nothing learns (embedding, validation, prediction). On CPU small batches keep
+    each layer's activations in cache: 16 costs 0.6x the time per image of 64 for MobileNetV2 in bf16 (0.7x for
+    EfficientNet-B0, 0.85x for ResNet-50; `bench/inference_batch.py`). A GPU wants large batches."""
+    return 16 if device.type == "cpu" else 128
+
+
+def single_threaded_torch() -> None:
+    """Make torch's CPU ops run on one thread, in the calling thread only (a thread pool's initializer).
+
+    Decoding threads resize with torch. Left alone, every such thread becomes the master of its own OpenMP team,
+    and those teams spin on the same two cores as the backbone's: decoding ants vs bees took twice as long and
+    the backbone beside it slowed down too. `torch.set_num_threads` would change every thread; OpenMP's own
+    `omp_set_num_threads` changes only the caller's. Without an OpenMP runtime in the process this does nothing."""
+    torch.get_num_threads()  # torch sets each new thread's OpenMP count on its first use: let it happen first
+    try:
+        ctypes.CDLL(None).omp_set_num_threads(1)
+    except (AttributeError, OSError):
+        pass
 
 
 def needs_grad_scaler(dtype: torch.dtype | None) -> bool:

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tl_core import paths
+from tl_core.devices import single_threaded_torch
 
 MAX_CACHE_BYTES = 2 * 2**30
 
@@ -145,16 +146,16 @@ def compute_views(
     hashes: list[str],
     caches: list[EmbeddingCache],
     dtype: torch.dtype | None,
-    batch_size: int = 64,
+    batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
     """Embeddings of every (view, image): V x N x D, reading what the caches hold and computing the rest.
 
-    `images(idx)` gives uint8 squares, `views(v, u8)` turns them into model input for view v. Batches of 64 cost
-    a quarter less CPU time per image than 32 on MobileNetV2; a short last batch is padded to a multiple of 32, so
-    the CPU backend plans its kernels for two shapes at most. The next batch is decoded in a thread while the
-    backbone runs on this one (Pillow releases the GIL).
+    `images(idx)` gives uint8 squares, `views(v, u8)` turns them into model input for view v, `batch_size` comes
+    from `devices.inference_batch`. A short last batch is padded to a full one, so the CPU backend plans its
+    kernels for one shape. The next batch is decoded in a thread while the backbone runs on this one (Pillow
+    releases the GIL).
     """
     known = [c.load() for c in caches]
     need = [i for i in range(n_images) if any(hashes[i] not in k for k in known)]
@@ -176,7 +177,7 @@ def compute_views(
         with headless(model, head):
             fast = inference_copy(model, dtype)
         chunks = [need[s : s + batch_size] for s in range(0, len(need), batch_size)]
-        with ThreadPoolExecutor(1) as prefetch:
+        with ThreadPoolExecutor(1, initializer=single_threaded_torch) as prefetch:
             pending = prefetch.submit(images, torch.tensor(chunks[0]))
             for k, idx in enumerate(chunks):
                 u8 = pending.result()
@@ -184,7 +185,7 @@ def compute_views(
                     pending = prefetch.submit(images, torch.tensor(chunks[k + 1]))
                 if should_stop():
                     raise InterruptedError
-                pad = -len(idx) % min(batch_size, 32)
+                pad = batch_size - len(idx)
                 if pad:
                     u8 = torch.cat([u8, u8[:1].expand(pad, *u8.shape[1:])])
                 for v in range(n_views):

@@ -75,7 +75,7 @@ def lr_find(source: str, backbone: str = backbones.DEFAULT_BACKBONE, strategy: s
     u8, kept, _ = decode_many(samples, prep.resize)
     labels = torch.tensor([samples[i].label for i in kept])
     model = model.to(dev).train()
-    backbones.freeze_batchnorm(model)
+    backbones.freeze_batchnorm(model, defaults.keep_bn_statistics)
     batcher = Batcher(prep, dev, "light")
     opt = torch.optim.AdamW(_param_groups(model, head, start_lr, defaults.backbone_lr_factor),
                             weight_decay=defaults.weight_decay)

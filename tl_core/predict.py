@@ -17,7 +17,7 @@ from tl_core import backbones, calibration, paths
 from tl_core.backbones import Preprocessing
 from tl_core.calibration import Calibration
 from tl_core.datasets import safe_extract
-from tl_core.devices import fast_dtype, pick_device
+from tl_core.devices import fast_dtype, inference_batch, pick_device
 from tl_core.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.pipeline import Batcher, decode_square, square
 from tl_core.runs import Run, load_run
@@ -87,15 +87,15 @@ class Predictor:
             predictor.calibration = calibration_of(run, predictor)
         return predictor
 
-    def logits(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        out = []
+    def logits(self, u8: torch.Tensor) -> torch.Tensor:
+        out, batch_size = [], inference_batch(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             for i in range(0, len(u8), batch_size):
                 out.append(self.model(self.batcher.eval(u8[i : i + batch_size])).float().cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
-    def probabilities(self, u8: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        return (self.logits(u8, batch_size) / self.temperature).softmax(1)
+    def probabilities(self, u8: torch.Tensor) -> torch.Tensor:
+        return (self.logits(u8) / self.temperature).softmax(1)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) per image; an unreadable image gets its reason, not an exception."""

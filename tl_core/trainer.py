@@ -30,7 +30,7 @@ from tl_core import backbones, dataset_embeddings, distributed, paths
 from tl_core.config import TrainConfig
 from tl_core.dataset_embeddings import Embedded, FrozenBackbone
 from tl_core.datasets import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
-from tl_core.devices import fast_dtype, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
+from tl_core.devices import fast_dtype, inference_batch, is_out_of_memory, memory_format, needs_grad_scaler, pick_device
 from tl_core.embeddings import EmbeddingCache, inference_copy
 from tl_core.events import (
     Emitter,
@@ -47,7 +47,7 @@ from tl_core.events import (
     StepEnded,
 )
 from tl_core.linear_probe import ProbeResult, fit_head
-from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many, progressive_size
+from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many, matched_side, progressive_size
 from tl_core.recorder import RunRecorder
 from tl_core.runs import (
     RunBusy,
@@ -223,7 +223,8 @@ class WholeNetwork(Strategy):
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
         self.autocast = t.dtype
         resize = cfg.progressive_resize if cfg.strategy != "features" else 1.0  # a frozen backbone gains nothing
-        self.sizes = [progressive_size(t.prep.crop, e, t.epochs, resize) for e in range(1, t.epochs + 1)]
+        last = matched_side(t.prep, cfg.augment)
+        self.sizes = [progressive_size(t.prep.crop, e, t.epochs, resize, last) for e in range(1, t.epochs + 1)]
         if len(set(self.sizes)) > 1:
             t.events.emit(Logged(f"Progressive resizing: training images of {' / '.join(map(str, self.sizes))} px by epoch "
                                  f"(validation at {t.prep.crop} px)."))
@@ -240,7 +241,7 @@ class WholeNetwork(Strategy):
 
     def train_mode(self) -> None:
         self.t.model.train()
-        backbones.freeze_batchnorm(self.t.model)
+        backbones.freeze_batchnorm(self.t.model, self.t.config.keep_bn_statistics)
         self.size = self.sizes[min(self.t.epoch, len(self.sizes) - 1)]  # t.epoch: epochs finished (resume included)
 
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -265,7 +266,7 @@ class WholeNetwork(Strategy):
         net = inference_copy(t.model, t.dtype) if folds else self.eval_net
         loss_sum, correct = 0.0, 0
         with torch.inference_mode(), torch.autocast(t.device.type, dtype=t.dtype, enabled=t.dtype is not None):
-            for idx in batches(len(store), t.batch_size * 2, False):
+            for idx in batches(len(store), inference_batch(t.device), False):
                 check_stop()
                 logits = net(self.batcher.eval(store.get(idx))).float()
                 y = self.y_val[idx].to(t.device)

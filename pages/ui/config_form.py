@@ -54,7 +54,7 @@ def config_form(backbone: str) -> TrainConfig:
     fitted = strategy == "features" and st.session_state.get(KEY + "embedding_cache", True)
     unused = {"epochs", "batch_size", "lr"} if fitted else set()  # a fitted head has no epochs or step size
     unused |= {"finetune_stages"} if strategy != "finetune" else set()
-    unused |= {"progressive_resize"} if strategy == "features" else set()  # a frozen backbone trains at full size
+    unused |= {"progressive_resize", "keep_bn_statistics"} if strategy == "features" else set()  # nothing in it trains
     for (name, kind, opt, default), container in zip(main[1:], st.columns(len(main) - 1)):
         values[name] = _widget(name, kind, opt, default, container, strategy, disabled=name in unused)
     with st.expander("More settings"):
