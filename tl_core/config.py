@@ -75,7 +75,7 @@ class TrainConfig:
                                        low=0.25, high=1.0)
     keep_bn_statistics: bool = option(True, "Keep BatchNorm statistics", "fine-tuning: BatchNorm layers keep ImageNet's mean "
                                       "and variance and learn only their scale and shift, as Keras' fine-tuning guide advises "
-                                      "for small datasets (off: re-estimated from every batch)")
+                                      "for small datasets (off, or training from scratch: re-estimated from every batch)")
     device: str | None = option(None, "Device", "blank: CUDA, else Apple MPS, else CPU", choices=DEVICES)
     compile: bool = option(False, "torch.compile", "compile the model for fine-tuning (pays off on long GPU runs)")
 

@@ -241,7 +241,8 @@ class WholeNetwork(Strategy):
 
     def train_mode(self) -> None:
         self.t.model.train()
-        backbones.freeze_batchnorm(self.t.model, self.t.config.keep_bn_statistics)
+        cfg = self.t.config  # statistics worth keeping come with weights: from scratch they are 0 and 1
+        backbones.freeze_batchnorm(self.t.model, cfg.keep_bn_statistics and (cfg.pretrained or bool(cfg.weights_path)))
         self.size = self.sizes[min(self.t.epoch, len(self.sizes) - 1)]  # t.epoch: epochs finished (resume included)
 
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
