@@ -27,6 +27,23 @@ def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
     assert (ours - reference).abs().mean() < 0.02
 
 
+def test_convolutions_apply_their_activation_in_the_same_kernel_with_the_same_result():
+    from torch.fx.experimental.optimization import fuse
+
+    from tl_core.embeddings import ConvActivation
+
+    x = torch.randn(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    for name, activations in (("mobilenet_v2", 35), ("resnet18", 9)):  # ReLU6 after 35 convs; ReLU after 9 (+ 8 after adds)
+        model = getattr(torchvision.models, name)().eval().to(memory_format=torch.channels_last)
+        fast = fuse_for_inference(model)
+        assert sum(isinstance(m, ConvActivation) for m in fast.modules()) == activations
+        with torch.no_grad():
+            assert torch.allclose(fast(x), fuse(model)(x), atol=1e-4, rtol=1e-4)
+        half = inference_copy(model, torch.bfloat16)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(half(x), fuse(model).to(torch.bfloat16)(x))  # bf16: the very same numbers
+
+
 def test_resizing_with_torch_gives_pillows_pixels():
     """`pipeline.square` resizes with torch's uint8 antialiased kernel: within two grey levels of Pillow's bilinear."""
     from tl_core.pipeline import square
