@@ -108,7 +108,7 @@ stop = threading.Event()  # set on rank 0 only: the other rank never sees an eve
 result = train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48,
                                    batch_size=32, patience=0, epochs=4), sys.argv[1],
                [lambda e: stop.set() if isinstance(e, EpochEnded) and e.row.epoch == 1 else None], stop)
-sys.stdout.write(f"RESULT {result.status} {result.epochs_completed}\n")  # one write: the ranks share the pipe
+sys.stdout.write(f"RESULT {result.status} {result.epochs_completed}\\n")  # one write: the ranks share the pipe
 """
 
 
