@@ -7,6 +7,7 @@ runs first pays for the backbone passes and the others read them back.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -17,7 +18,7 @@ from tl_core import backbones
 from tl_core.backbones import Preprocessing
 from tl_core.datasets import ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, inference_batch, memory_format, pick_device
-from tl_core.embeddings import EmbeddingCache, compute_views, group_key
+from tl_core.embeddings import EmbeddingCache, compute_views, group_key, headless, inference_copy
 from tl_core.images import content_hash
 from tl_core.pipeline import Batcher, decode_filled
 
@@ -76,6 +77,13 @@ class FrozenBackbone:
         return cls(name, model, head, prep, dev, fast_dtype(dev) if amp else None,
                    weights_id(name, pretrained, weights_path, seed))
 
+    @functools.cached_property
+    def inference_model(self) -> nn.Module:
+        """The headless copy that embeds (BatchNorm folded, activations fused, bf16 weights), made once: every split
+        and view of this backbone shares it."""
+        with headless(self.model, self.head):
+            return inference_copy(self.model, self.dtype)
+
     def caches(self, views: int, augment: str, seed: int) -> list[EmbeddingCache]:
         return embedding_caches(self.name, self.weights, self.prep, self.dtype, views, augment, seed)
 
@@ -107,7 +115,7 @@ class FrozenBackbone:
             return u8
 
         x = compute_views(
-            self.model, self.head, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
+            lambda: self.inference_model, images, lambda v, u8: batcher.eval(u8) if v == 0 else batcher.train(u8, gen),
             len(samples), views, hashes, self.caches(views, augment, seed), self.dtype, inference_batch(self.device),
             progress=(lambda d, n: progress(f"embedding {phase}", d, n)) if progress else None, should_stop=stop,
         )

@@ -195,8 +195,7 @@ def inference_copy(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 
 def compute_views(
-    model: nn.Module,
-    head: str,
+    backbone: Callable[[], nn.Module],
     images: Callable[[torch.Tensor], torch.Tensor],
     views: Callable[[int, torch.Tensor], torch.Tensor],
     n_images: int,
@@ -210,7 +209,8 @@ def compute_views(
 ) -> torch.Tensor:
     """Embeddings of every (view, image): V x N x D, reading what the caches hold and computing the rest.
 
-    `images(idx)` gives uint8 squares, `views(v, u8)` turns them into model input for view v, `batch_size` comes
+    `backbone()` gives the headless inference model (asked for only when something is not cached), `images(idx)`
+    gives uint8 squares, `views(v, u8)` turns them into model input for view v, `batch_size` comes
     from `devices.inference_batch`. A short last batch is padded to a full one, so the CPU backend plans its
     kernels for one shape. The next batch is decoded in a thread while the backbone runs on this one (Pillow
     releases the GIL).
@@ -232,8 +232,7 @@ def compute_views(
     if progress and need:  # the cached images count as done from the start
         progress(n_images - len(need), n_images)
     if need:
-        with headless(model, head):
-            fast = inference_copy(model, dtype)
+        fast = backbone()
         chunks = [need[s : s + batch_size] for s in range(0, len(need), batch_size)]
         with ThreadPoolExecutor(1, initializer=single_threaded_torch) as prefetch:
             pending = prefetch.submit(images, torch.tensor(chunks[0]))
