@@ -78,7 +78,7 @@ def single_threaded_torch() -> None:
     torch.get_num_threads()  # torch sets each new thread's OpenMP count on its first use: let it happen first
     try:
         ctypes.CDLL(None).omp_set_num_threads(1)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         pass
 
 
