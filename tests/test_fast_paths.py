@@ -39,6 +39,8 @@ def test_convolutions_apply_their_activation_in_the_same_kernel_with_the_same_re
         assert sum(isinstance(m, ConvActivation) for m in fast.modules()) == activations
         with torch.no_grad():
             assert torch.allclose(fast(x), fuse(model)(x), atol=1e-4, rtol=1e-4)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 weights under autocast still run in bf16
+                assert torch.equal(fast(x), fuse(model)(x))
         half = inference_copy(model, torch.bfloat16)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(half(x), fuse(model).to(torch.bfloat16)(x))  # bf16: the very same numbers

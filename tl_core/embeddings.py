@@ -142,10 +142,13 @@ class ConvActivation(nn.Module):
         self.padding, self.stride, self.dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
         self.groups, self.activation, self.scalars = conv.groups, activation, scalars
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # autocast does not reach this op: match the weights' dtype
-        return torch.ops.mkldnn._convolution_pointwise(x.to(self.weight.dtype), self.weight, self.bias, self.padding,
-                                                       self.stride, self.dilation, self.groups, self.activation,
-                                                       self.scalars, "")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):  # autocast does not reach this op: cast as it would for a convolution
+            dtype = torch.get_autocast_dtype("cpu")
+            w, b = w.to(dtype), None if b is None else b.to(dtype)
+        return torch.ops.mkldnn._convolution_pointwise(x.to(w.dtype), w, b, self.padding, self.stride, self.dilation,
+                                                       self.groups, self.activation, self.scalars, "")
 
 
 def fuse_activations(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
