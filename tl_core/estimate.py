@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tl_core import backbones
 from tl_core.config import TrainConfig
 from tl_core.devices import fast_dtype, pick_device
-from tl_core.pipeline import decode_square, matched_side, progressive_size
+from tl_core.pipeline import decode_square, epoch_sizes
 from tl_core.scan import ScanReport, _VerdictCache, check_file, median_short_side
 from tl_core.speed import Speed, load_speeds, measure
 
@@ -89,9 +89,7 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
             train_rate = speed.images_per_s / pixels / 1.5  # backbone runs forward only, every step
         phases["decoding"] = (n_train + n_val) * decode / workers
         resize = config.progressive_resize if config.strategy != "features" else 1.0  # as WholeNetwork decides
-        last = matched_side(prep, config.augment)
-        shrink = [(progressive_size(prep.crop, e, config.epochs, resize, last) / prep.crop) ** 2
-                  for e in range(1, config.epochs + 1)]
+        shrink = [(side / prep.crop) ** 2 for side in epoch_sizes(prep, config.epochs, resize, config.augment)]
         phases["training"] = sum(shrink) * n_train / train_rate
         phases["validation"] = config.epochs * n_val * pixels * 1.5 / speed.images_per_s  # unfused eval pass
     return Estimate(sum(phases.values()), phases)

@@ -188,6 +188,12 @@ def progressive_size(crop: int, epoch: int, epochs: int, start: float, end: int 
     return min(crop, max(PROGRESSIVE_MIN_SIDE, step * round(side / step)))
 
 
+def epoch_sizes(prep: Preprocessing, epochs: int, start: float, augment: str) -> list[int]:
+    """Each epoch's training side: from `start` x crop up to the FixRes-matched side (`matched_side`) by the last."""
+    last = matched_side(prep, augment)
+    return [progressive_size(prep.crop, e, epochs, start, last) for e in range(1, epochs + 1)]
+
+
 def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for i in range(0, n, batch_size):

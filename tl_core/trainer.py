@@ -47,7 +47,7 @@ from tl_core.events import (
     StepEnded,
 )
 from tl_core.linear_probe import ProbeResult, fit_head
-from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many, matched_side, progressive_size
+from tl_core.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many, epoch_sizes
 from tl_core.recorder import RunRecorder
 from tl_core.runs import (
     RunBusy,
@@ -223,8 +223,7 @@ class WholeNetwork(Strategy):
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
         self.autocast = t.dtype
         resize = cfg.progressive_resize if cfg.strategy != "features" else 1.0  # a frozen backbone gains nothing
-        last = matched_side(t.prep, cfg.augment)
-        self.sizes = [progressive_size(t.prep.crop, e, t.epochs, resize, last) for e in range(1, t.epochs + 1)]
+        self.sizes = epoch_sizes(t.prep, t.epochs, resize, cfg.augment)
         if len(set(self.sizes)) > 1:
             t.events.emit(Logged(f"Progressive resizing: training images of {' / '.join(map(str, self.sizes))} px by epoch "
                                  f"(validation at {t.prep.crop} px)."))
