@@ -7,10 +7,10 @@ import streamlit as st
 from pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset_label, device_text, job_manager, page_setup, scan_report
 from tl_core import paths
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetError
+from tl_core.data.sources import DatasetError
 from tl_core.formats import percent
-from tl_core.jobs import JobBusy
-from tl_core.runs import latest_finished
+from tl_core.jobs.manager import JobBusy
+from tl_core.train.runs import latest_finished
 
 page_setup("TL Studio")
 st.markdown("Fine-tune a pretrained ImageNet backbone on **your own images**, watch it learn, then use it. "
@@ -68,7 +68,7 @@ if st.button(f"Quick start: train {name} on {dataset_label(spec)}", type="primar
              disabled=bool(running) or not data_ok,
              help="A job is running: watch it on the Train page" if running else "Feature extraction with the defaults"):
     try:
-        jobs.start(spec, quick.validate())
+        jobs.start(spec, quick)
     except (JobBusy, ValueError) as err:
         st.error(str(err))
     else:

@@ -110,7 +110,7 @@ say "python: $(command -v python3) $(python3 --version 2>&1); C compiler for tor
 # 1. tl_core imports with this machine's torch/torchvision
 step imports 90 "" python3 -c '
 import json, torch, torchvision
-import tl_core.trainer, tl_core.bench, tl_core.throughput, tl_core.cli
+import tl_core.train.trainer, tl_core.measure.bench, tl_core.measure.throughput, tl_core.cli.main
 from tl_core.devices import describe_device, pick_device
 print(json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
                   "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
@@ -124,7 +124,7 @@ step throughput 150 "$OUT/throughput.json" python3 -m tl_core throughput --model
 # 3. reference loop vs TL Studio, features and full, MobileNetV2 (the 10x target)
 step bench 240 "$OUT/bench.json" python3 -m tl_core bench "$BENCH_DATA" --device "$DEVICE" --epochs "$EPOCHS" --json
 
-# 4. what the Backbones page measures (tl_core.speed) for the same models
+# 4. what the Backbones page measures (tl_core.measure.speed) for the same models
 step speed 60 "$TMP/speed_all.json" python3 -m tl_core backbones --measure --names "${MODELS[@]}" --device "$DEVICE" --json
 python3 -c '
 import json, sys

@@ -98,7 +98,7 @@ def main(out: Path) -> None:
             lines.append(f"{name}: unexpected content ({type(e).__name__}: {e})")
     speed = load(out, "speed.json")
     if speed:
-        lines.append("Backbones page (tl_core.speed): " + ", ".join(
+        lines.append("Backbones page (tl_core.measure.speed): " + ", ".join(
             f"{r['name']} {r['images_per_s']} img/s ({r['ms_per_image']} ms at batch 1)" for r in speed))
     util = util_line(out / "gpu_util.csv")
     if util:

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from tl_core import backbones
 from tl_core.config import TrainConfig
-from tl_core.runs import load_run
-from tl_core.trainer import TrainingError, resume, train
+from tl_core.models import backbones
+from tl_core.train.runs import load_run
+from tl_core.train.trainer import TrainingError, resume, train
 
 
 def log(msg: str) -> None:

@@ -65,7 +65,7 @@ def main() -> int:
 
     from pages.ui.shared import job_manager
     from tl_core.config import TrainConfig
-    from tl_core.trainer import Trainer
+    from tl_core.train.trainer import Trainer
 
     config = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", epochs=500,
                          image_size=args.image_size, patience=0)

@@ -8,8 +8,9 @@ import streamlit as st
 
 from pages.ui.data_health import render_data_health
 from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
-from tl_core import builder, paths
-from tl_core.datasets import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
+from tl_core import paths
+from tl_core.data import builder
+from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 page_setup("Dataset")
 

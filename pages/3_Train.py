@@ -19,14 +19,15 @@ from pages.ui.shared import (
     scan_report,
     speeds,
 )
-from tl_core import paths, speed
+from tl_core import paths, plan
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetError, DatasetSpec
+from tl_core.data.sources import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
-from tl_core.estimate import Estimate, estimate
 from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
-from tl_core.jobs import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
-from tl_core.runs import RunStatus, delete_run, history_rows, list_runs
+from tl_core.jobs.manager import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
+from tl_core.measure import speed
+from tl_core.measure.estimate import Estimate, estimate
+from tl_core.train.runs import RunStatus, delete_run, history_rows, list_runs
 
 page_setup("Train")
 jobs = job_manager()
@@ -73,17 +74,15 @@ def settings_form() -> None:
         with st.spinner(f"Measuring {name}..."):
             speed.measure(name, pick_device(config.device))
         st.rerun()
-    cannot_learn = config.strategy == "features" and not config.pretrained and not config.weights_path
+    cannot_learn = plan.cannot_learn(config)
     if cannot_learn:
-        st.error("A frozen backbone with random weights cannot learn: feature extraction needs pretrained weights. "
-                 "Keep *Pretrained weights* on (or give your own weight file), or choose full fine-tuning to train "
-                 "from scratch (far less accurate).")
+        st.error(cannot_learn)
     gpus = usable_gpus()
     workers = st.number_input("GPUs to use", 1, gpus, gpus, key="train_gpus",
                               help="one training process per GPU (torchrun, DistributedDataParallel)") if gpus > 1 else 1
-    if st.button("Start training", type="primary", key="train_start", disabled=cannot_learn):
+    if st.button("Start training", type="primary", key="train_start", disabled=bool(cannot_learn)):
         try:
-            jobs.start(spec, config.validate(), workers=workers)
+            jobs.start(spec, config, workers=workers)
             st.rerun()
         except JobBusy as err:
             st.warning(f"Busy: {err}")

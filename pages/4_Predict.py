@@ -12,13 +12,13 @@ import streamlit as st
 from pages.ui.charts import confusion_figure, topk_bars
 from pages.ui.shared import choices, choose, page_setup
 from tl_core import paths
-from tl_core.datasets import DatasetError, resolve_in_root
-from tl_core.explain import explain
-from tl_core.export import FORMATS, ExportError, export, load_check
+from tl_core.data.images import BadImage
+from tl_core.data.sources import DatasetError, resolve_in_root
 from tl_core.formats import TABLE_PERCENT, percent, points
-from tl_core.images import BadImage
-from tl_core.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows
-from tl_core.runs import latest_finished, list_runs
+from tl_core.train.runs import latest_finished, list_runs
+from tl_core.use.explain import explain
+from tl_core.use.export import FORMATS, ExportError, export, load_check
+from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows
 
 page_setup("Predict")
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]

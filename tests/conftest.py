@@ -52,7 +52,7 @@ def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
 @pytest.fixture
 def shapes_folder(tmp_path) -> Path:
     """Class folders only (no split folders): 3 classes x 10 small pictures, plus junk to be skipped."""
-    from tl_core.demo import draw
+    from tl_core.data.demo import draw
 
     rng = np.random.default_rng(1)
     root = tmp_path / "shapes"

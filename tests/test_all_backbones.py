@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tl_core import backbones
+from tl_core.models import backbones
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ def ui(tmp_path, monkeypatch, studio_home):
     """Fresh runs folder and preferences for each test; the demo images are shared."""
     home = tmp_path / "home"
     home.mkdir()
-    from tl_core.demo import demo_root
+    from tl_core.data.demo import demo_root
 
     (home / "demo-v1").symlink_to(demo_root())
     monkeypatch.setenv("TL_STUDIO_HOME", str(home))
@@ -134,7 +134,7 @@ def _tiny_settings(at: AppTest, epochs: int) -> None:
 
 
 def use_backbone(name: str) -> None:
-    from tl_core import prefs
+    from tl_core.dashboard import prefs
 
     prefs.save(prefs.Choices(backbone=name))
 
@@ -295,7 +295,7 @@ def test_train_page_never_offers_a_combination_that_cannot_learn(ui):
 def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
     import json
 
-    from tl_core import speed
+    from tl_core.measure import speed
 
     speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)  # one measured, its sibling not
     at = open_page("pages/2_Backbones.py")
@@ -311,8 +311,8 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     import threading
 
     from tl_core.config import TrainConfig
-    from tl_core.runs import list_runs
-    from tl_core.trainer import train
+    from tl_core.train.runs import list_runs
+    from tl_core.train.trainer import train
 
     runs_dir = ui / "runs"
     stop = threading.Event()

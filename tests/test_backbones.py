@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from tl_core import backbones
+from tl_core.models import backbones
 
 
 def test_registry_comes_from_torchvision_with_real_metadata():

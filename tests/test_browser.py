@@ -33,7 +33,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path, studio_home):
-    from tl_core.demo import demo_root
+    from tl_core.data.demo import demo_root
 
     home = tmp_path / "home"
     home.mkdir()

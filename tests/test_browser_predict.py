@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.browser]
 def demo_data_root(monkeypatch, tmp_path):
     """A trained run in the server's runs folder, and the demo images as its data root (before the server starts)."""
     from tl_core.config import TrainConfig
-    from tl_core.demo import demo_root
-    from tl_core.trainer import train
+    from tl_core.data.demo import demo_root
+    from tl_core.train.trainer import train
 
     train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", epochs=1, batch_size=16,
                               image_size=48, patience=0), tmp_path / "runs")

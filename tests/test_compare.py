@@ -4,9 +4,9 @@ import json
 
 from test_cli import cli
 
-from tl_core.compare import Comparison, compare, pareto_front, recommend
 from tl_core.config import TrainConfig
-from tl_core.datasets import load_dataset
+from tl_core.data.sources import load_dataset
+from tl_core.features.compare import Comparison, compare, pareto_front, recommend
 
 
 def row(name: str, acc: float | None, ms: float | None) -> Comparison:
@@ -40,7 +40,7 @@ def test_compare_cli_json_then_the_cache_is_reused(with_real_weights):
 
 def test_compare_reads_the_embeddings_a_feature_extraction_run_cached(with_real_weights, tmp_path):
     """Both key the cache the same way: after a run, comparing that backbone costs no backbone pass."""
-    from tl_core.trainer import train
+    from tl_core.train.trainer import train
 
     train("demo", TrainConfig(backbone="mobilenet_v2", image_size=48, epochs=1, seed=3), tmp_path)
     phases = []

@@ -10,8 +10,8 @@ from conftest import HYMENOPTERA
 from PIL import Image, ImageDraw
 from test_cli import cli
 
-from tl_core.data_health import health_from_embeddings
-from tl_core.datasets import Sample
+from tl_core.data.sources import Sample
+from tl_core.features.health import health_from_embeddings
 
 
 @pytest.fixture(scope="module")

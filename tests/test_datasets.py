@@ -4,7 +4,7 @@ import zipfile
 import pytest
 from conftest import solid
 
-from tl_core.datasets import DatasetError, DatasetSpec, from_folder, load_dataset, safe_extract
+from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, load_dataset, safe_extract
 
 
 def test_split_folders_are_recognised_by_their_usual_names(tmp_path):
@@ -77,7 +77,7 @@ def test_zip_links_bombs_and_non_zips_are_refused(tmp_path):
 
 
 def test_demo_dataset_is_deterministic_and_non_trivial(tmp_path):
-    from tl_core.demo import CLASSES, build, demo_root
+    from tl_core.data.demo import CLASSES, build, demo_root
 
     ds = load_dataset("demo")
     assert ds.classes == sorted(CLASSES) and len(ds.split("train")) >= 250 and len(ds.split("val")) >= 50

@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 from conftest import HYMENOPTERA, MOBILENET_FILE
 
-from tl_core.runs import list_runs
+from tl_core.train.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no torch.distributed/gloo")
@@ -25,7 +25,7 @@ def task(request, tmp_path) -> tuple[str, list[str]]:
     """(DATA, flags): 40 training images per class and every validation image of ants vs bees at 128 px with the
     real weights; without ../shared/data the demo with a small network from scratch."""
     if not (HYMENOPTERA.exists() and MOBILENET_FILE.exists()):
-        from tl_core.demo import demo_root
+        from tl_core.data.demo import demo_root
 
         return str(demo_root()), ["--backbone", "mobilenet_v3_small", "--no-pretrained", "--image-size", "64"]
     request.getfixturevalue("with_real_weights")
@@ -101,8 +101,8 @@ def test_torchrun_feature_extraction_gathers_every_embedding(task, tmp_path):
 STOP_AFTER_EPOCH_1 = """
 import sys, threading
 from tl_core.config import TrainConfig
-from tl_core.events import EpochEnded
-from tl_core.trainer import train
+from tl_core.train.events import EpochEnded
+from tl_core.train.trainer import train
 
 stop = threading.Event()  # set on rank 0 only: the other rank never sees an event
 result = train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48,

@@ -7,11 +7,11 @@ import torchvision
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-from tl_core import backbones
-from tl_core.backbones import Preprocessing
-from tl_core.datasets import load_dataset
-from tl_core.embeddings import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
-from tl_core.pipeline import Batcher, decode_many, decode_square, matched_side, progressive_size
+from tl_core.data.pipeline import Batcher, decode_many, decode_square, matched_side, progressive_size
+from tl_core.data.sources import load_dataset
+from tl_core.features.cache import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
+from tl_core.models import backbones
+from tl_core.models.backbones import Preprocessing
 
 
 def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
@@ -30,7 +30,7 @@ def test_decoding_and_cropping_match_torchvision_transforms(tmp_path):
 def test_convolutions_apply_their_activation_in_the_same_kernel_with_the_same_result():
     from torch.fx.experimental.optimization import fuse
 
-    from tl_core.embeddings import ConvActivation
+    from tl_core.features.cache import ConvActivation
 
     x = torch.randn(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     for name, activations in (("mobilenet_v2", 35), ("resnet18", 9)):  # ReLU6 after 35 convs; ReLU after 9 (+ 8 after adds)
@@ -48,7 +48,7 @@ def test_convolutions_apply_their_activation_in_the_same_kernel_with_the_same_re
 
 def test_resizing_with_torch_gives_pillows_pixels():
     """`pipeline.square` resizes with torch's uint8 antialiased kernel: within two grey levels of Pillow's bilinear."""
-    from tl_core.pipeline import square
+    from tl_core.data.pipeline import square
 
     rng = np.random.default_rng(1)
     for w, h, size in ((500, 375, 256), (375, 500, 224), (40, 30, 64), (256, 300, 256)):  # down, up and exact sizes
@@ -122,8 +122,8 @@ def test_embedding_cache_is_keyed_and_bounded(tmp_path):
 def test_fitted_head_on_cached_embeddings_is_no_worse_than_running_the_backbone(with_real_weights, tmp_path):
     """The head fitted on cached embeddings against a head trained by SGD with the frozen backbone run every step."""
     from tl_core.config import TrainConfig
-    from tl_core.predict import evaluate
-    from tl_core.trainer import train
+    from tl_core.train.trainer import train
+    from tl_core.use.predict import evaluate
 
     cfg = dict(backbone="mobilenet_v2", epochs=3, augment="none", seed=3, patience=0, amp=False)
     fast = train("demo", TrainConfig(strategy="features", **cfg), tmp_path / "a")
@@ -173,8 +173,8 @@ def test_progressive_resizing_grows_to_the_matched_size_and_batches_follow():
 
 def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weights, tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.events import Logged
-    from tl_core.trainer import train
+    from tl_core.train.events import Logged
+    from tl_core.train.trainer import train
 
     events = []
     cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=128, epochs=3, batch_size=32, patience=0,

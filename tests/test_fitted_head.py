@@ -6,11 +6,11 @@ import pytest
 from conftest import HYMENOPTERA
 from PIL import Image
 
-from tl_core.compare import compare
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetSpec, load_dataset
-from tl_core.runs import load_run
-from tl_core.trainer import train
+from tl_core.data.sources import DatasetSpec, load_dataset
+from tl_core.features.compare import compare
+from tl_core.train.runs import load_run
+from tl_core.train.trainer import train
 
 
 def small_grey_copy(src, dst, size: int = 28):

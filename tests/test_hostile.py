@@ -23,10 +23,12 @@ from conftest import ROOT, solid
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from tl_core import auth, cli
-from tl_core.datasets import DatasetError, DatasetSpec, from_folder, from_zip, save_upload, uploads_dir
-from tl_core.images import BadImage, content_hash, open_rgb
-from tl_core.runs import (
+from tl_core.cli import main as cli
+from tl_core.dashboard import auth
+from tl_core.data.images import BadImage, content_hash, open_rgb
+from tl_core.data.scan import scan
+from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, from_zip, save_upload, uploads_dir
+from tl_core.train.runs import (
     RUNNING,
     Run,
     RunBroken,
@@ -40,7 +42,6 @@ from tl_core.runs import (
     save_state,
     save_trainer_state,
 )
-from tl_core.scan import scan
 
 BACKBONE = "mobilenet_v3_small"
 
@@ -93,8 +94,8 @@ def finishes(fn, timeout: float = 10):
 def fake_run(root: Path, classes: list[str], weight_classes: int | None = None, meta_classes: list[str] | None = None,
              val: list[tuple[str, int]] = ()) -> Path:
     """A finished run on disk with random weights: enough to predict, evaluate and export without training."""
-    from tl_core import backbones
-    from tl_core.backbones import Preprocessing
+    from tl_core.models import backbones
+    from tl_core.models.backbones import Preprocessing
 
     run = root / "20260101-000000-fake-0000"
     run.mkdir(parents=True)
@@ -233,7 +234,7 @@ class Tripwire:
 
 HOLD_LOCK = """
 import sys, time
-from tl_core.runs import RunLock
+from tl_core.train.runs import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -322,8 +323,8 @@ def test_row09_dataset_page_keys_uploads_by_content(tmp_path, monkeypatch, home)
 
 
 def test_row11_class_names_in_the_weights_refuse_a_reordered_run_json(tmp_path):
-    from tl_core.export import export
-    from tl_core.predict import Predictor
+    from tl_core.use.export import export
+    from tl_core.use.predict import Predictor
 
     run = fake_run(tmp_path, ["ant", "bee"], meta_classes=["ant", "bee"])
     assert Predictor.from_run(run, "cpu").classes == ["ant", "bee"]
@@ -386,7 +387,7 @@ def test_row12_encrypted_bad_crc_and_clashing_zips_are_one_clear_line(home, tmp_
 
 
 def test_row13_checkpoint_errors_are_one_line_naming_the_file(tmp_path, capsys):
-    from tl_core.predict import Predictor
+    from tl_core.use.predict import Predictor
 
     run = fake_run(tmp_path, ["a", "b", "c"], weight_classes=2)  # an old checkpoint, without class names
     with pytest.raises(ValueError) as e:
@@ -479,7 +480,7 @@ def _few(root: Path, classes=("red", "blue"), n: int = 4) -> Path:
 
 def test_row04_a_kill_mid_write_of_the_trainer_state_still_resumes(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.trainer import resume, train
+    from tl_core.train.trainer import resume, train
 
     result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs")
     (Path(result.run_dir) / "trainer_state.pt").write_bytes(b"")  # what an in-place write killed midway left
@@ -489,10 +490,10 @@ def test_row04_a_kill_mid_write_of_the_trainer_state_still_resumes(tmp_path):
 
 def test_row05_resuming_a_run_that_is_being_written_is_refused(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.trainer import TrainingError, resume, train
+    from tl_core.train.trainer import TrainingError, resume, train
 
     result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY_RUN, epochs=1), tmp_path / "runs")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tl_core.runs import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tl_core.train.runs import RunLock\n"
                                "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", result.run_dir],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -507,7 +508,7 @@ def test_row05_resuming_a_run_that_is_being_written_is_refused(tmp_path):
 
 def test_row07_a_run_killed_before_its_first_epoch_restarts_plainly(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.trainer import resume, train
+    from tl_core.train.trainer import resume, train
 
     stop = threading.Event()
     stop.set()  # stopped before anything finished, like a kill during decoding
@@ -521,9 +522,9 @@ def test_row07_a_run_killed_before_its_first_epoch_restarts_plainly(tmp_path):
 
 def test_row10_classes_come_from_usable_images(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.datasets import DatasetSpec
-    from tl_core.scan import scan
-    from tl_core.trainer import train
+    from tl_core.data.scan import scan
+    from tl_core.data.sources import DatasetSpec
+    from tl_core.train.trainer import train
 
     root = _few(tmp_path / "d", ("red", "blue", "green"))
     for p in (root / "green").iterdir():
@@ -538,7 +539,7 @@ def test_row10_classes_come_from_usable_images(tmp_path):
 
 def test_row15_refused_settings_data_or_weights_leave_no_run_folder(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.trainer import TrainingError, train
+    from tl_core.train.trainer import TrainingError, train
 
     data = _few(tmp_path / "d")
     runs = tmp_path / "runs"
@@ -555,7 +556,7 @@ def test_row15_refused_settings_data_or_weights_leave_no_run_folder(tmp_path):
 
 def test_row17_resume_of_a_feature_run_after_a_val_file_was_deleted(tmp_path):
     from tl_core.config import TrainConfig
-    from tl_core.trainer import resume, train
+    from tl_core.train.trainer import resume, train
 
     data = _few(tmp_path / "d", n=6)
     cfg = TrainConfig(**{**TINY_RUN, "strategy": "features"}, epochs=1)
@@ -569,7 +570,7 @@ def test_row17_resume_of_a_feature_run_after_a_val_file_was_deleted(tmp_path):
 
 def test_row18_no_promise_of_kept_epochs_when_there_are_none():
     from tl_core.config import TrainConfig
-    from tl_core.trainer import explain
+    from tl_core.train.trainer import explain
 
     _, none_kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=False)
     _, kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=True)

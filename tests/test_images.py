@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl_core.images import MAX_PIXELS, BadImage, open_rgb
+from tl_core.data.images import MAX_PIXELS, BadImage, open_rgb
 
 
 def _png(img: Image.Image) -> io.BytesIO:

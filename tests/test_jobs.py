@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from tl_core import events as ev
-from tl_core.cli import parser
+from tl_core.cli.main import parser
 from tl_core.config import TrainConfig, from_arguments, options, to_arguments
-from tl_core.datasets import DatasetSpec, Problem
-from tl_core.jobs import JobBusy, JobManager, train_command
-from tl_core.runs import load_run
+from tl_core.data.sources import DatasetSpec, Problem
+from tl_core.jobs.manager import JobBusy, JobManager, train_command
+from tl_core.train import events as ev
+from tl_core.train.runs import load_run
 
 TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
 
@@ -137,7 +137,7 @@ def test_kill_leaves_a_resumable_run_and_crashes_and_failures_say_why(tmp_path, 
 
 def test_a_stop_request_unanswered_offers_kill_after_the_grace_period(tmp_path):
     """Kill appears only after the grace period (no child needed: this process stands in for a live one)."""
-    from tl_core import jobs
+    from tl_core.jobs import manager as jobs
 
     job = jobs.Job(1, tmp_path, DatasetSpec(), TrainConfig(**TINY), "cpu", os.getpid(), None, time.time(),
                    status=jobs.JobStatus.STOPPING, stop_requested=time.time())

@@ -5,7 +5,7 @@ import torch
 from conftest import HYMENOPTERA
 from torch import nn
 
-from tl_core.linear_probe import fit_head, out_of_fold_proba, predict_proba, stratified_folds
+from tl_core.features.probe import fit_head, out_of_fold_proba, predict_proba, stratified_folds
 
 
 def blobs(n: int, dim: int, noise: float, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +67,8 @@ def hymenoptera_features(real_weights):
     """Clean-view MobileNetV2 embeddings of ants vs bees (cached for the session's later tests)."""
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent")
-    from tl_core.dataset_embeddings import FrozenBackbone, embed_dataset
-    from tl_core.datasets import load_dataset
+    from tl_core.data.sources import load_dataset
+    from tl_core.features.frozen import FrozenBackbone, embed_dataset
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(real_weights))

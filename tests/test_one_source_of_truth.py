@@ -13,12 +13,12 @@ from conftest import HYMENOPTERA, ROOT, solid
 from streamlit.testing.v1 import AppTest
 
 from tl_core.config import EPOCHS_BY_STRATEGY, TrainConfig, options
-from tl_core.datasets import DatasetSpec, load_dataset
-from tl_core.events import EpochEnded, PhaseProgress, StepEnded
-from tl_core.jobs import JobManager
-from tl_core.runs import load_run
-from tl_core.scan import scan
-from tl_core.trainer import train
+from tl_core.data.scan import scan
+from tl_core.data.sources import DatasetSpec, load_dataset
+from tl_core.jobs.manager import JobManager
+from tl_core.train.events import EpochEnded, PhaseProgress, StepEnded
+from tl_core.train.runs import load_run
+from tl_core.train.trainer import train
 
 TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
 
@@ -76,7 +76,7 @@ def test_measurements_warm_up_and_take_the_median():
     """Defect 3: the first calls of a model are slow; one timing of them is not its speed."""
     import torch
 
-    from tl_core.speed import measure, median_seconds
+    from tl_core.measure.speed import measure, median_seconds
 
     calls = []
 
@@ -96,7 +96,7 @@ def test_measurements_warm_up_and_take_the_median():
 @pytest.mark.parametrize("strategy,epochs", [("features", 5), ("full", 2)])
 def test_the_estimate_is_within_2x_of_the_real_run(with_real_weights, tmp_path, monkeypatch, strategy, epochs):
     """Defect 4: the estimate comes from measured rates of the phases the run really has (cold caches)."""
-    from tl_core.estimate import estimate
+    from tl_core.measure.estimate import estimate
 
     monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "cold"))
     spec = DatasetSpec(str(HYMENOPTERA))

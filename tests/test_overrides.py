@@ -2,8 +2,8 @@
 
 import pytest
 
-from tl_core.datasets import from_folder
-from tl_core.overrides import DROP, DROPPED_REASON, RELABEL, apply_overrides, clear_override, overrides_file, set_override
+from tl_core.data.overrides import DROP, DROPPED_REASON, RELABEL, apply_overrides, clear_override, overrides_file, set_override
+from tl_core.data.sources import from_folder
 
 
 def test_drop_and_relabel_apply_without_touching_the_files(shapes_folder):

@@ -2,8 +2,8 @@ import shutil
 
 from conftest import solid
 
-from tl_core.datasets import DatasetSpec
-from tl_core.scan import scan
+from tl_core.data.scan import scan
+from tl_core.data.sources import DatasetSpec
 
 
 def test_scan_reports_every_kind_of_problem_with_a_reason(tmp_path, shapes_folder):

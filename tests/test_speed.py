@@ -1,8 +1,8 @@
-from tl_core import speed
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetSpec
-from tl_core.estimate import estimate
-from tl_core.scan import scan
+from tl_core.data.scan import scan
+from tl_core.data.sources import DatasetSpec
+from tl_core.measure import speed
+from tl_core.measure.estimate import estimate
 
 
 def test_measured_speed_is_cached_per_device_and_feeds_the_estimate():

@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from tl_core import cli
-from tl_core.throughput import median_ms
+from tl_core.cli import main as cli
+from tl_core.measure.throughput import median_ms
 
 
 def test_median_ms_times_what_runs():

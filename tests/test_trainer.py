@@ -13,9 +13,9 @@ import pytest
 from conftest import HYMENOPTERA
 
 from tl_core.config import TrainConfig
-from tl_core.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
-from tl_core.runs import INTERRUPTED, list_runs, load_run
-from tl_core.trainer import TrainingError, resume, train
+from tl_core.train.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
+from tl_core.train.runs import INTERRUPTED, list_runs, load_run
+from tl_core.train.trainer import TrainingError, resume, train
 
 TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
 
@@ -88,7 +88,7 @@ def test_a_run_that_cannot_train_says_why_before_making_a_folder(tmp_path, shape
 
 def test_a_killed_run_keeps_its_epochs_and_can_resume(tmp_path):
     runs = tmp_path / "runs"
-    code = ("import sys; from tl_core.config import TrainConfig; from tl_core.trainer import train; "
+    code = ("import sys; from tl_core.config import TrainConfig; from tl_core.train.trainer import train; "
             "train('demo', TrainConfig(backbone='mobilenet_v3_small', pretrained=False, strategy='full', "
             "image_size=48, batch_size=16, patience=0, epochs=50), sys.argv[1])")
     proc = subprocess.Popen([sys.executable, "-c", code, str(runs)], env=os.environ.copy(),
@@ -115,7 +115,7 @@ def test_a_killed_run_keeps_its_epochs_and_can_resume(tmp_path):
 
 
 def test_runs_are_listed_and_deleted_but_not_while_training(tmp_path):
-    from tl_core.runs import RUNNING, delete_run
+    from tl_core.train.runs import RUNNING, delete_run
 
     result = train("demo", TrainConfig(**TINY, epochs=1), tmp_path)
     run = load_run(result.run_dir)

@@ -18,13 +18,13 @@ from conftest import HYMENOPTERA
 from PIL import Image
 from test_app import ui  # noqa: F401,F811  (fixture: fresh runs folder and home)
 
-from tl_core import calibration
-from tl_core.cli import main
+from tl_core.cli.main import main
 from tl_core.config import TrainConfig
-from tl_core.explain import explain
-from tl_core.export import ExportError, export, load_check, run_file
-from tl_core.predict import UNSURE, Predictor
-from tl_core.trainer import train
+from tl_core.train.trainer import train
+from tl_core.use import calibration
+from tl_core.use.explain import explain
+from tl_core.use.export import ExportError, export, load_check, run_file
+from tl_core.use.predict import UNSURE, Predictor
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_ece_of_known_cases():
 
 
 def out_of_class_images() -> list[Image.Image]:
-    from tl_core.demo import demo_root
+    from tl_core.data.demo import demo_root
 
     rng = np.random.default_rng(0)
     shapes = [Image.open(p) for p in sorted(demo_root().glob("val/*/*.png"))[::16][:5]]
@@ -120,8 +120,8 @@ def test_grad_cam_map_shape_range_and_class_dependence(bees_run, tmp_path, capsy
 def test_grad_cam_runs_for_a_vision_transformer():
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from tl_core.backbones import Preprocessing
-    from tl_core.cam_targets import TARGETS, cam_target
+    from tl_core.models.backbones import Preprocessing
+    from tl_core.models.cam_targets import TARGETS, cam_target
 
     torch.manual_seed(0)
     vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3)
@@ -135,8 +135,8 @@ def test_grad_cam_runs_for_a_vision_transformer():
 
 
 def test_every_backbone_family_has_a_grad_cam_layer():
-    from tl_core.backbones import list_backbones
-    from tl_core.cam_targets import TARGETS, family_of
+    from tl_core.models.backbones import list_backbones
+    from tl_core.models.cam_targets import TARGETS, family_of
 
     assert {family_of(b.name) for b in list_backbones()} <= set(TARGETS)
 
@@ -149,8 +149,8 @@ SMALLEST_PER_FAMILY = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SMALLEST_PER_FAMILY)
 def test_grad_cam_runs_for_each_family(name):
-    from tl_core import backbones
-    from tl_core.backbones import preprocessing_of, replace_head
+    from tl_core.models import backbones
+    from tl_core.models.backbones import preprocessing_of, replace_head
 
     model = backbones.bare(name)
     backbones._drop_aux(model)
@@ -204,7 +204,7 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     files = val_files(8)
     predictor = Predictor.from_run(bees_run, "cpu")
     predictor.dtype = None
-    from tl_core.pipeline import decode_square
+    from tl_core.data.pipeline import decode_square
 
     u8 = torch.from_numpy(np.stack([decode_square(f, predictor.prep.resize) for f in files])).permute(0, 3, 1, 2)
     got = run_file(tmp_path / "unpacked" / meta["file"], fmt, predictor.batcher.eval(u8).float().contiguous().numpy(), meta)
@@ -229,7 +229,7 @@ def test_failed_export_leaves_nothing_and_a_folder_gets_one_message(bees_run, tm
     assert main(["export", str(bees_run), str(folder)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a folder" in err[0]
-    monkeypatch.setattr("tl_core.export.TOLERANCE", -1.0)  # any difference at all now fails the check
+    monkeypatch.setattr("tl_core.use.export.TOLERANCE", -1.0)  # any difference at all now fails the check
     dest = tmp_path / "model.zip"
     with pytest.raises(ExportError, match="predicts differently"):
         export(bees_run, dest)
@@ -271,7 +271,7 @@ def test_lr_finder_section_plots_and_one_click_sets_the_learning_rate(with_real_
 
 
 def test_lr_suggestion_is_the_steepest_descent():
-    from tl_core.lr_find import suggest
+    from tl_core.train.lr_find import suggest
 
     lrs = [10 ** (-6 + i * 0.25) for i in range(25)]
     losses = [1.0] * 8 + [1.0 - 0.05 * i for i in range(1, 5)] + [0.6, 0.3, 0.25] + [0.25 + 0.2 * i for i in range(10)]

@@ -1,3 +1,3 @@
-from tl_core.cli import main
+from tl_core.cli.main import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ import os
 
 import streamlit as st
 
-from tl_core import auth
+from tl_core.dashboard import auth
 
 
 def expected_password() -> str | None:

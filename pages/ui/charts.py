@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tl_core.events import EpochRow
 from tl_core.formats import PLOTLY_PERCENT, PLOTLY_PERCENT_HOVER, percent
+from tl_core.train.events import EpochRow
 
 ACC_RANGE = [0, 1.02]
 STEP_SMOOTHING = 0.9  # like TensorBoard's slider: each smoothed point keeps 90% of the one before

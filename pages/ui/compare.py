@@ -7,11 +7,11 @@ import plotly.express as px
 import streamlit as st
 
 from pages.ui.shared import backbone_rows, choices, dataset_label, scan_report
-from tl_core.compare import compare, pareto_front, recommend
 from tl_core.config import TrainConfig
-from tl_core.datasets import DatasetError
+from tl_core.data.sources import DatasetError
+from tl_core.features.compare import compare, pareto_front, recommend
 from tl_core.formats import PLOTLY_PERCENT, TABLE_PERCENT, TABLE_SECONDS, points
-from tl_core.speed import SHORTLIST
+from tl_core.measure.speed import SHORTLIST
 
 
 def render_compare() -> None:

@@ -11,10 +11,10 @@ import plotly.express as px
 import streamlit as st
 
 from pages.ui.shared import chosen_backbone, scan_report
-from tl_core.data_health import HealthReport, check_health
-from tl_core.datasets import ImageDataset
-from tl_core.images import BadImage, open_rgb
-from tl_core.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
+from tl_core.data.images import BadImage, open_rgb
+from tl_core.data.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
+from tl_core.data.sources import ImageDataset
+from tl_core.features.health import HealthReport, check_health
 
 PER_PAGE = 8
 

@@ -5,7 +5,7 @@ import math
 import plotly.express as px
 import streamlit as st
 
-from tl_core.lr_find import lr_find
+from tl_core.train.lr_find import lr_find
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

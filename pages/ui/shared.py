@@ -13,14 +13,17 @@ from pathlib import Path
 import streamlit as st
 
 from pages.ui.auth import require_login
-from tl_core import backbones, paths, prefs, speed
-from tl_core.datasets import DatasetSpec
+from tl_core import paths
+from tl_core.dashboard import prefs
+from tl_core.dashboard.prefs import Choices
+from tl_core.data.scan import ScanReport, scan
+from tl_core.data.sources import DatasetSpec
 from tl_core.devices import describe_device, pick_device
 from tl_core.formats import percent
-from tl_core.jobs import JobManager
-from tl_core.prefs import Choices
-from tl_core.runs import list_runs
-from tl_core.scan import ScanReport, scan
+from tl_core.jobs.manager import JobManager
+from tl_core.measure import speed
+from tl_core.models import backbones
+from tl_core.train.runs import list_runs
 
 NAV = (("streamlit_app.py", "Home", ":material/home:"), ("pages/1_Dataset.py", "Dataset", ":material/photo_library:"),
        ("pages/2_Backbones.py", "Backbones", ":material/speed:"), ("pages/3_Train.py", "Train", ":material/model_training:"),

@@ -1,0 +1,424 @@
+"""Find the images and classes of a dataset, whatever shape the user's folder, zip or name has."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import socket
+import zipfile
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tl_core import paths
+from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, require_regular
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+MAX_ZIP_BYTES = 4 * 2**30
+MAX_ZIP_FILES = 100_000
+MAX_ZIP_RATIO = 200  # a zip (or member) inflating more than this is treated as a decompression bomb...
+BOMB_FLOOR = 10 * 2**20  # ...once it unpacks to more than this (small text files compress well and are harmless)
+DEFAULT_UPLOADS_GB = 20  # uploads/ beyond this (TL_STUDIO_UPLOADS_GB) evicts the least recently used
+EXTRACTED_MARKER = ".extracted"  # next to the extracted files, never among them
+TORCHVISION_DATASETS = ("Flowers102", "OxfordIIITPet", "EuroSAT")
+
+
+UNSPLIT = "unsplit"  # split_source of a listing whose validation split the spec's random split will make
+
+
+class DatasetError(ValueError):
+    """A dataset we cannot use, with a message that says what to change."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data and how it is split: chosen once (Dataset page or CLI) and passed unchanged to the scan, the
+    Train page, the trainer and run.json. The training seed never changes a split."""
+
+    source: str = "demo"
+    val_fraction: float = 0.2  # used only when the data has no validation folder
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise DatasetError("The validation fraction must be between 0 and 1.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+    split: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageDataset:
+    """Every usable image with its class and split, plus what was skipped and why."""
+
+    name: str
+    root: str
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[Problem] = field(default_factory=list)
+    split_source: str = "folders"  # or "random 20% (seed 0)", or UNSPLIT before the spec's split
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "val", "test") if any(x.split == s for x in self.samples)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} with zeros kept, so a class missing from a split shows."""
+        out = {s: dict.fromkeys(self.classes, 0) for s in self.splits}
+        for s in self.samples:
+            out[s.split][self.classes[s.label]] += 1
+        return out
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
+
+
+def _class_files(folder: Path, skipped: list[Problem], root: Path | None = None) -> list[Path]:
+    """Image files below one class folder (nested folders included); the rest goes to `skipped`.
+
+    `root` is the dataset folder (by default the folder above the class, or above its split folder): a link
+    that leads out of it is refused, and only regular files are kept, so a FIFO or a link to /proc cannot
+    hang or leak the server.
+    """
+    root = (root or (folder.parent.parent if folder.parent.name.lower() in SPLIT_NAMES else folder.parent)).resolve()
+    if not folder.resolve().is_relative_to(root):
+        skipped.append(Problem(str(folder), f"links outside the dataset folder {root}; not read"))
+        return []
+    files = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(is_hidden(part) for part in rel.parts):
+            if p.is_file() or is_hidden(p.name):
+                skipped.append(Problem(str(p), "hidden or system file"))
+            continue
+        if problem := _unusable(p, root):
+            if problem != "folder":
+                skipped.append(Problem(str(p), problem))
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(p)
+        else:
+            skipped.append(Problem(str(p), f"not an image file ({p.suffix or 'no extension'})"))
+    return files
+
+
+def _unusable(p: Path, root: Path) -> str | None:
+    """Why a path below a class folder cannot be an image ("folder" for a plain folder), or None."""
+    if p.is_symlink() and not p.resolve().is_relative_to(root):
+        return f"links outside the dataset folder {root}; not read"
+    try:
+        require_regular(p)
+    except FileNotFoundError:
+        return "broken link"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    except BadImage as e:
+        if p.is_dir():
+            return "link to a folder; not followed" if p.is_symlink() else "folder"
+        return str(e)
+    return None
+
+
+def _descend(root: Path) -> Path:
+    """A zip or folder that wraps everything in one folder (`flowers/train/...`) is opened up."""
+    while True:
+        dirs = _visible_dirs(root)
+        files = [p for p in root.iterdir() if p.is_file() and not is_hidden(p.name)]
+        if len(dirs) == 1 and not files and dirs[0].name.lower() not in SPLIT_NAMES:
+            inner = _visible_dirs(dirs[0])
+            if inner:
+                root = dirs[0]
+                continue
+        return root
+
+
+def from_folder(root: str | Path, name: str | None = None) -> ImageDataset:
+    """Split folders (`train/`, `val|validation|valid|test/`) of class folders, or class folders only.
+
+    Lists candidate files only: which are usable, and the random split of layouts without a validation folder,
+    are decided by the scan (`tl_core.data.scan.scan`), so counts and splits are always of usable images.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder.")
+    root = _descend(root)
+    top = _visible_dirs(root)
+    if not top:
+        raise DatasetError(f"{root} has no class folders: put each class's images in a folder named after it.")
+    skipped: list[Problem] = [Problem(str(p), "hidden or system file") for p in root.iterdir() if is_hidden(p.name)]
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in top if d.name.lower() in SPLIT_NAMES}
+    if not split_dirs:
+        classes = [d.name for d in top]
+        samples = [Sample(str(f), i, "train") for i, d in enumerate(top) for f in _class_files(d, skipped, root)]
+        return ImageDataset(name or root.name, str(root), classes, samples, skipped, UNSPLIT)
+    if "train" not in split_dirs:
+        raise DatasetError(f"{root} has split folders ({', '.join(d.name for d in split_dirs.values())}) but no train/.")
+    if "val" not in split_dirs and "test" in split_dirs:  # train+test only: test is the held-out split
+        split_dirs["val"] = split_dirs.pop("test")
+    classes = sorted({c.name for d in split_dirs.values() for c in _visible_dirs(d)})
+    samples = []
+    for split, d in split_dirs.items():
+        for c in _visible_dirs(d):
+            for f in _class_files(c, skipped, root):
+                samples.append(Sample(str(f), classes.index(c.name), split))
+    return ImageDataset(name or root.name, str(root), classes, samples, skipped, "folders" if "val" in split_dirs else UNSPLIT)
+
+
+def random_split(ds: ImageDataset, val_fraction: float, seed: int) -> ImageDataset:
+    """Stratified: each class keeps the fraction (at least one image when it has two or more)."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError("The validation fraction must be between 0 and 1.")
+    rng = random.Random(seed)
+    samples = []
+    for label in range(len(ds.classes)):
+        items = sorted((s for s in ds.samples if s.label == label and s.split == "train"), key=lambda s: s.path)
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction)
+        n_val = max(n_val, 1) if len(items) >= 2 else 0
+        samples += [Sample(s.path, s.label, "val" if i < n_val else "train") for i, s in enumerate(items)]
+    samples += [s for s in ds.samples if s.split == "test"]
+    return ImageDataset(ds.name, ds.root, ds.classes, samples, ds.skipped, f"random {val_fraction:.0%} (seed {seed})")
+
+
+def apply_split(ds: ImageDataset, spec: DatasetSpec) -> ImageDataset:
+    """The spec's random split where the data has no validation folder; folder splits are kept as they are."""
+    return random_split(ds, spec.val_fraction, spec.split_seed) if ds.split_source == UNSPLIT else ds
+
+
+def uploads_dir() -> Path:
+    return paths.home() / "uploads"
+
+
+def safe_extract(archive: str | Path, target: str | Path) -> Path:
+    """Extract a user's zip with no path outside `target`, no links, and bounded size and count.
+
+    Everything is checked from the headers before a byte is written, and again while writing, since
+    headers can lie. Any refusal or failure is one DatasetError line.
+    """
+    target = Path(target).resolve()
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError):
+        raise DatasetError("The upload is not a valid .zip file.") from None
+    with zf:
+        members = zf.infolist()
+        _check_members(members, Path(archive).stat().st_size)
+        target.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for m in members:
+            if not m.is_dir() and not any(is_hidden(p) for p in PurePosixPath(m.filename).parts):
+                written = _extract_member(zf, m, target, written)
+    return target
+
+
+def _check_members(members: list[zipfile.ZipInfo], archive_size: int) -> None:
+    """Refuse from the central directory alone: too many entries, too big, a bomb, unsafe or encrypted entries."""
+    if len(members) > MAX_ZIP_FILES:
+        raise DatasetError(f"The zip holds {len(members):,} entries; the limit is {MAX_ZIP_FILES:,}.")
+    total = sum(m.file_size for m in members)
+    if total > MAX_ZIP_BYTES:
+        raise DatasetError(f"The zip unpacks to {total / 2**30:.1f} GB; the limit is {MAX_ZIP_BYTES / 2**30:.0f} GB.")
+    if total > BOMB_FLOOR and total > MAX_ZIP_RATIO * max(archive_size, 1):
+        raise DatasetError(f"The zip unpacks to {total / 2**20:,.0f} MB from {archive_size / 2**10:,.0f} KB "
+                           f"({total / max(archive_size, 1):,.0f}x): refused as a zip bomb.")
+    folders = {str(parent) for m in members for parent in PurePosixPath(m.filename.replace("\\", "/")).parents}
+    for m in members:
+        name = PurePosixPath(m.filename.replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts or (m.filename[1:3] == ":/"):
+            raise DatasetError(f"Unsafe path in zip: {m.filename!r} points outside the dataset.")
+        if (m.external_attr >> 16) & 0o170000 == 0o120000:
+            raise DatasetError(f"The zip contains a symbolic link ({m.filename}); links are not accepted.")
+        if m.flag_bits & 0x1:
+            raise DatasetError(f"The zip is password-protected ({m.filename}); upload a zip without a password.")
+        if not m.is_dir() and str(name) in folders:
+            raise DatasetError(f"The zip holds both a file and a folder named {m.filename!r}; rename one of them.")
+        if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO and m.file_size > BOMB_FLOOR:
+            raise DatasetError(f"{m.filename} inflates {m.file_size / m.compress_size:.0f}x: refused as a zip bomb.")
+
+
+def _extract_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, written: int) -> int:
+    """Write one entry, never more bytes than its header announced; returns the running total."""
+    dest = (target / m.filename).resolve()
+    if not dest.is_relative_to(target):
+        raise DatasetError(f"Unsafe path in zip: {m.filename!r}.")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(m) as src, open(dest, "wb") as out:
+            size = 0
+            while chunk := src.read(1 << 20):
+                size += len(chunk)
+                if size > m.file_size or written + size > MAX_ZIP_BYTES:  # sizes in the header can lie
+                    raise DatasetError(f"{m.filename} unpacks to more than the zip's header says: refused as a zip bomb.")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DatasetError(f"The zip is damaged at {m.filename} ({e}); create it again and re-upload.") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise DatasetError(f"The zip holds both a file and a folder at {m.filename!r}; rename one of them.") from None
+    except (NotImplementedError, RuntimeError) as e:  # unknown compression method, encryption
+        raise DatasetError(f"Cannot unpack {m.filename}: {e}.") from None
+    except OSError as e:
+        raise DatasetError(f"Cannot write {m.filename} while unpacking: {e.strerror}.") from None
+    return written + size
+
+
+def from_zip(archive: str | Path) -> ImageDataset:
+    """Extract once per content (a new zip never reuses an old folder); a refused upload leaves nothing behind."""
+    archive = Path(archive)
+    try:
+        digest = content_hash(archive)
+    except BadImage as e:
+        raise DatasetError(f"{archive}: {e}.") from None
+    target = uploads_dir() / f"{archive.stem}-{digest[:12]}"
+    files, marker = target / "files", target / EXTRACTED_MARKER
+    if marker.exists() and files.is_dir():
+        os.utime(target)  # recently used: evicted last
+    else:
+        shutil.rmtree(target, ignore_errors=True)  # a partial extraction from a crash is redone
+        try:
+            safe_extract(archive, files)
+        except BaseException as e:
+            shutil.rmtree(target, ignore_errors=True)
+            if isinstance(e, DatasetError):
+                _discard_upload(archive)
+            raise
+        marker.touch()
+        prune_uploads(keep=(target, archive))
+    return from_folder(files, name=archive.stem)
+
+
+def _discard_upload(archive: Path) -> None:
+    """A refused zip that was uploaded (saved under uploads/) is not kept on the server; a user's own file is."""
+    folder = archive.resolve().parent
+    if folder.parent == uploads_dir().resolve():
+        shutil.rmtree(folder)
+
+
+def save_upload(name: str, data: bytes | memoryview, progress: Callable[[float], None] | None = None) -> Path:
+    """Store an uploaded zip under its content hash: new bytes with an old name are a new dataset."""
+    safe = re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "upload"
+    dest = uploads_dir() / hashlib.sha1(data).hexdigest()[:12] / (safe if safe.lower().endswith(".zip") else f"{safe}.zip")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with open(tmp, "wb") as f:
+            for i in range(0, len(data), 8 << 20):
+                f.write(data[i : i + (8 << 20)])
+                if progress:
+                    progress(min(1.0, (i + (8 << 20)) / len(data)))
+        os.replace(tmp, dest)
+    return dest
+
+
+def prune_uploads(keep: Iterable[Path] = ()) -> list[Path]:
+    """Evict the least recently used uploads (a zip and its extraction together) past TL_STUDIO_UPLOADS_GB."""
+    limit = float(os.environ.get("TL_STUDIO_UPLOADS_GB", DEFAULT_UPLOADS_GB)) * 2**30
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for p in uploads_dir().iterdir():
+        groups[p.name[-12:]].append(p)  # `<hash12>/name.zip` and `<stem>-<hash12>/` share their key
+    kept = {Path(p).resolve() for p in keep}
+    sizes = {k: sum(_tree_size(p) for p in ps) for k, ps in groups.items()}
+    total, evicted = sum(sizes.values()), []
+    for key in sorted(groups, key=lambda k: max(p.stat().st_mtime for p in groups[k])):
+        if total <= limit:
+            break
+        if any(p.resolve() == k or k.is_relative_to(p.resolve()) for p in groups[key] for k in kept):
+            continue
+        for p in groups[key]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            evicted.append(p)
+        total -= sizes[key]
+    return evicted
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return path.lstat().st_size
+    return sum(f.lstat().st_size for f in path.rglob("*") if not f.is_dir() or f.is_symlink())
+
+
+def from_torchvision(name: str) -> ImageDataset:
+    """Flowers102 / OxfordIIITPet / EuroSAT, downloaded into TL Studio's folder when online."""
+    import torchvision.datasets as tvd
+
+    if name not in TORCHVISION_DATASETS:
+        raise DatasetError(f"Unknown torchvision dataset {name!r}; choose one of {', '.join(TORCHVISION_DATASETS)}.")
+    root = paths.home() / "torchvision" / name
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        if name == "Flowers102":
+            parts = {"train": tvd.Flowers102(root, "train", download=True), "val": tvd.Flowers102(root, "val", download=True)}
+            files = {s: (d._image_files, d._labels) for s, d in parts.items()}
+            classes = [f"flower_{i:03d}" for i in range(102)]
+        elif name == "OxfordIIITPet":
+            parts = {"train": tvd.OxfordIIITPet(root, "trainval", download=True), "val": tvd.OxfordIIITPet(root, "test", download=True)}
+            files = {s: (d._images, d._labels) for s, d in parts.items()}
+            classes = list(parts["train"].classes)
+        else:
+            d = tvd.EuroSAT(root, download=True)
+            return ImageDataset(name, str(root), list(d.classes), [Sample(p, y, "train") for p, y in d.samples], split_source=UNSPLIT)
+    except (OSError, RuntimeError) as e:
+        raise DatasetError(
+            f"Could not download {name} ({type(e).__name__}: {e}). This needs internet access; "
+            "offline, use the demo dataset, a folder or a .zip instead."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    samples = [Sample(str(p), int(y), s) for s, (fs, ys) in files.items() for p, y in zip(fs, ys)]
+    return ImageDataset(name, str(root), classes, samples)
+
+
+def list_files(source: str) -> ImageDataset:
+    """Candidate files of `demo`, `torchvision:NAME`, a .zip path or a folder path (nothing opened yet)."""
+    if source == "demo":
+        from tl_core.data.demo import demo_root
+
+        return from_folder(demo_root(), name="demo (shapes)")
+    if source.startswith("torchvision:"):
+        return from_torchvision(source.split(":", 1)[1])
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{source} does not exist.")
+    if path.suffix.lower() == ".zip":
+        return from_zip(path)
+    return from_folder(path)
+
+
+def load_dataset(source: str | DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """The usable images of a dataset, split as its spec says (the scan decides what is usable)."""
+    from tl_core.data.scan import scan
+
+    spec = source if isinstance(source, DatasetSpec) else DatasetSpec(source, val_fraction, seed)
+    return scan(spec).dataset
+
+
+def resolve_in_root(relative: str, root: str | Path) -> Path:
+    """A server folder chosen in the dashboard: it must exist inside the configured data root."""
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise DatasetError(f"{relative} is outside the data root {root}; only folders inside it can be used.")
+    if not path.is_dir():
+        raise DatasetError(f"{relative} is not a folder inside {root}.")
+    return path

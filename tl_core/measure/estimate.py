@@ -1,0 +1,95 @@
+"""How long a run will take, from measured rates of the phases that run really has.
+
+Feature extraction: check the files the scan has not seen, decode each image once, embed each (view, image) not
+already in the cache, fit the head. Fine-tuning: decode once, then per epoch a forward+backward pass per
+training image and a forward pass per validation image. Rates come from `speed.measure` (median of repeats on
+this device) and from decoding a few of this dataset's own files; the Train page and `estimate` show the same.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from tl_core.config import TrainConfig
+from tl_core.data.pipeline import decode_square, epoch_sizes
+from tl_core.data.scan import ScanReport, _VerdictCache, check_file, median_short_side
+from tl_core.devices import fast_dtype, pick_device
+from tl_core.measure.speed import Speed, load_speeds, measure
+from tl_core.models import backbones
+
+FIXED_SECONDS = 1.0  # building the model, loading weights, writing the run folder
+SAMPLE_FILES = 6
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    phases: dict[str, float]  # phase name -> seconds
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {s:.0f} s" for name, s in self.phases.items() if s >= 0.5)
+        return f"about {self.seconds:.0f} s" + (f" ({parts})" if parts else "")
+
+    def to_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 1), "phases": {k: round(v, 2) for k, v in self.phases.items()}}
+
+
+def _per_file_seconds(paths: list[str], resize: int) -> tuple[float, float]:
+    """(decode at the training size, check as the scan does) per file, medians over a few of the dataset's files."""
+    decode, check = [], []
+    for p in paths:
+        t = time.perf_counter()
+        try:
+            decode_square(p, resize)
+        except Exception:
+            continue
+        decode.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        check_file(p)
+        check.append(time.perf_counter() - t)
+    return (statistics.median(decode), statistics.median(check)) if decode else (0.01, 0.005)
+
+
+def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None) -> Estimate:
+    """Seconds for `train(report.spec, config)` on this machine; measures the backbone first if it never was."""
+    from tl_core.train.trainer import embedding_caches
+
+    device = pick_device(config.device)
+    speed = speed or load_speeds(device).get(config.backbone) or measure(config.backbone, device)
+    prep = backbones.preprocessing_of(backbones.pick_weights(config.backbone))
+    if config.image_size:
+        prep = prep.at_size(config.image_size)
+    prep = prep.for_image_side(median_short_side([im.path for im in report.images]))  # as the trainer decides
+    pixels = (prep.crop / 224) ** 2  # rates were measured at 224 px
+    counts = report.split_counts()
+    n_train, n_val = counts.get("train", 0), counts.get("val", 0)
+    files = [im.path for im in report.images]
+    sample = files[:: max(1, len(files) // SAMPLE_FILES)][:SAMPLE_FILES]
+    decode, check = _per_file_seconds(sample, prep.resize)
+    workers = max(1.0, min(8, os.cpu_count() or 1) * 0.8)  # decoding and checking run in threads
+    unchecked = sum(_VerdictCache(report.root).get(p) is None for p in files)
+    phases = {"setup": FIXED_SECONDS, "checking files": unchecked * check / workers}
+    if config.strategy == "features" and config.embedding_cache:
+        dtype = fast_dtype(device) if config.amp else None
+        caches = embedding_caches(config, prep, dtype)
+        known = [c.known() for c in caches]
+        todo = [im for im in report.images if any(im.hash not in k for k in known)]
+        views = sum(len(caches) if im.split == "train" else 1 for im in todo)
+        phases["decoding"] = len(todo) * decode / workers
+        phases["embedding"] = views * pixels / speed.images_per_s
+        phases["fitting the head"] = 0.5 + 0.005 * n_train  # L-BFGS over every fold and strength (measured ~1.7 s at 244)
+    else:
+        train_rate = (speed.train_images_per_s or speed.images_per_s / 3) / pixels
+        if config.strategy == "finetune":
+            train_rate *= 1.25  # the frozen stages need no weight gradients
+        elif config.strategy == "features":
+            train_rate = speed.images_per_s / pixels / 1.5  # backbone runs forward only, every step
+        phases["decoding"] = (n_train + n_val) * decode / workers
+        resize = config.progressive_resize if config.strategy != "features" else 1.0  # as WholeNetwork decides
+        shrink = [(side / prep.crop) ** 2 for side in epoch_sizes(prep, config.epochs, resize, config.augment)]
+        phases["training"] = sum(shrink) * n_train / train_rate
+        phases["validation"] = config.epochs * n_val * pixels * 1.5 / speed.images_per_s  # unfused eval pass
+    return Estimate(sum(phases.values()), phases)

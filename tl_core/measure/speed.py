@@ -1,0 +1,129 @@
+"""Speed measured on this machine's device, kept as data (a JSON table per device description).
+
+Every figure is the median of timed repeats after a warm-up: the first calls of a model pay for kernel
+selection and memory allocation (hundreds of ms on CPU), and a single timing on a busy machine is noise.
+Three rates per backbone: batch-1 latency, batched inference throughput (what the feature path's embedding
+and the Predict page run), and forward+backward training throughput (what fine-tuning runs).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision import models
+
+from tl_core import paths
+from tl_core.devices import describe_device, fast_dtype, pick_device
+from tl_core.features.cache import fuse_for_inference
+from tl_core.measure.throughput import sync
+
+SHORTLIST = ("mobilenet_v3_small", "mobilenet_v2", "shufflenet_v2_x1_0", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
+
+
+@dataclass(frozen=True)
+class Speed:
+    name: str
+    device: str  # the device's description (model, threads, precision), so figures are never mixed up
+    ms_per_image: float  # batch-1 latency, median
+    images_per_s: float  # inference throughput at `batch`, median
+    batch: int
+    train_images_per_s: float | None  # forward + backward + update at `train_batch`, median (None: not measured)
+    train_batch: int
+    measured: float
+
+
+def _cache_file():
+    return paths.home() / "speed.json"
+
+
+def _device_key(device: torch.device) -> str:
+    return f"{describe_device(device)} | torch {torch.__version__}"
+
+
+def load_speeds(device: torch.device | None = None) -> dict[str, Speed]:
+    device = device or pick_device()
+    try:
+        table = json.loads(_cache_file().read_text()).get(_device_key(device), {})
+        return {k: Speed(**v) for k, v in table.items()}
+    except (OSError, json.JSONDecodeError, TypeError):  # missing, corrupt, or written by an older version
+        return {}
+
+
+def _store(device: torch.device, speed: Speed) -> None:
+    from tl_core.train.runs import write_json
+
+    f = _cache_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    data.setdefault(_device_key(device), {})[speed.name] = asdict(speed)
+    write_json(f, data)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 5, budget: float = 3.0) -> float:
+    """Median wall time of `fn` after `warmup` calls; at least 3 repeats, more while the budget lasts."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < reps and time.perf_counter() - start < budget):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(name: str, device: torch.device | None = None, batch: int | None = None, size: int = 224,
+            train_batch: int | None = None) -> Speed:
+    """Random weights (speed does not depend on them), the same fast paths training and prediction use."""
+    device = device or pick_device()
+    batch = batch or (64 if device.type == "cuda" else 16)
+    train_batch = train_batch or (64 if device.type == "cuda" else 16)
+    dtype = fast_dtype(device)
+    fast = fuse_for_inference(models.get_model(name, weights=None)).to(device, memory_format=torch.channels_last)
+
+    def infer(n: int) -> float:
+        x = torch.randn(n, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return median_seconds(lambda: fast(x), device)
+
+    one, many = infer(1), infer(batch)
+    net = models.get_model(name, weights=None).to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(train_batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (train_batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    train = median_seconds(step, device, warmup=2, reps=4, budget=4.0)
+    speed = Speed(name, describe_device(device), round(one * 1000, 2), round(batch / many, 1), batch,
+                  round(train_batch / train, 1), train_batch, time.time())
+    _store(device, speed)
+    return speed
+
+
+def measure_many(names=SHORTLIST, device: torch.device | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, Speed]:
+    out = {}
+    for i, name in enumerate(names):
+        if progress:
+            progress(i, len(names), name)
+        out[name] = measure(name, device)
+    if progress:
+        progress(len(names), len(names), "")
+    return out
