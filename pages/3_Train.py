@@ -60,12 +60,12 @@ def settings_form() -> None:
                    "settings to train from scratch. "
                    + (f"Cached now: {', '.join(cached)}." if cached else "No backbone's weights are cached yet."))
     config = config_form(name)
-    if config.strategy == "features" and config.embedding_cache:
+    if plan.fits_head(config):
         st.caption("Feature extraction fits the new head to convergence on the cached embeddings (L-BFGS logistic "
                    "regression, its regularisation chosen by 5-fold cross-validation on the training split), so epochs, "
                    "learning rate and batch size do not apply; the log shows the strength it chose.")
-    if config.strategy != "features":  # the head-only fit needs no learning rate search
-        render_lr_finder(spec.source, name, strategy=config.strategy, image_size=config.image_size, lr_key="cfg_lr")
+    if not plan.fits_head(config):  # a head fitted outright needs no learning rate search
+        render_lr_finder(spec, config, lr_key="cfg_lr")
     measured = speeds().get(name)
     if measured:
         est = cached_estimate(spec, json.dumps(config.to_dict()), measured.measured)

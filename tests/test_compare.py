@@ -5,7 +5,7 @@ import json
 from test_cli import cli
 
 from tl_core.config import TrainConfig
-from tl_core.data.sources import load_dataset
+from tl_core.data.scan import load_dataset
 from tl_core.features.compare import Comparison, compare, pareto_front, recommend
 
 

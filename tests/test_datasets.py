@@ -4,7 +4,8 @@ import zipfile
 import pytest
 from conftest import solid
 
-from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, load_dataset, safe_extract
+from tl_core.data.scan import load_dataset
+from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, safe_extract
 
 
 def test_split_folders_are_recognised_by_their_usual_names(tmp_path):

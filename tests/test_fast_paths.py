@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
 from tl_core.data.pipeline import Batcher, decode_many, decode_square, matched_side, progressive_size
-from tl_core.data.sources import load_dataset
+from tl_core.data.scan import load_dataset
 from tl_core.features.cache import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing

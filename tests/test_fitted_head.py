@@ -7,7 +7,8 @@ from conftest import HYMENOPTERA
 from PIL import Image
 
 from tl_core.config import TrainConfig
-from tl_core.data.sources import DatasetSpec, load_dataset
+from tl_core.data.scan import load_dataset
+from tl_core.data.sources import DatasetSpec
 from tl_core.features.compare import compare
 from tl_core.train.runs import load_run
 from tl_core.train.trainer import train

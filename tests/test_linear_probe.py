@@ -67,7 +67,7 @@ def hymenoptera_features(real_weights):
     """Clean-view MobileNetV2 embeddings of ants vs bees (cached for the session's later tests)."""
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent")
-    from tl_core.data.sources import load_dataset
+    from tl_core.data.scan import load_dataset
     from tl_core.features.frozen import FrozenBackbone, embed_dataset
 
     with pytest.MonkeyPatch.context() as mp:

@@ -13,8 +13,8 @@ from conftest import HYMENOPTERA, ROOT, solid
 from streamlit.testing.v1 import AppTest
 
 from tl_core.config import EPOCHS_BY_STRATEGY, TrainConfig, options
-from tl_core.data.scan import scan
-from tl_core.data.sources import DatasetSpec, load_dataset
+from tl_core.data.scan import load_dataset, scan
+from tl_core.data.sources import DatasetSpec
 from tl_core.jobs.manager import JobManager
 from tl_core.train.events import EpochEnded, PhaseProgress, StepEnded
 from tl_core.train.runs import load_run

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from tl_core.config import TrainConfig
-from tl_core.data.sources import load_dataset
+from tl_core.data.scan import load_dataset
 from tl_core.train.trainer import train
 from tl_core.use.export import export, load_export
 from tl_core.use.predict import Predictor, evaluate

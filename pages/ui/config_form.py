@@ -10,6 +10,7 @@ from typing import Any
 
 import streamlit as st
 
+from tl_core import plan
 from tl_core.config import EPOCHS_BY_STRATEGY, Option, TrainConfig, options
 
 KEY = "cfg_"
@@ -51,7 +52,8 @@ def config_form(backbone: str) -> TrainConfig:
     main = [o for o in declared if not o[2].advanced]
     name, kind, opt, default = main[0]  # the strategy comes first: the rest depends on it
     strategy = values[name] = _widget(name, kind, opt, default, st, strategy)
-    fitted = strategy == "features" and st.session_state.get(KEY + "embedding_cache", True)
+    fitted = plan.fits_head(TrainConfig(backbone=backbone, strategy=strategy,
+                                        embedding_cache=st.session_state.get(KEY + "embedding_cache", True)))
     unused = {"epochs", "batch_size", "lr"} if fitted else set()  # a fitted head has no epochs or step size
     unused |= {"finetune_stages"} if strategy != "finetune" else set()
     unused |= {"progressive_resize", "keep_bn_statistics"} if strategy == "features" else set()  # nothing in it trains

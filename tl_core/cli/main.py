@@ -168,16 +168,19 @@ def cmd_explain(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
+    """The finder on exactly the data, split and settings `train` would get from the same flags."""
+    stop = _stop_on_sigterm()
+    from tl_core.config import from_arguments
     from tl_core.train.lr_find import lr_find
 
     with Progress() as bar:
-        result = lr_find(args.data, args.backbone, strategy=args.strategy, steps=args.steps, batch_size=args.batch_size,
-                         image_size=args.image_size, device=args.device, progress=bar.callback("lr sweep"))
+        result = lr_find(_spec(args), from_arguments(args), args.steps, args.start_lr, args.end_lr,
+                         bar.callback("lr sweep"), stop=stop)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        print(f"suggested learning rate: {result.suggestion:.2e} (steepest descent of the loss; "
-              f"swept {result.lrs[0]:.0e} .. {result.lrs[-1]:.0e} in {len(result.lrs)} steps)")
+        print(f"suggested learning rate: {result.suggestion:.2e} ({result.reason}; swept {result.lrs[0]:.0e} .. "
+              f"{result.lrs[-1]:.0e} in {len(result.lrs)} steps). Train with it: the same flags plus --lr {result.suggestion:.2g}")
     return 0
 
 
@@ -325,7 +328,7 @@ def _positive_int(text: str) -> int:
 
 def cmd_compare(args) -> int:
     from tl_core.config import TrainConfig
-    from tl_core.data.sources import load_dataset
+    from tl_core.data.scan import load_dataset
     from tl_core.features.compare import compare, pareto_front, recommend
 
     config = TrainConfig(image_size=args.image_size, device=args.device, seed=args.seed)
@@ -343,7 +346,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_issues(args) -> int:
-    from tl_core.data.sources import load_dataset
+    from tl_core.data.scan import load_dataset
     from tl_core.features.health import check_health
 
     with Progress() as bar:
@@ -456,14 +459,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_export)
 
-    lf = sub.add_parser("lr-find", help="learning-rate finder: a short sweep of loss against learning rate")
-    lf.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
-    lf.add_argument("--backbone", default="mobilenet_v2")
-    lf.add_argument("--strategy", default="finetune", choices=["features", "finetune", "full"])
-    lf.add_argument("--steps", type=int, default=100)
-    lf.add_argument("--batch-size", type=int, default=16)
-    lf.add_argument("--image-size", type=int)
-    lf.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    lf = sub.add_parser("lr-find", help="learning-rate finder: a short run of `train` with the same flags, the rate rising")
+    _data_arguments(lf)
+    add_arguments(lf)
+    lf.add_argument("--steps", type=_positive_int, default=100, help="training steps of the sweep (at least 5)")
+    lf.add_argument("--start-lr", type=float, default=1e-6, help="first rate of the sweep")
+    lf.add_argument("--end-lr", type=float, default=1.0, help="last rate of the sweep (it ends sooner if the loss diverges)")
     lf.add_argument("--json", action="store_true")
     lf.set_defaults(func=cmd_lr_find)
 

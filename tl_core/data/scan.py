@@ -217,3 +217,9 @@ def _warnings(images: list[ImageInfo], classes: list[str], counts: dict[str, dic
     for c in classes:
         warnings += [Problem(c, f"class missing from the {sp} split") for sp in counts if counts[sp][c] == 0]
     return warnings
+
+
+def load_dataset(source: str | DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """The usable images of a dataset, split as its spec says (the scan decides what is usable)."""
+    spec = source if isinstance(source, DatasetSpec) else DatasetSpec(source, val_fraction, seed)
+    return scan(spec).dataset

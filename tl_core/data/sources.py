@@ -405,14 +405,6 @@ def list_files(source: str) -> ImageDataset:
     return from_folder(path)
 
 
-def load_dataset(source: str | DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
-    """The usable images of a dataset, split as its spec says (the scan decides what is usable)."""
-    from tl_core.data.scan import scan
-
-    spec = source if isinstance(source, DatasetSpec) else DatasetSpec(source, val_fraction, seed)
-    return scan(spec).dataset
-
-
 def resolve_in_root(relative: str, root: str | Path) -> Path:
     """A server folder chosen in the dashboard: it must exist inside the configured data root."""
     root = Path(root).resolve()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+from tl_core import plan
 from tl_core.config import TrainConfig
 from tl_core.data.overrides import apply_overrides
-from tl_core.data.scan import median_short_side
 from tl_core.data.sources import DatasetError, ImageDataset
 from tl_core.features.frozen import FrozenBackbone, embed_dataset
 from tl_core.features.probe import fit_head, predict_proba
@@ -47,13 +47,11 @@ def evaluate_backbone(ds: ImageDataset, name: str, config: TrainConfig,
     try:
         backbones.check_name(name)
         size_mb = backbones.describe(name).size_mb
-        frozen = FrozenBackbone.load(name, image_size=config.image_size, device=config.device, amp=config.amp,
-                                     seed=config.seed)
+        run = plan.for_images(replace(config, backbone=name), [s.path for s in ds.samples])
+        frozen = FrozenBackbone.for_plan(run)
     except (backbones.WeightsUnavailable, ValueError) as e:
         return Comparison(name, None, None, None, None, None, None, time.perf_counter() - t0, str(e))
-    frozen.prep = frozen.prep.for_image_side(median_short_side([s.path for s in ds.samples]))  # as training decides
-    views = config.feature_views if config.augment != "none" else 1
-    parts = embed_dataset(ds, frozen, views, config.augment, config.seed, progress, should_stop)
+    parts = embed_dataset(ds, frozen, run.views, config.augment, config.seed, progress, should_stop)
     train, val = parts["train"], parts["val"]
     head = fit_head(train.x, train.labels, len(ds.classes), seed=config.seed, should_stop=should_stop)
     accuracy = (predict_proba(head, val.x).argmax(1) == val.labels).float().mean().item()

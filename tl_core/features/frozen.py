@@ -21,6 +21,7 @@ from tl_core.devices import fast_dtype, inference_batch, memory_format, pick_dev
 from tl_core.features.cache import EmbeddingCache, compute_views, group_key, headless, inference_copy
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
+from tl_core.plan import Plan
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -41,6 +42,13 @@ def embedding_caches(name: str, weights: str, prep: Preprocessing, dtype: torch.
     base = dict(backbone=name, weights=weights, prep=asdict(prep), dtype=str(dtype))
     return [EmbeddingCache(group_key(**base, view=0))] + [
         EmbeddingCache(group_key(**base, view=v, augment=augment, seed=seed)) for v in range(1, views)]
+
+
+def plan_caches(plan: Plan, dtype: torch.dtype | None) -> list[EmbeddingCache]:
+    """The cache groups a fitted-head run of this plan fills and reads: the trainer's and the estimate's."""
+    cfg = plan.config
+    return embedding_caches(cfg.backbone, weights_id(cfg.backbone, cfg.pretrained, cfg.weights_path, cfg.seed),
+                            plan.preprocessing, dtype, plan.views, cfg.augment, cfg.seed)
 
 
 @dataclass
@@ -65,17 +73,24 @@ class FrozenBackbone:
     weights: str  # weights_id(...)
 
     @classmethod
-    def load(cls, name: str, *, pretrained: bool = True, weights_path: str | None = None, image_size: int | None = None,
+    def load(cls, name: str, *, pretrained: bool = True, weights_path: str | None = None, prep: Preprocessing | None = None,
              device: str | torch.device | None = None, amp: bool = True, seed: int = 0,
              on_download: Callable[[int, int], None] | None = None) -> FrozenBackbone:
-        """Build the backbone (raises backbones.WeightsUnavailable when its weights cannot be had)."""
+        """Build the backbone (raises backbones.WeightsUnavailable when its weights cannot be had); `prep`: the
+        pixels a plan decided (default: the weights' own transform)."""
         dev = device if isinstance(device, torch.device) else pick_device(device)
-        model, head, prep = backbones.build(name, 2, pretrained, weights_path, on_download=on_download)
-        if image_size:
-            prep = prep.at_size(image_size)
+        model, head, own = backbones.build(name, 2, pretrained, weights_path, on_download=on_download)
+        prep = prep or own
         model.eval().to(dev, memory_format=memory_format(dev))
         return cls(name, model, head, prep, dev, fast_dtype(dev) if amp else None,
                    weights_id(name, pretrained, weights_path, seed))
+
+    @classmethod
+    def for_plan(cls, plan: Plan, on_download: Callable[[int, int], None] | None = None) -> FrozenBackbone:
+        """The frozen backbone a run of this plan embeds with: its weights, pixels, device and precision."""
+        cfg = plan.config
+        return cls.load(cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path, prep=plan.preprocessing,
+                        device=cfg.device, amp=cfg.amp, seed=cfg.seed, on_download=on_download)
 
     @functools.cached_property
     def inference_model(self) -> nn.Module:

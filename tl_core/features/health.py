@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from tl_core import plan
+from tl_core.config import TrainConfig
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
 
@@ -243,7 +245,8 @@ def check_health(ds: ImageDataset, backbone: str = "mobilenet_v2", *, image_size
 
     t0 = time.perf_counter()
     ds = apply_overrides(ds)
-    frozen = FrozenBackbone.load(backbone, image_size=image_size, device=device)
+    config = TrainConfig(backbone=backbone, image_size=image_size, device=device)
+    frozen = FrozenBackbone.for_plan(plan.for_images(config, [s.path for s in ds.samples]))  # the pixels training sees
     parts = embed_dataset(ds, frozen, progress=progress, should_stop=should_stop).values()
     x = torch.cat([p.x[0] for p in parts if p.samples])
     samples = [s for p in parts for s in p.samples]

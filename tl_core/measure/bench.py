@@ -175,7 +175,7 @@ def probe_side(root: Path, backbone: str, device: torch.device) -> dict:
     """The plain linear probe the issue measures against: frozen features of each whole image resized to the crop
     (no cropping, no augmentation), multinomial logistic regression by L-BFGS, L2 chosen by 5-fold cross-validation
     on the training split only. TL Studio's feature path must never be below it."""
-    from tl_core.data.sources import load_dataset
+    from tl_core.data.scan import load_dataset
     from tl_core.features.frozen import FrozenBackbone, embed_dataset
     from tl_core.features.probe import fit_head, predict_proba
 

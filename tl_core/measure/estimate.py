@@ -13,12 +13,13 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from tl_core import plan
 from tl_core.config import TrainConfig
-from tl_core.data.pipeline import decode_square, epoch_sizes
-from tl_core.data.scan import ScanReport, _VerdictCache, check_file, median_short_side
+from tl_core.data.pipeline import decode_square
+from tl_core.data.scan import ScanReport, _VerdictCache, check_file
 from tl_core.devices import fast_dtype, pick_device
+from tl_core.features.frozen import plan_caches
 from tl_core.measure.speed import Speed, load_speeds, measure
-from tl_core.models import backbones
 
 FIXED_SECONDS = 1.0  # building the model, loading weights, writing the run folder
 SAMPLE_FILES = 6
@@ -55,14 +56,10 @@ def _per_file_seconds(paths: list[str], resize: int) -> tuple[float, float]:
 
 def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None) -> Estimate:
     """Seconds for `train(report.spec, config)` on this machine; measures the backbone first if it never was."""
-    from tl_core.train.trainer import embedding_caches
-
     device = pick_device(config.device)
     speed = speed or load_speeds(device).get(config.backbone) or measure(config.backbone, device)
-    prep = backbones.preprocessing_of(backbones.pick_weights(config.backbone))
-    if config.image_size:
-        prep = prep.at_size(config.image_size)
-    prep = prep.for_image_side(median_short_side([im.path for im in report.images]))  # as the trainer decides
+    run = plan.for_images(config, [im.path for im in report.images])
+    prep = run.preprocessing
     pixels = (prep.crop / 224) ** 2  # rates were measured at 224 px
     counts = report.split_counts()
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)
@@ -72,9 +69,8 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
     workers = max(1.0, min(8, os.cpu_count() or 1) * 0.8)  # decoding and checking run in threads
     unchecked = sum(_VerdictCache(report.root).get(p) is None for p in files)
     phases = {"setup": FIXED_SECONDS, "checking files": unchecked * check / workers}
-    if config.strategy == "features" and config.embedding_cache:
-        dtype = fast_dtype(device) if config.amp else None
-        caches = embedding_caches(config, prep, dtype)
+    if run.fitted_head:
+        caches = plan_caches(run, fast_dtype(device) if config.amp else None)
         known = [c.known() for c in caches]
         todo = [im for im in report.images if any(im.hash not in k for k in known)]
         views = sum(len(caches) if im.split == "train" else 1 for im in todo)
@@ -88,8 +84,7 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
         elif config.strategy == "features":
             train_rate = speed.images_per_s / pixels / 1.5  # backbone runs forward only, every step
         phases["decoding"] = (n_train + n_val) * decode / workers
-        resize = config.progressive_resize if config.strategy != "features" else 1.0  # as WholeNetwork decides
-        shrink = [(side / prep.crop) ** 2 for side in epoch_sizes(prep, config.epochs, resize, config.augment)]
+        shrink = [(side / prep.crop) ** 2 for side in run.sizes]
         phases["training"] = sum(shrink) * n_train / train_rate
-        phases["validation"] = config.epochs * n_val * pixels * 1.5 / speed.images_per_s  # unfused eval pass
+        phases["validation"] = run.epochs * n_val * pixels * 1.5 / speed.images_per_s  # unfused eval pass
     return Estimate(sum(phases.values()), phases)

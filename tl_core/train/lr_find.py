@@ -1,36 +1,37 @@
-"""Learning-rate finder (fastai / Leslie Smith): a short sweep, lr growing exponentially each step, loss recorded.
+"""Learning-rate finder (fastai / Leslie Smith): a short run of the one training loop with the rate growing
+exponentially each step, the smoothed loss recorded, and a rate suggested from the curve.
 
-A separate throw-away run of a few dozen steps on the train split, built from the same primitives as training
-(backbone + new head, strategy, batched augmentation). The suggestion is where the smoothed loss falls fastest,
-before it blows up: the head's learning rate (`TrainConfig.lr`; the backbone gets it times backbone_lr_factor).
+The sweep is `Trainer.sweep`: the user's whole configuration (backbone, strategy, batch size, augmentation,
+optimiser, weight decay, label smoothing, image size) on the user's own split, so it advises the run about to
+start. The suggestion is the head's learning rate (`TrainConfig.lr`; the backbone gets it times
+backbone_lr_factor), chosen so that it trains: where the smoothed loss falls fastest, at most a third of the rate
+at which it bottoms out (past that it soon diverges), and inside a sane range for the optimiser.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
+from tl_core.config import TrainConfig
+from tl_core.data.sources import DatasetSpec
+from tl_core.train.callbacks import LRSweep
+from tl_core.train.events import Listener
+from tl_core.train.trainer import Trainer
 
-from tl_core.config import DEFAULT_BACKBONE, TrainConfig
-from tl_core.data.pipeline import Batcher, decode_many
-from tl_core.data.sources import load_dataset
-from tl_core.devices import pick_device
-from tl_core.models import backbones
-
-MAX_IMAGES = 512
-SMOOTHING = 0.98
-DIVERGED = 4.0  # stop once the smoothed loss is this many times its best
+SANE = {"adamw": (1e-5, 1e-2), "sgd": (1e-4, 1e-1)}  # head rates outside these hardly ever train a pretrained net
+BELOW_MINIMUM = 3.0  # the suggestion stays this many times below the rate of the lowest loss
+FLAT = 0.05  # a curve whose loss never falls this fraction below its start tells nothing
 
 
-@dataclass
+@dataclass(frozen=True)
 class LRFindResult:
     lrs: list[float]
     losses: list[float]  # smoothed (exponential moving average, debiased)
     suggestion: float
+    reason: str  # how the suggestion was chosen, for people
     backbone: str
     strategy: str
 
@@ -38,67 +39,43 @@ class LRFindResult:
         return asdict(self)
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The lr of steepest descent of the smoothed loss against log(lr), looked for before the loss minimum."""
-    if len(lrs) < 3:
-        raise ValueError("The sweep is too short to suggest a learning rate (fewer than 3 steps).")
-    end = max(2, losses.index(min(losses)))
-    start = min(len(lrs) // 10, end - 2)
-    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(start, end)]
-    return lrs[start + slopes.index(min(slopes))]
+def _steepest(lrs: list[float], losses: list[float], end: int) -> int:
+    """Index of the steepest fall of the loss against log(lr) before `end`, over windows of a tenth of the sweep
+    (single-step slopes of a noisy curve point at noise)."""
+    w = max(2, len(lrs) // 10)
+    slopes = [((losses[i + w] - losses[i]) / (math.log(lrs[i + w]) - math.log(lrs[i])), i + w // 2)
+              for i in range(0, max(1, end - w + 1)) if i + w < len(lrs)]
+    return min(slopes)[1] if slopes else 0
 
 
-def _param_groups(model: nn.Module, head: str, lr: float, factor: float) -> list[dict]:
-    head_ids = {id(p) for p in model.get_submodule(head).parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) in head_ids], "scale": 1.0},
-              {"params": [p for p in trainable if id(p) not in head_ids], "scale": factor}]
-    return [{**g, "lr": lr * g["scale"]} for g in groups if g["params"]]
+def suggest(lrs: list[float], losses: list[float], config: TrainConfig) -> tuple[float, str]:
+    """(suggested head rate, why): the steepest descent of the smoothed loss, bounded by the rate of its minimum
+    (a third of it at most) and by the optimiser's sane range; the configured rate when the curve is flat."""
+    if len(lrs) < 5:
+        raise ValueError("The sweep is too short to suggest a learning rate (fewer than 5 steps before the loss diverged).")
+    low, high = SANE[config.optimizer]
+    best = losses.index(min(losses))
+    if losses[0] - losses[best] < FLAT * abs(losses[0]):
+        return config.head_lr, "the loss hardly fell during the sweep, so the configured rate is kept"
+    steep = lrs[_steepest(lrs, losses, best)]
+    bounded = min(steep, lrs[best] / BELOW_MINIMUM)
+    lr = min(max(bounded, low), high)
+    notes = [f"steepest fall of the loss at {steep:.1e}, lowest loss at {lrs[best]:.1e}"]
+    if bounded < steep:
+        notes.append("kept a third below the lowest-loss rate")
+    if lr != bounded:
+        notes.append(f"kept within {low:g}..{high:g}")
+    return lr, "; ".join(notes)
 
 
-def lr_find(source: str, backbone: str = DEFAULT_BACKBONE, strategy: str = "finetune", steps: int = 100,
-            batch_size: int = 16, start_lr: float = 1e-6, end_lr: float = 1.0, image_size: int | None = None,
-            device: str | None = None, seed: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> LRFindResult:
-    """Sweep lr from start_lr to end_lr over `steps` batches of the train split; returns the curve and a suggestion."""
-    defaults = TrainConfig()
-    ds = load_dataset(source)
-    train = ds.split("train")
-    if len(train) < 2:
-        raise ValueError(f"{ds.name} has too few training images for a learning-rate sweep.")
-    dev = pick_device(device)
-    model, head, prep = backbones.build(backbone, len(ds.classes))
-    prep = prep.at_size(image_size) if image_size else prep
-    backbones.apply_strategy(model, head, strategy, defaults.finetune_stages)
-    rng = random.Random(seed)
-    samples = rng.sample(train, min(len(train), MAX_IMAGES, steps * batch_size))
-    u8, kept, _ = decode_many(samples, prep.resize)
-    labels = torch.tensor([samples[i].label for i in kept])
-    model = model.to(dev).train()
-    backbones.freeze_batchnorm(model, defaults.keep_bn_statistics)
-    batcher = Batcher(prep, dev, "light")
-    opt = torch.optim.AdamW(_param_groups(model, head, start_lr, defaults.backbone_lr_factor),
-                            weight_decay=defaults.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=defaults.label_smoothing)
-    gen = torch.Generator().manual_seed(seed)
-    growth = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    lrs, losses, avg, best = [], [], 0.0, math.inf
-    for step in range(steps):
-        lr = start_lr * growth**step
-        for g in opt.param_groups:
-            g["lr"] = lr * g["scale"]
-        idx = torch.randint(len(kept), (min(batch_size, len(kept)),), generator=gen)
-        loss = loss_fn(model(batcher.train(u8[idx], gen)), labels[idx].to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        avg = SMOOTHING * avg + (1 - SMOOTHING) * loss.item()
-        smooth = avg / (1 - SMOOTHING ** (step + 1))
-        if not math.isfinite(smooth) or (step > 5 and smooth > DIVERGED * best):
-            break
-        lrs.append(lr)
-        losses.append(smooth)
-        best = min(best, smooth)
-        if progress:
-            progress(step + 1, steps)
-    return LRFindResult(lrs, losses, suggest(lrs, losses), backbone, strategy)
+def lr_find(data: str | DatasetSpec, config: TrainConfig, steps: int = 100, start_lr: float = 1e-6, end_lr: float = 1.0,
+            progress: Callable[[int, int], None] | None = None, listeners: list[Listener] | tuple = (),
+            stop: threading.Event | None = None) -> LRFindResult:
+    """Sweep the head's rate from start_lr to end_lr over `steps` training steps of this configuration."""
+    if steps < 5:
+        raise ValueError("The sweep needs at least 5 steps.")
+    if not 0 < start_lr < end_lr:
+        raise ValueError("The sweep's start rate must be positive and below its end rate.")
+    sweep = Trainer(config, listeners, stop).sweep(data, LRSweep(start_lr, end_lr, steps, progress))
+    lr, why = suggest(sweep.lrs, sweep.losses, config)
+    return LRFindResult(sweep.lrs, sweep.losses, lr, why, config.backbone, config.strategy)
