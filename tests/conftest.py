@@ -43,6 +43,19 @@ def with_real_weights(real_weights, monkeypatch) -> Path:
     return real_weights
 
 
+@pytest.fixture(scope="session")
+def own_weights(tmp_path_factory) -> Path:
+    """A user's own weight file (a random-initialised mobilenet_v3_small as safetensors): a frozen backbone of own
+    weights may be trained on, where one of no weights at all is refused as unable to learn."""
+    from safetensors.torch import save_file
+
+    from tl_core.models import backbones
+
+    path = tmp_path_factory.mktemp("own_weights") / "mobilenet_v3_small.safetensors"
+    save_file({k: v.contiguous() for k, v in backbones.bare("mobilenet_v3_small").state_dict().items()}, path)
+    return path
+
+
 def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, colour).save(path, fmt)

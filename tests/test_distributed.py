@@ -23,11 +23,12 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 @pytest.fixture
 def task(request, tmp_path) -> tuple[str, list[str]]:
     """(DATA, flags): 40 training images per class and every validation image of ants vs bees at 128 px with the
-    real weights; without ../shared/data the demo with a small network from scratch."""
+    real weights; without ../shared/data the demo with a small network of random weights (an own weight file)."""
     if not (HYMENOPTERA.exists() and MOBILENET_FILE.exists()):
         from tl_core.data.demo import demo_root
 
-        return str(demo_root()), ["--backbone", "mobilenet_v3_small", "--no-pretrained", "--image-size", "64"]
+        own = request.getfixturevalue("own_weights")
+        return str(demo_root()), ["--backbone", "mobilenet_v3_small", f"--weights-path={own}", "--image-size", "64"]
     request.getfixturevalue("with_real_weights")
     data = tmp_path / "ants_bees"
     for split, n in (("train", 40), ("val", None)):
@@ -68,7 +69,7 @@ def one_and_two(tmp_path: Path, data: str, flags: list[str]) -> tuple[dict, dict
 
 def test_torchrun_fine_tunes_one_model_like_one_process(task, tmp_path):
     data, flags = task
-    if "--no-pretrained" in flags:
+    if "mobilenet_v3_small" in flags:
         pytest.skip("../shared/data is absent: a few epochs from scratch are too noisy to compare two runs by 0.03")
     """Whole-network training on 80 images, a step taking all of them (40 per rank: the same gradient as one
     process, up to BatchNorm's per-rank statistics): with few steps, smaller batches make any two runs differ by
@@ -93,7 +94,7 @@ def test_torchrun_feature_extraction_gathers_every_embedding(task, tmp_path):
     one, two = one_and_two(tmp_path, data, [*flags, "--strategy", "features", "--augment", "none"])
     assert one["epochs_completed"] == two["epochs_completed"] == 1
     assert abs(one["best_val_accuracy"] - two["best_val_accuracy"]) <= 0.03, (one, two)
-    assert "--no-pretrained" in flags or two["best_val_accuracy"] >= 0.8  # real features: far above chance
+    assert "mobilenet_v3_small" in flags or two["best_val_accuracy"] >= 0.8  # real features: far above chance
     run = list_runs(tmp_path / "runs2")[0]
     assert run.summary["head_fit"]["method"].startswith("L-BFGS") and (run.dir / "backbone.safetensors").exists()
 

@@ -125,10 +125,10 @@ def test_clocks_stop_and_an_early_stop_says_why(tmp_path):
     assert load_run(first.run_dir).summary["stop_reason"] == "early-stopped at epoch 2 (patience 1)"
 
 
-def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, tmp_path):
-    """Defect 5: progress counts cached images too; the embedding rate is never called a training rate."""
-    cfg = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="features", image_size=48, epochs=2, patience=0,
-                      feature_views=2)
+def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, tmp_path, own_weights):
+    """Progress counts cached images too; the embedding rate is never called a training rate."""
+    cfg = TrainConfig(backbone="mobilenet_v3_small", weights_path=str(own_weights), strategy="features", image_size=48,
+                      epochs=2, patience=0, feature_views=2)
     train(DatasetSpec(str(shapes_folder), 0.3, 1), cfg, tmp_path / "runs")
     events = []
     spec = DatasetSpec(str(shapes_folder), 0.3, 2)  # another split: some train images' augmented views are new

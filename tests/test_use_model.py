@@ -236,48 +236,6 @@ def test_failed_export_leaves_nothing_and_a_folder_gets_one_message(bees_run, tm
     assert not dest.exists() and not list(tmp_path.glob("*.tmp")) and list(tmp_path.iterdir()) == [folder]
 
 
-# ---------------------------------------------------------------- lr finder
-
-
-def test_lr_find_returns_a_finite_suggestion(with_real_weights, capsys):
-    out = run_cli(capsys, "lr-find", "demo", "--backbone", "mobilenet_v2", "--steps", "16", "--batch-size", "8",
-                  "--image-size", "64", "--json")
-    result = json.loads(out.strip().splitlines()[-1])
-    lrs, losses = result["lrs"], result["losses"]
-    assert len(lrs) >= 8 and lrs == sorted(lrs) and all(np.isfinite(losses))
-    assert np.isfinite(result["suggestion"]) and lrs[0] <= result["suggestion"] <= lrs[-1]
-
-
-def lr_finder_app():
-    import streamlit as st
-
-    from pages.ui.lr_find import render_lr_finder
-
-    st.number_input("Learning rate (head)", 1e-6, 1.0, 1e-3, format="%.5f", key="train_lr")  # as on the Train page
-    render_lr_finder("demo", "mobilenet_v2", image_size=64, steps=20)
-
-
-def test_lr_finder_section_plots_and_one_click_sets_the_learning_rate(with_real_weights):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_function(lr_finder_app, default_timeout=300)
-    at.run()
-    at.button(key="lr_find_run").click().run()
-    assert not at.exception, at.exception
-    assert at.get("plotly_chart") and at.button(key="lr_find_use").label.startswith("Use learning rate")
-    at.button(key="lr_find_use").click().run()
-    suggested = float(at.button(key="lr_find_use").label.split()[-1])
-    assert at.number_input(key="train_lr").value == pytest.approx(suggested, rel=0.06) != 1e-3
-
-
-def test_lr_suggestion_is_the_steepest_descent():
-    from tl_core.train.lr_find import suggest
-
-    lrs = [10 ** (-6 + i * 0.25) for i in range(25)]
-    losses = [1.0] * 8 + [1.0 - 0.05 * i for i in range(1, 5)] + [0.6, 0.3, 0.25] + [0.25 + 0.2 * i for i in range(10)]
-    assert suggest(lrs, losses) == lrs[12]  # where 0.6 -> 0.3 starts: the biggest drop before the minimum
-
-
 # ---------------------------------------------------------------- the Predict page
 
 

@@ -33,6 +33,11 @@ class Preprocessing:
     std: tuple[float, float, float]
 
     @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """As stored in run.json (JSON has lists where the value holds tuples)."""
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))
+
+    @classmethod
     def imagenet(cls, crop: int = 224) -> Preprocessing:
         return cls(round(crop * 256 / 224), crop, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -110,11 +110,11 @@ class Trainer:
     def sweep(self, data: str | DatasetSpec, sweep: LRSweep) -> LRSweep:
         """The learning-rate finder's run: the loop's steps on this config's data, split and plan, with the rate
         set by `sweep` each step, nothing validated and no run folder."""
+        if plan.fits_head(self.config):
+            raise ValueError("Feature extraction fits its head outright (L-BFGS): it has no learning rate to find.")
         spec = data if isinstance(data, DatasetSpec) else DatasetSpec(data)
         ds, _, hashes, prep = self._checked(spec)
         ctx = self._context(ds, prep, None)
-        if ctx.plan.fitted_head:
-            raise ValueError("Feature extraction fits its head outright (L-BFGS): it has no learning rate to find.")
         loop = Loop(ctx, Sweep(choose(ctx, ds.split("train"), ds.split("val"), hashes), sweep.steps), [sweep], 1)
         loop.prepare()
         try:
@@ -169,7 +169,7 @@ class Trainer:
             self._build(len(ds.classes))
         except Exception as e:
             raise self._failed(e, str(run.dir)) from e
-        prep = backbones.Preprocessing(**info["preprocessing"])  # exactly what the run was trained with
+        prep = backbones.Preprocessing.from_dict(info["preprocessing"])  # exactly what the run was trained with
         return run, ds, gone, {p: c.hash for p, c in checks.items() if c.usable}, prep
 
     def progress(self, phase: str):

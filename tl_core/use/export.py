@@ -176,7 +176,7 @@ def load_export(path: str | Path, device: str | None = None) -> Predictor:
         state = load(zf.read("model.safetensors"))
     model = build_model(meta["backbone"], len(meta["classes"]), meta["head"], state)
     cal = Calibration(**meta["calibration"]) if meta.get("calibration") else None
-    return Predictor(model, meta["classes"], Preprocessing(**meta["preprocessing"]), pick_device(device), meta["backbone"], cal)
+    return Predictor(model, meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), pick_device(device), meta["backbone"], cal)
 
 
 # ---------------------------------------------------------------- README inside the zip

@@ -290,4 +290,4 @@ def model_parts(run: Run, which: str = "best") -> tuple[nn.Module, list[str], Pr
     info = run.info
     model = build_model(info["config"]["backbone"], len(info["classes"]), info["head"], run.model_state(which),
                         str(run.dir / f"{which}.safetensors"))
-    return model, info["classes"], Preprocessing(**info["preprocessing"])
+    return model, info["classes"], Preprocessing.from_dict(info["preprocessing"])

@@ -1,0 +1,64 @@
+"""The plan: every derived decision made once, and every consumer seeing the same pixels."""
+
+from __future__ import annotations
+
+import pytest
+
+from tl_core import plan
+from tl_core.cli.main import main
+from tl_core.config import TrainConfig
+from tl_core.data.scan import load_dataset, scan
+from tl_core.data.sources import DatasetSpec
+from tl_core.features.compare import compare
+from tl_core.features.health import check_health
+from tl_core.measure.estimate import estimate
+from tl_core.models.backbones import Preprocessing
+from tl_core.train.runs import load_run
+from tl_core.train.trainer import train
+
+
+def test_the_path_epochs_and_sizes_follow_the_config():
+    prep = Preprocessing.imagenet()
+    fitted = plan.make(TrainConfig(strategy="features"), prep)
+    assert fitted.fitted_head and fitted.epochs == 1 and fitted.sizes == (224,)
+    assert not plan.make(TrainConfig(strategy="features", backbone="squeezenet1_1"), prep).fitted_head  # a conv head
+    assert not plan.make(TrainConfig(strategy="features", embedding_cache=False), prep).fitted_head
+    tuned = plan.make(TrainConfig(strategy="finetune", epochs=4), prep)
+    assert tuned.epochs == 4 and len(tuned.sizes) == 4 and tuned.sizes[0] < tuned.sizes[-1] < 224  # progressive, FixRes
+    assert plan.make(TrainConfig(feature_views=3, augment="none"), prep).views == 1
+
+
+def test_a_frozen_backbone_of_random_weights_is_refused_everywhere(capsys):
+    config = TrainConfig(strategy="features", pretrained=False)
+    assert "cannot learn" in plan.cannot_learn(config)
+    with pytest.raises(ValueError, match="cannot learn"):
+        plan.check(config)
+    assert main(["train", "demo", "--no-pretrained"]) == 1
+    assert "cannot learn" in capsys.readouterr().err
+    assert plan.cannot_learn(TrainConfig(strategy="full", pretrained=False)) is None  # from scratch: slow, but it learns
+
+
+def test_training_health_compare_and_the_estimate_embed_identical_pixels(shapes_folder, with_real_weights, tmp_path,
+                                                                        monkeypatch):
+    """48-px pictures: the small-image rule resizes them whole. Every consumer asks the plan, so after a training
+    run has cached its embeddings the health check and compare add none and the estimate expects none to compute."""
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    spec = DatasetSpec(str(shapes_folder), val_fraction=0.3, split_seed=1)
+    config = TrainConfig(backbone="mobilenet_v2", strategy="features")
+    run = load_run(train(spec, config, tmp_path / "runs").run_dir)
+    prep = Preprocessing.from_dict(run.info["preprocessing"])
+    assert prep.resize == prep.crop == 224  # whole picture, no crop
+    assert prep == plan.preprocessing(config, [s.path for s in load_dataset(spec).samples])
+
+    embeddings = tmp_path / "home" / "embeddings"
+
+    def shards() -> set[str]:
+        return {str(p.relative_to(embeddings)) for p in embeddings.rglob("*.safetensors")}
+
+    trained = shards()
+    assert trained
+    check_health(load_dataset(spec), "mobilenet_v2")
+    assert shards() == trained  # the health check read the training run's embeddings: the same pixels
+    compare(load_dataset(spec), ["mobilenet_v2"], config)
+    assert shards() == trained
+    assert estimate(scan(spec), config).phases["embedding"] == 0
