@@ -28,6 +28,12 @@ def test_the_path_epochs_and_sizes_follow_the_config():
     assert plan.make(TrainConfig(feature_views=3, augment="none"), prep).views == 1
 
 
+def test_settings_that_change_nothing_are_named():
+    assert plan.unused_options(TrainConfig(strategy="features")) >= {"epochs", "lr", "progressive_resize", "finetune_stages"}
+    assert plan.unused_options(TrainConfig(strategy="finetune")) == frozenset()
+    assert plan.unused_options(TrainConfig(strategy="full")) == {"finetune_stages"}
+
+
 def test_a_frozen_backbone_of_random_weights_is_refused_everywhere(capsys):
     config = TrainConfig(strategy="features", pretrained=False)
     assert "cannot learn" in plan.cannot_learn(config)

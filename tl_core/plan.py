@@ -59,6 +59,14 @@ def fits_head(config: TrainConfig) -> bool:
     return config.strategy == "features" and config.embedding_cache and backbones.head_is_linear(config.backbone)
 
 
+def unused_options(config: TrainConfig) -> frozenset[str]:
+    """Settings that change nothing for this configuration (the Train page shows them disabled)."""
+    unused = {"epochs", "batch_size", "lr"} if fits_head(config) else set()  # a fitted head has no epochs or step size
+    unused |= {"finetune_stages"} if config.strategy != "finetune" else set()
+    unused |= {"progressive_resize", "keep_bn_statistics"} if config.strategy == "features" else set()  # nothing in it trains
+    return frozenset(unused)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Every derived decision of one run."""

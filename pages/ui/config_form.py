@@ -52,11 +52,8 @@ def config_form(backbone: str) -> TrainConfig:
     main = [o for o in declared if not o[2].advanced]
     name, kind, opt, default = main[0]  # the strategy comes first: the rest depends on it
     strategy = values[name] = _widget(name, kind, opt, default, st, strategy)
-    fitted = plan.fits_head(TrainConfig(backbone=backbone, strategy=strategy,
-                                        embedding_cache=st.session_state.get(KEY + "embedding_cache", True)))
-    unused = {"epochs", "batch_size", "lr"} if fitted else set()  # a fitted head has no epochs or step size
-    unused |= {"finetune_stages"} if strategy != "finetune" else set()
-    unused |= {"progressive_resize", "keep_bn_statistics"} if strategy == "features" else set()  # nothing in it trains
+    unused = plan.unused_options(TrainConfig(backbone=backbone, strategy=strategy,
+                                             embedding_cache=st.session_state.get(KEY + "embedding_cache", True)))
     for (name, kind, opt, default), container in zip(main[1:], st.columns(len(main) - 1)):
         values[name] = _widget(name, kind, opt, default, container, strategy, disabled=name in unused)
     with st.expander("More settings"):
