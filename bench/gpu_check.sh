@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13 on a GPU machine, in one call: `bash bench/gpu_check.sh` (about 8 minutes; run it under a ~540 s limit).
+# The GPU checks in one call on a GPU machine: `bash bench/gpu_check.sh` (about 8 minutes; run it under a ~540 s limit).
 # Needs .devdata/ (bash bench/make_devdata.sh, carried as an ignored path). Writes at most 8 files to $OUT:
 #   nvidia-smi.txt gpu_util.csv bench.json throughput.json throughput_compile.json speed.json oom.json log.txt
 # and prints a compact summary at the end. Every step is independent: a failing step prints its error tail

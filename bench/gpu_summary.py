@@ -1,4 +1,4 @@
-"""Compact summary of bench/gpu_check.sh's results folder, next to issue 13's targets and published figures.
+"""Compact summary of bench/gpu_check.sh's results folder, next to the targets and published figures.
 
     python3 bench/gpu_summary.py OUT_DIR
 """
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-# Published figures (sources in BENCHMARKS.md, "GPU (issue 13)").
+# Published figures (sources in BENCHMARKS.md, the H200 sections).
 NVIDIA_RN50_A100_AMP_TRAIN = 2470  # img/s, 1x A100 80GB, DeepLearningExamples resnet50v1.5
 TIMM_4090_AMP_NHWC_INFER = {"resnet18": 18247.4, "resnet50": 5088.4, "mobilenet_v2": 11768.0}  # batch 512, 224 px
 TARGET_RN50_TRAIN = 3000
@@ -86,7 +86,7 @@ def util_line(path: Path) -> str | None:
 
 
 def main(out: Path) -> None:
-    lines = ["", "=" * 30 + " SUMMARY (issue 13) " + "=" * 30]
+    lines = ["", "=" * 30 + " SUMMARY " + "=" * 30]
     sections = [("bench.json", bench_lines), ("throughput.json", lambda t: throughput_lines("throughput (eager)", t)),
                 ("throughput_compile.json", lambda t: throughput_lines("throughput (torch.compile)", t)),
                 ("oom.json", oom_lines)]

@@ -1,4 +1,4 @@
-"""Issue 13: a batch that cannot fit gives the clear "Out of memory" message, and the job can be restarted.
+"""On CUDA: a batch that cannot fit gives the clear "Out of memory" message, and the job can be restarted.
 
 No giant batch is needed: on CUDA the process is capped to a small share of the GPU's memory
 (`torch.cuda.set_per_process_memory_fraction`), a real full fine-tune with one batch of the whole training

@@ -1,10 +1,10 @@
-"""How long the Train page takes to render while a full fine-tune runs, against idle (issue 10).
+"""How long the Train page takes to render while a full fine-tune runs, against idle.
 
 Three conditions, each timed over N reruns of the Train page (Streamlit's AppTest runs the page's script in
 this process, exactly the work a refresh costs the server):
 * idle: no training anywhere;
-* child: a full fine-tune as a job (the dashboard's way now: a child process followed through its event file);
-* thread: the same fine-tune in a thread of this process (how jobs ran before: competing for the GIL).
+* child: a full fine-tune as a job (the dashboard's way: a child process followed through its event file);
+* thread: the same fine-tune in a thread of this process (the alternative to a child process: it competes with the page for the GIL).
 
     python3 bench/page_load.py [--loads 15] [--image-size 96] [--json]
 

@@ -64,7 +64,7 @@ def memory_format(device: torch.device) -> torch.memory_format:
 def inference_batch(device: torch.device) -> int:
     """Images per forward pass when nothing learns (embedding, validation, prediction). On CPU small batches keep
     each layer's activations in cache: 16 costs 0.6x the time per image of 64 for MobileNetV2 in bf16 (0.7x for
-    EfficientNet-B0, 0.85x for ResNet-50; measured in BENCHMARKS.md, issue 14 round 3). A GPU wants large batches."""
+    EfficientNet-B0, 0.85x for ResNet-50; measured in BENCHMARKS.md, "Inference batch on CPU"). A GPU wants large batches."""
     return 16 if device.type == "cpu" else 128
 
 

@@ -1,7 +1,7 @@
-"""The dashboard's choices (dataset spec, backbone, run): one typed value per browser session.
+"""The dashboard's choices (dataset spec, backbone, run): one typed value per browser tab.
 
-Each browser session keeps its own choices (two people on one server do not change each other's dataset);
-the last choice made on this server is saved to disk only as the default a new session starts from.
+Each browser tab keeps its own choices (two people on one server do not change each other's dataset);
+the last choice made on this server is saved to disk only as the default a new tab starts from.
 """
 
 from __future__ import annotations

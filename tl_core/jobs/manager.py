@@ -1,7 +1,7 @@
 """Training jobs as child processes: started, followed, stopped and re-attached by the dashboard.
 
 A job is `python -m tl_core train ...` (or `torchrun ... -m tl_core train ...` on several GPUs) in its own
-session, with a folder `$TL_STUDIO_HOME/jobs/<id>/`: job.json (pid, start time, device, command), events.jsonl
+process group (started with setsid), with a folder `$TL_STUDIO_HOME/jobs/<id>/`: job.json (pid, start time, device, command), events.jsonl
 (every typed training event as a JSON line, written by the child) and output.log (its stdout and stderr). A
 job's state is rebuilt by replaying its events, so a page that attaches late, or a new server process after a
 restart, sees the curves so far; a child that is gone without a final event is shown as interrupted, and a
@@ -498,7 +498,7 @@ class JobManager:
         if not job.alive():
             return False
         try:
-            os.killpg(job.pid, sig)  # its own session: the group id is its pid
+            os.killpg(job.pid, sig)  # started with setsid: the group id is its pid
             return True
         except ProcessLookupError:
             return False

@@ -140,8 +140,8 @@ def run_file(path: Path, fmt: str, x: np.ndarray, meta: dict) -> np.ndarray:
     if fmt == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"image": x})[0]
+        runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return runtime.run(None, {"image": x})[0]
     with torch.no_grad():
         if fmt == "torchscript":
             return torch.jit.load(str(path), map_location="cpu")(torch.from_numpy(x)).numpy()
