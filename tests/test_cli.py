@@ -1,4 +1,6 @@
-"""The command line as scripts use it: names, JSON shapes, one-line errors."""
+"""The command line as scripts use it: names, JSON shapes, one-line errors, the scan's split used by train."""
+
+from __future__ import annotations
 
 import json
 import os
@@ -6,12 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=300)
+from helpers import ROOT, cli
 
 
 def test_backbones_and_scan_json():

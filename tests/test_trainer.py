@@ -1,4 +1,7 @@
-"""Training end to end on CPU: real outcomes on held-out images, stop/resume, crashes, bad files."""
+"""Training end to end on CPU: real outcomes on held-out images, the spec's split, stop/resume, kills, crashes,
+bad files, refused settings, the fitted feature head and progressive resizing."""
+
+from __future__ import annotations
 
 import json
 import os
@@ -10,14 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HYMENOPTERA
+from helpers import HYMENOPTERA, TINY
+from PIL import Image
 
 from tl_core.config import TrainConfig
+from tl_core.data.scan import load_dataset
+from tl_core.data.sources import DatasetSpec
+from tl_core.features.compare import compare
 from tl_core.train.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
 from tl_core.train.runs import INTERRUPTED, list_runs, load_run
 from tl_core.train.trainer import TrainingError, resume, train
-
-TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
 
 
 def test_demo_end_to_end_beats_chance_by_far(with_real_weights, tmp_path):
@@ -114,15 +119,47 @@ def test_a_killed_run_keeps_its_epochs_and_can_resume(tmp_path):
     assert result.status == "finished" and result.epochs_completed == done + 1
 
 
-def test_runs_are_listed_and_deleted_but_not_while_training(tmp_path):
-    from tl_core.train.runs import RUNNING, delete_run
+def test_fitted_head_on_cached_embeddings_is_no_worse_than_running_the_backbone(with_real_weights, tmp_path):
+    """The head fitted on cached embeddings against a head trained by SGD with the frozen backbone run every step."""
+    from tl_core.use.predict import evaluate
 
-    result = train("demo", TrainConfig(**TINY, epochs=1), tmp_path)
+    cfg = dict(backbone="mobilenet_v2", epochs=3, augment="none", seed=3, patience=0, amp=False)
+    fast = train("demo", TrainConfig(strategy="features", **cfg), tmp_path / "a")
+    slow = train("demo", TrainConfig(strategy="features", embedding_cache=False, **cfg), tmp_path / "b")
+    ev_fast, ev_slow = evaluate(fast.run_dir), evaluate(slow.run_dir)
+    assert ev_fast.accuracy >= ev_slow.accuracy - 0.02 and ev_fast.accuracy >= 0.9
+
+
+def test_progressive_resizing_fine_tunes_above_chance_and_says_so(with_real_weights, tmp_path):
+    from tl_core.train.events import Logged
+
+    events = []
+    cfg = TrainConfig(backbone="mobilenet_v2", strategy="full", image_size=128, epochs=3, batch_size=32, patience=0,
+                      progressive_resize=0.5)
+    result = train("demo", cfg, tmp_path, [events.append])
+    assert "Progressive resizing: training images of 112 / 112 / 120 px by epoch (validation at 128 px)." in [
+        e.message for e in events if isinstance(e, Logged)]
+    assert result.best_val_accuracy >= 0.6  # 5 classes: chance is 0.2
+
+
+def small_grey_copy(src, dst, size: int = 28):
+    """Ants vs bees as 28 px greyscale: far smaller than the backbone's crop, one channel."""
+    for path in src.rglob("*.jpg"):
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).convert("L").resize((size, size)).save(out.with_suffix(".png"))
+    return dst
+
+
+@pytest.mark.skipif(not HYMENOPTERA.exists(), reason="../shared/data is absent")
+def test_a_feature_run_reaches_the_cross_validated_probe_on_small_greyscale_images(with_real_weights, tmp_path):
+    data = small_grey_copy(HYMENOPTERA, tmp_path / "ants28")
+    config = TrainConfig(backbone="mobilenet_v2", strategy="features", image_size=112)
+    result = train(DatasetSpec(str(data)), config, tmp_path / "runs")
+    probe = compare(load_dataset(DatasetSpec(str(data))), ["mobilenet_v2"], config)[0]
+    assert result.best_val_accuracy == pytest.approx(probe.val_accuracy, abs=0.007)  # one val image of 153
+    assert result.best_val_accuracy > 0.6  # two classes: chance is 0.5
     run = load_run(result.run_dir)
-    assert [r.id for r in list_runs(tmp_path)] == [run.id]
-    run.write_summary(status=RUNNING)  # this process is alive: the run counts as training
-    with pytest.raises(RuntimeError, match="still training"):
-        delete_run(run)
-    run.write_summary(status="finished")
-    delete_run(run)
-    assert list_runs(tmp_path) == []
+    assert run.info["preprocessing"]["resize"] == run.info["preprocessing"]["crop"] == 112  # whole image, no crop
+    fit = run.summary["head_fit"]
+    assert fit["method"].startswith("L-BFGS") and fit["l2"] > 0 and 0 < fit["cv_accuracy"] <= 1
