@@ -10,6 +10,9 @@ from pathlib import Path
 
 from helpers import ROOT, cli
 
+from tl_core.data.scan import load_dataset
+from tl_core.data.sources import DatasetSpec
+
 
 def test_backbones_and_scan_json():
     rows = json.loads(cli("backbones", "--json").stdout)
@@ -75,3 +78,23 @@ def test_piped_output_is_plain_and_a_terminal_gets_bars(tmp_path):
         drawn += chunk
     os.close(primary)
     assert proc.returncode == 0 and b"checking images" in drawn and b"380/380" in drawn
+
+
+def test_cli_scan_lists_each_usable_files_split_and_train_uses_exactly_it(shapes_folder, tmp_path):
+    def json_of(*args):
+        out = subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
+                             env=os.environ.copy(), timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    report = json_of("scan", str(shapes_folder), "--val-fraction", "0.3", "--split-seed", "5", "--json")
+    assert report["n_images"] == 30 and all(f["split"] in ("train", "val") for f in report["files"])
+    result = json_of("train", str(shapes_folder), "--val-fraction", "0.3", "--split-seed", "5", "--backbone", "mobilenet_v3_small",
+                 "--no-pretrained", "--strategy", "full", "--image-size", "48", "--epochs", "1", "--seed", "9",
+                 "--runs-dir", str(tmp_path), "--json")
+    split = json.loads((Path(result["run_dir"]) / "split.json").read_text())
+    assert {sp: sorted(p for p, _ in items) for sp, items in split.items()} == {
+        sp: sorted(f["path"] for f in report["files"] if f["split"] == sp) for sp in ("train", "val")}
+    est = json_of("estimate", str(shapes_folder), "--backbone", "mobilenet_v3_small", "--strategy", "full", "--epochs", "1", "--json")
+    assert est["seconds"] > 0 and "training" in est["phases"]
+    assert load_dataset(DatasetSpec(str(shapes_folder), 0.3, 5)).counts() == report["counts"]

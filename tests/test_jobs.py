@@ -110,3 +110,20 @@ def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
     assert s.workers == 2 and s.result.stop_reason.startswith("stopped by request") and s.resumable
     run = load_run(s.run_dir)
     assert run.summary["status"] == "stopped" and run.info["processes"] == 2
+
+
+def test_clocks_stop_and_an_early_stop_says_why(tmp_path):
+    """Elapsed and ETA freeze when a job ends; early stopping is named with its epoch and patience."""
+    jobs = JobManager(tmp_path)
+    config = TrainConfig(**{**TINY, "patience": 1, "strategy": "features"}, embedding_cache=False, epochs=6, lr=1e-7,
+                         augment="none")  # a frozen backbone whose head barely moves: no gain after epoch 1
+    job = jobs.start("demo", config)
+    assert jobs.wait(job, 300) == "finished"
+    first = job.snapshot()
+    time.sleep(1.2)
+    later = job.snapshot()
+    assert later.elapsed == first.elapsed and later.eta is None
+    assert first.result.stop_reason == "early-stopped at epoch 2 (patience 1)"
+    assert "early-stopped at epoch 2 (patience 1)" in first.status_text and first.fraction_done == 1.0
+    assert "2 of 6 epochs" in first.progress_text and "ETA" not in first.progress_text
+    assert load_run(first.run_dir).summary["stop_reason"] == "early-stopped at epoch 2 (patience 1)"

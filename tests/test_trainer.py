@@ -10,14 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import HYMENOPTERA, TINY
+from helpers import HYMENOPTERA, TINY, solid
 from PIL import Image
 
 from tl_core.config import TrainConfig
-from tl_core.data.scan import load_dataset
+from tl_core.data.scan import load_dataset, scan
 from tl_core.data.sources import DatasetSpec
 from tl_core.features.compare import compare
 from tl_core.train.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
@@ -163,3 +164,69 @@ def test_a_feature_run_reaches_the_cross_validated_probe_on_small_greyscale_imag
     assert run.info["preprocessing"]["resize"] == run.info["preprocessing"]["crop"] == 112  # whole image, no crop
     fit = run.summary["head_fit"]
     assert fit["method"].startswith("L-BFGS") and fit["l2"] > 0 and 0 < fit["cv_accuracy"] <= 1
+
+
+def val_files(run_dir) -> set[str]:
+    return {p for p, _ in load_run(run_dir).split("val")}
+
+
+def test_the_split_is_the_specs_never_the_training_seed(shapes_folder, tmp_path):
+    """A spec with split seed 7 and a training seed of 0: the run uses split seed 7 (folders and zips)."""
+    spec = DatasetSpec(str(shapes_folder), 0.3, 7)
+    shown = {im.path for im in scan(spec).images if im.split == "val"}
+    assert shown != {im.path for im in scan(DatasetSpec(str(shapes_folder), 0.3, 0)).images if im.split == "val"}
+    result = train(spec, TrainConfig(**TINY, epochs=1, seed=0), tmp_path / "runs")
+    assert val_files(result.run_dir) == shown
+    info = load_run(result.run_dir).info["dataset"]
+    assert info["split_seed"] == 7 and info["val_fraction"] == 0.3 and info["split_source"] == "random 30% (seed 7)"
+
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in shapes_folder.rglob("*.png"):
+            zf.write(p, str(p.relative_to(shapes_folder)))
+    zspec = DatasetSpec(str(archive), 0.3, 7)
+    shown_zip = {Path(im.path).name + im.path.split("/")[-2] for im in scan(zspec).images if im.split == "val"}
+    zrun = train(zspec, TrainConfig(**TINY, epochs=1, seed=3), tmp_path / "runs")
+    assert {Path(p).name + p.split("/")[-2] for p in val_files(zrun.run_dir)} == shown_zip
+
+
+def test_counts_splits_and_skips_are_of_usable_images_with_the_scans_wording(tmp_path):
+    """3 good images per class + a corrupt and a truncated JPEG: counts, splits and skips are the scan's."""
+    root = tmp_path / "few"
+    for cls, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        for i in range(3):
+            solid(root / cls / f"{i}.png", tuple(c + i for c in colour), size=(64, 64))
+    (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = root / "blue" / "0.png"
+    solid(root / "blue" / "full.jpg", (0, 0, 190), size=(64, 64), fmt="JPEG")
+    (root / "blue" / "truncated.jpg").write_bytes((root / "blue" / "full.jpg").read_bytes()[:200])
+    (root / "blue" / "full.jpg").unlink()
+    report = scan(DatasetSpec(str(root), 0.34, 0))
+    assert report.split_counts() == {"train": 4, "val": 2} and report.n_images == 6
+    reasons = {Path(p.path).name: p.reason for p in report.skipped}
+    assert set(reasons) == {"corrupt.jpg", "truncated.jpg"}
+    assert good.exists()
+    result = train(DatasetSpec(str(root), 0.34, 0), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    run = load_run(result.run_dir)
+    listed = {Path(p).name for sp in ("train", "val") for p, _ in run.split(sp)}
+    assert "corrupt.jpg" not in listed and "truncated.jpg" not in listed
+    assert sum(len(run.split(sp)) for sp in ("train", "val")) == 6
+    assert {Path(s["path"]).name: s["reason"] for s in run.summary["skipped"]} == reasons  # the scan's words
+    assert result.skipped == 2
+
+
+def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, tmp_path, own_weights):
+    """Progress counts cached images too; the embedding rate is never called a training rate."""
+    cfg = TrainConfig(backbone="mobilenet_v3_small", weights_path=str(own_weights), strategy="features", image_size=48,
+                      epochs=2, patience=0, feature_views=2)
+    train(DatasetSpec(str(shapes_folder), 0.3, 1), cfg, tmp_path / "runs")
+    events = []
+    spec = DatasetSpec(str(shapes_folder), 0.3, 2)  # another split: some train images' augmented views are new
+    train(spec, cfg, tmp_path / "runs", [events.append])
+    n_train = scan(spec).split_counts()["train"]
+    embedding = [e for e in events if isinstance(e, PhaseProgress) and e.phase == "embedding train images"]
+    assert embedding and all(e.total == n_train for e in embedding)
+    assert 0 < embedding[0].done < n_train and embedding[-1].done == n_train  # cached images counted as done
+    steps = [e for e in events if isinstance(e, StepEnded)]
+    rows = [e.row for e in events if isinstance(e, EpochEnded)]
+    assert steps and rows and rows[-1].images_per_s == pytest.approx(steps[-1].images_per_s)
