@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import HYMENOPTERA, TINY, solid
+from helpers import HYMENOPTERA, ROOT, TINY, solid
 from PIL import Image
 
 from tl_core.config import TrainConfig
@@ -22,7 +22,12 @@ from tl_core.data.scan import load_dataset, scan
 from tl_core.data.sources import DatasetSpec
 from tl_core.features.compare import compare
 from tl_core.train.events import EpochEnded, PhaseProgress, PhaseStarted, RunEnded, RunStarted, StepEnded
-from tl_core.train.runs import INTERRUPTED, list_runs, load_run
+from tl_core.train.runs import (
+    INTERRUPTED,
+    Run,
+    list_runs,
+    load_run,
+)
 from tl_core.train.trainer import TrainingError, resume, train
 
 
@@ -230,3 +235,89 @@ def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, 
     steps = [e for e in events if isinstance(e, StepEnded)]
     rows = [e.row for e in events if isinstance(e, EpochEnded)]
     assert steps and rows and rows[-1].images_per_s == pytest.approx(steps[-1].images_per_s)
+
+
+def _few(root: Path, classes=("red", "blue"), n: int = 4) -> Path:
+    for k, cls in enumerate(classes):
+        for i in range(n):
+            solid(root / cls / f"{i}.png", (40 + 150 * k, 20 * i, 200 - 150 * k), size=(48, 48))
+    return root
+
+
+def test_a_kill_mid_write_of_the_trainer_state_still_resumes(tmp_path):
+    result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    (Path(result.run_dir) / "trainer_state.pt").write_bytes(b"")  # what an in-place write killed midway left
+    again = resume(result.run_dir, epochs=2)
+    assert again.status == "finished" and again.epochs_completed == 2
+
+
+def test_resuming_a_run_that_is_being_written_is_refused(tmp_path):
+    result = train(str(_few(tmp_path / "d")), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tl_core.train.runs import RunLock\n"
+                               "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", result.run_dir],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match="being written by process"):
+            resume(result.run_dir, epochs=2)
+        assert [m["epoch"] for m in Run(Path(result.run_dir)).metrics()] == [1]  # nothing written twice
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_killed_before_its_first_epoch_restarts_plainly(tmp_path):
+    stop = threading.Event()
+    stop.set()  # stopped before anything finished, like a kill during decoding
+    first = train(str(_few(tmp_path / "d")), TrainConfig(**TINY, epochs=1), tmp_path / "runs", stop=stop)
+    assert first.epochs_completed == 0 and not Run(Path(first.run_dir)).has_checkpoint()
+    lines = []
+    again = resume(first.run_dir, [lambda e: lines.append(getattr(e, "message", ""))])
+    assert again.status == "finished" and again.epochs_completed == 1
+    assert any("Nothing had finished" in m and "from the beginning" in m for m in lines)
+
+
+def test_classes_come_from_usable_images(tmp_path):
+    root = _few(tmp_path / "d", ("red", "blue", "green"))
+    for p in (root / "green").iterdir():
+        p.write_bytes(b"not a picture")  # every file of one class undecodable
+    (root / "empty").mkdir()
+    report = scan(DatasetSpec(str(root)))
+    assert report.classes == ["blue", "red"]
+    assert {p.path for p in report.skipped if "empty class" in p.reason} == {"green", "empty"}
+    result = train(str(root), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    assert Run(Path(result.run_dir)).classes == ["blue", "red"]  # no dead output for a class with no image
+
+
+def test_refused_settings_data_or_weights_leave_no_run_folder(tmp_path):
+    data = _few(tmp_path / "d")
+    runs = tmp_path / "runs"
+    with pytest.raises(ValueError, match="epochs"):
+        train(str(data), TrainConfig(**{**TINY, "epochs": 0}), runs)
+    with pytest.raises(TrainingError, match="does not exist"):
+        train(str(tmp_path / "missing"), TrainConfig(**TINY, epochs=1), runs)
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(TrainingError):
+        train(str(data), TrainConfig(**{**TINY, "weights_path": str(bad)}, epochs=1), runs)
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_a_feature_run_resumes_after_a_val_file_was_deleted(tmp_path):
+    data = _few(tmp_path / "d", n=6)
+    cfg = TrainConfig(**{**TINY, "strategy": "features"}, epochs=1)
+    result = train(str(data), cfg, tmp_path / "runs")
+    gone = Path(Run(Path(result.run_dir)).split("val")[0][0])
+    gone.unlink()
+    again = resume(result.run_dir)  # the missing file is skipped, never hashed into a failure
+    assert again.status == "finished" and again.epochs_completed == 1
+    assert any(s["path"] == str(gone) for s in Run(Path(result.run_dir)).summary["skipped"])
+
+
+def test_no_promise_of_kept_epochs_when_there_are_none():
+    from tl_core.train.trainer import explain
+
+    _, none_kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=False)
+    _, kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=True)
+    assert "keeps its finished epochs" not in none_kept and "nothing was kept" in none_kept
+    assert "keeps its finished epochs" in kept
