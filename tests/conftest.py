@@ -1,18 +1,23 @@
-"""Shared fixtures: an isolated TL Studio home, the real weights from ../shared/data when present, small datasets."""
+"""Shared fixtures: an isolated TL Studio home, the real weights from ../shared/data when present, small datasets,
+trained runs shared by several files, a fresh home for page tests and a `streamlit run` server for browser tests.
+Plain helpers and constants live in helpers.py (imported by `from helpers import ...`); the names below are kept
+importable from here too."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+import streamlit as st
+from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, free_port, solid
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
-MOBILENET_FILE = SHARED / "weights" / "mobilenet_v2_qnnpack_dequantized-93d7100e.pth"
+__all__ = ["HYMENOPTERA", "MOBILENET_FILE", "ROOT", "SHARED", "solid"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,12 +61,6 @@ def own_weights(tmp_path_factory) -> Path:
     return path
 
 
-def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path, fmt)
-    return path
-
-
 @pytest.fixture
 def shapes_folder(tmp_path) -> Path:
     """Class folders only (no split folders): 3 classes x 10 small pictures, plus junk to be skipped."""
@@ -77,3 +76,101 @@ def shapes_folder(tmp_path) -> Path:
     (root / "square" / "notes.txt").write_text("not an image")
     (root / "triangle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     return root
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A TL Studio home of this test's own, so uploads/ starts empty."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("TL_STUDIO_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def ui(tmp_path, monkeypatch, studio_home):
+    """Fresh runs folder and preferences for each page test; the demo images are shared."""
+    home = tmp_path / "home"
+    home.mkdir()
+    from tl_core.data.demo import demo_root
+
+    (home / "demo-v1").symlink_to(demo_root())
+    monkeypatch.setenv("TL_STUDIO_HOME", str(home))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    from pages.ui.shared import job_manager
+
+    jobs = job_manager()
+    if jobs.active():
+        jobs.stop()
+        jobs.wait(jobs.active(), 60)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, real_weights):
+    """The demo, MobileNetV2's fitted feature head (real weights): trained once for the predict and export tests."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        return train("demo", TrainConfig(epochs=4), tmp_path_factory.mktemp("runs"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def bees_run(tmp_path_factory, real_weights):
+    """One short fine-tuning run on ants vs bees with the real MobileNetV2 weights, shared by the calibration,
+    Grad-CAM, batch predict and export tests (skipped cleanly without ../shared/data)."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent: no ants vs bees photos here")
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        # a fine-tuned network (label smoothing leaves it under-confident): what calibration is for; the fitted
+        # feature head is a logistic regression, calibrated already
+        config = TrainConfig(strategy="full", epochs=2, image_size=128, seed=0)
+        result = train(str(HYMENOPTERA), config, tmp_path_factory.mktemp("runs"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+    assert result.best_val_accuracy > 0.8
+    return Path(result.run_dir)
+
+
+@pytest.fixture
+def server(tmp_path, studio_home):
+    """`streamlit run` on a free port with a fresh home and runs folder: the browser tests' server."""
+    from tl_core.data.demo import demo_root
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo-v1").symlink_to(demo_root())
+    port = free_port()
+    env = {**os.environ, "TL_STUDIO_HOME": str(home), "TL_STUDIO_RUNS": str(tmp_path / "runs"),
+           "TORCH_HOME": str(tmp_path / "torch"),
+           "OMP_NUM_THREADS": "1"}  # on a shared, busy CI machine two spinning torch threads train 15x slower than one
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(10)

@@ -1,3 +1,7 @@
+"""The backbone registry: torchvision's models with real metadata, new heads, strategies, safe weight files."""
+
+from __future__ import annotations
+
 import os
 import pickle
 
@@ -91,3 +95,18 @@ def test_user_weight_files_load_safely(tmp_path):
     torch.save(backbones.build("mobilenet_v3_small", 5, pretrained=False)[0].state_dict(), wrong)
     with pytest.raises(ValueError, match="wrong architecture"):
         backbones.build("resnet18", 5, pretrained=False, weights_path=str(wrong))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [b.name for b in backbones.list_backbones()])
+def test_every_backbone_builds_with_a_new_head(name):
+    model, head, prep = backbones.build(name, 7, pretrained=False)
+    layer = model.get_submodule(head)
+    assert getattr(layer, "out_features", getattr(layer, "out_channels", None)) == 7
+    assert len(backbones.stages(model, head)) >= 2
+    backbones.apply_strategy(model, head, "finetune", 2)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in model.parameters())
+    if sum(p.numel() for p in model.parameters()) < 40e6:  # forward only where it is cheap
+        with torch.no_grad():
+            assert model.eval()(torch.randn(1, 3, prep.crop, prep.crop)).shape == (1, 7)

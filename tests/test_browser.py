@@ -1,65 +1,19 @@
 """One real browser: `streamlit run` + headless Chromium through dataset -> backbone -> train -> predict.
 
-Every page and state of the issue-9 tour is saved as a screenshot under test-artifacts/screenshots/; with
+Every page and state of the tour is saved as a screenshot under test-artifacts/screenshots/; with
 TL_STUDIO_DOCS_SHOTS=1 the test also refreshes the small copies in docs/screenshots/ that README links to.
 """
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import pytest
-from conftest import MOBILENET_FILE
+from helpers import BROWSER, CHROMIUM, MOBILENET_FILE, ROOT, SHOTS
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path, studio_home):
-    from tl_core.data.demo import demo_root
-
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo-v1").symlink_to(demo_root())
-    port = free_port()
-    env = {**os.environ, "TL_STUDIO_HOME": str(home), "TL_STUDIO_RUNS": str(tmp_path / "runs"),
-           "TORCH_HOME": str(tmp_path / "torch"),
-           "OMP_NUM_THREADS": "1"}  # on a shared, busy CI machine two spinning torch threads train 15x slower than one
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield url
-    proc.terminate()
-    proc.wait(10)
+pytestmark = BROWSER
 
 
 def shot(page, name: str) -> None:

@@ -1,12 +1,11 @@
 """The browser sees the compare chart (Backbones) and the mislabel gallery with its Drop button (Dataset)."""
 
-import os
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, SHOTS, server  # noqa: F401  (the fixture, reused)
+from helpers import BROWSER, CHROMIUM, SHOTS
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")]
+pytestmark = BROWSER
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def set_number(page, label: str, value: str) -> None:
     page.wait_for_timeout(500)
 
 
-def test_compare_chart_and_mislabel_gallery(server_weights, server):  # noqa: F811
+def test_compare_chart_and_mislabel_gallery(server_weights, server):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,9 @@
 import re
 
 import pytest
-from test_browser import CHROMIUM, SHOTS, server  # noqa: F401  (fixture: `streamlit run` on a free port)
+from helpers import BROWSER, CHROMIUM, SHOTS
 
-pytestmark = [pytest.mark.browser]
+pytestmark = BROWSER
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def demo_data_root(monkeypatch, tmp_path):
     return demo_root()
 
 
-def test_grad_cam_overlay_and_batch_table(demo_data_root, server):  # noqa: F811
+def test_grad_cam_overlay_and_batch_table(demo_data_root, server):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""The command line as scripts use it: names, JSON shapes, one-line errors."""
+"""The command line as scripts use it: names, JSON shapes, one-line errors, the scan's split used by train."""
+
+from __future__ import annotations
 
 import json
 import os
@@ -6,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from helpers import ROOT, cli, fake_run, run_cli, solid
 
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=300)
+from tl_core.cli.main import main
+from tl_core.data.scan import load_dataset
+from tl_core.data.sources import DatasetSpec
 
 
 def test_backbones_and_scan_json():
@@ -78,3 +80,52 @@ def test_piped_output_is_plain_and_a_terminal_gets_bars(tmp_path):
         drawn += chunk
     os.close(primary)
     assert proc.returncode == 0 and b"checking images" in drawn and b"380/380" in drawn
+
+
+def test_cli_scan_lists_each_usable_files_split_and_train_uses_exactly_it(shapes_folder, tmp_path):
+    def json_of(*args):
+        out = subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
+                             env=os.environ.copy(), timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    report = json_of("scan", str(shapes_folder), "--val-fraction", "0.3", "--split-seed", "5", "--json")
+    assert report["n_images"] == 30 and all(f["split"] in ("train", "val") for f in report["files"])
+    result = json_of("train", str(shapes_folder), "--val-fraction", "0.3", "--split-seed", "5", "--backbone", "mobilenet_v3_small",
+                 "--no-pretrained", "--strategy", "full", "--image-size", "48", "--epochs", "1", "--seed", "9",
+                 "--runs-dir", str(tmp_path), "--json")
+    split = json.loads((Path(result["run_dir"]) / "split.json").read_text())
+    assert {sp: sorted(p for p, _ in items) for sp, items in split.items()} == {
+        sp: sorted(f["path"] for f in report["files"] if f["split"] == sp) for sp in ("train", "val")}
+    est = json_of("estimate", str(shapes_folder), "--backbone", "mobilenet_v3_small", "--strategy", "full", "--epochs", "1", "--json")
+    assert est["seconds"] > 0 and "training" in est["phases"]
+    assert load_dataset(DatasetSpec(str(shapes_folder), 0.3, 5)).counts() == report["counts"]
+
+
+def test_scan_without_usable_images_fails_and_top_k_is_validated(tmp_path, capsys):
+    junk = tmp_path / "junk"
+    for c in ("a", "b"):
+        (junk / c).mkdir(parents=True)
+        (junk / c / "notes.txt").write_text("not an image")
+    code, out, err = run_cli(capsys, "scan", str(junk))
+    assert code == 1 and "no usable image" in err and "notes.txt" in out and "not iterable" not in err
+
+    image = solid(tmp_path / "x.png", (10, 200, 10), (40, 40))
+    run = fake_run(tmp_path / "runs", ["a", "b"])
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(run), str(image), "--top-k", bad])
+        assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
+    code, out, _ = run_cli(capsys, "predict", str(run), str(image), "--top-k", "5", "--json")
+    assert code == 0 and len(json.loads(out)[0]["top"]) == 2  # clamped to the run's classes
+
+
+def test_evaluate_text_lists_unreadable_val_images(tmp_path, capsys):
+    good = solid(tmp_path / "imgs" / "good.png", (200, 10, 10), (40, 40))
+    corrupt = tmp_path / "imgs" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    missing = tmp_path / "imgs" / "gone.png"
+    run = fake_run(tmp_path / "runs", ["a", "b"], val=[(str(good), 0), (str(corrupt), 1), (str(missing), 1)])
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert code == 0 and "unreadable images, not counted (2)" in out
+    assert f"{corrupt}:" in out and f"{missing}:" in out

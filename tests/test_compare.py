@@ -2,7 +2,7 @@
 
 import json
 
-from test_cli import cli
+from helpers import cli
 
 from tl_core.config import TrainConfig
 from tl_core.data.scan import load_dataset

@@ -1,11 +1,24 @@
+"""Datasets from folders, zips and uploads: splits, stratified random splits, and every hostile archive or file
+refused or listed with one clear line, nothing extracted or read that should not be."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
 import stat
+import threading
 import zipfile
+from pathlib import Path
 
 import pytest
-from conftest import solid
+import streamlit as st
+from helpers import ROOT, dataset_zip, png_bytes, run_cli, solid, zip_bytes
+from streamlit.testing.v1 import AppTest
 
-from tl_core.data.scan import load_dataset
-from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, safe_extract
+from tl_core.data.images import BadImage, content_hash, open_rgb
+from tl_core.data.scan import load_dataset, scan
+from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, from_zip, safe_extract, save_upload, uploads_dir
 
 
 def test_split_folders_are_recognised_by_their_usual_names(tmp_path):
@@ -77,18 +90,111 @@ def test_zip_links_bombs_and_non_zips_are_refused(tmp_path):
         safe_extract(tmp_path / "fake.zip", tmp_path / "o3")
 
 
-def test_demo_dataset_is_deterministic_and_non_trivial(tmp_path):
-    from tl_core.data.demo import CLASSES, build, demo_root
-
-    ds = load_dataset("demo")
-    assert ds.classes == sorted(CLASSES) and len(ds.split("train")) >= 250 and len(ds.split("val")) >= 50
-    again = build(tmp_path / "again")
-    first = sorted((demo_root() / "train" / "star").iterdir())[0]
-    assert (again / "train" / "star" / first.name).read_bytes() == first.read_bytes()
-
-
 def test_torchvision_dataset_offline_gives_a_clear_message():
     with pytest.raises(DatasetError, match="needs internet access"):
         load_dataset("torchvision:Flowers102")
     with pytest.raises(DatasetError, match="Unknown torchvision dataset"):
         load_dataset("torchvision:NotADataset")
+
+
+def finishes(fn, timeout: float = 10):
+    """Run `fn` in a thread: (finished in time, its result or exception). A FIFO read naively blocks forever."""
+    out: list = []
+
+    def target():
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return (not t.is_alive()), (out[0] if out else None)
+
+
+def test_a_zip_bomb_is_refused_before_extracting_and_uploads_are_bounded(home, monkeypatch):
+    bomb = zip_bytes({f"c{i % 2}/{i}.png": bytes(1 << 20) for i in range(20)})  # 20 MB of zeros in ~20 KB
+    assert len(bomb) < 100_000
+    saved = save_upload("bomb.zip", bomb)
+    with pytest.raises(DatasetError, match="zip bomb"):
+        from_zip(saved)
+    assert list(uploads_dir().iterdir()) == []  # nothing extracted, the refused upload removed
+
+    monkeypatch.setenv("TL_STUDIO_UPLOADS_GB", "1e-9")  # room for one upload only
+    first = save_upload("a.zip", dataset_zip(["x", "y"]))
+    assert from_zip(first).classes == ["x", "y"]
+    second = save_upload("b.zip", dataset_zip(["p", "q"]))
+    assert from_zip(second).classes == ["p", "q"]
+    digest = second.parent.name  # the oldest upload is evicted with its extraction
+    assert {p.name for p in uploads_dir().iterdir()} == {digest, f"b-{digest}"}
+
+
+def test_links_out_of_the_root_and_special_files_are_listed_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    solid(outside / "secret.png", (1, 2, 3))
+    solid(outside / "cls" / "leak.png", (3, 2, 1))
+    root = tmp_path / "data" / "ds"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            solid(root / c / f"{i}.png", (60 * i, 30, 90))
+    (root / "dog" / "secret.png").symlink_to(outside / "secret.png")
+    (root / "evil").symlink_to(outside / "cls", target_is_directory=True)
+    os.mkfifo(root / "cat" / "pipe.png")
+
+    done, ds = finishes(lambda: from_folder(root))
+    assert done and not isinstance(ds, Exception), ds
+    assert len(ds.samples) == 6 and all(Path(s.path).resolve().is_relative_to(root.resolve()) for s in ds.samples)
+    reasons = {Path(p.path).name: p.reason for p in ds.skipped}
+    assert "links outside the dataset folder" in reasons["secret.png"]
+    assert "links outside the dataset folder" in reasons["evil"]
+    assert reasons["pipe.png"] == "not a regular file (a FIFO)"
+    assert finishes(lambda: scan(DatasetSpec(str(root))))[0]
+    for fn in (content_hash, open_rgb):
+        done, result = finishes(lambda fn=fn: fn(root / "cat" / "pipe.png"))
+        assert done and isinstance(result, BadImage) and "not a regular file" in str(result)
+
+
+def encrypted_zip() -> bytes:
+    """zipfile cannot encrypt, but the flag bit is all a reader sees before asking for the password."""
+    data = bytearray(zip_bytes({"a/0.png": png_bytes(), "b/0.png": png_bytes((0, 0, 255))}))
+    local = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("b/0.png").header_offset
+    central = data.rindex(b"PK\x01\x02")  # the last central-directory entry: b/0.png
+    for flag_at in (local + 6, central + 8):
+        data[flag_at] |= 0x1
+    return bytes(data)
+
+
+def bad_crc_zip() -> bytes:
+    data = zip_bytes({"a/0.png": png_bytes(), "b/0.txt": b"hello-data" * 10}, zipfile.ZIP_STORED)
+    return data.replace(b"hello-data", b"jello-data", 1)
+
+
+def clash_zip() -> bytes:
+    return zip_bytes({"a/0.png": png_bytes(), "b": b"a file", "b/0.png": png_bytes((0, 0, 255))})
+
+
+BAD_ZIPS = {"password-protected": encrypted_zip, "damaged": bad_crc_zip, "both a file and a folder": clash_zip}
+
+
+def test_encrypted_damaged_and_clashing_zips_are_one_clear_line(home, tmp_path, capsys, monkeypatch):
+    for words, make in BAD_ZIPS.items():
+        archive = tmp_path / "data.zip"
+        archive.write_bytes(make())
+        with pytest.raises(DatasetError, match=words):
+            from_zip(archive)
+        assert not uploads_dir().exists() or not any(uploads_dir().iterdir())  # no partial extraction
+        code, out, err = run_cli(capsys, "scan", str(archive))
+        assert code == 1 and words in err and err.count("\n") == 1 and "Traceback" not in err
+
+    (home / "prefs.json").write_text(json.dumps({"dataset": str(tmp_path / "none")}))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Dataset.py").run()
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    for words, make in BAD_ZIPS.items():  # the Dataset page: the same line, no traceback, nothing kept
+        at.file_uploader(key="zip_upload").set_value(("data.zip", make(), "application/zip")).run()
+        at.button(key="use_zip").click().run()
+        assert not at.exception and any(words in e.value and "\n" not in e.value for e in at.error)
+        assert not any(uploads_dir().iterdir())

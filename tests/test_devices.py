@@ -1,3 +1,7 @@
+"""Devices: picked, described, out-of-memory recognised, and decoding threads kept to one torch thread."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 
@@ -32,3 +36,16 @@ def test_out_of_memory_is_recognised_on_cpu_too():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_decoding_threads_run_torch_on_one_thread_and_leave_the_rest_alone():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tl_core.devices import single_threaded_torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch has no OpenMP runtime: nothing to set")
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(1, initializer=single_threaded_torch) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == before

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from conftest import HYMENOPTERA, MOBILENET_FILE
+from helpers import HYMENOPTERA, MOBILENET_FILE
 
 from tl_core.train.runs import list_runs
 
@@ -68,14 +68,14 @@ def one_and_two(tmp_path: Path, data: str, flags: list[str]) -> tuple[dict, dict
 
 
 def test_torchrun_fine_tunes_one_model_like_one_process(task, tmp_path):
-    data, flags = task
-    if "mobilenet_v3_small" in flags:
-        pytest.skip("../shared/data is absent: a few epochs from scratch are too noisy to compare two runs by 0.03")
     """Whole-network training on 80 images, a step taking all of them (40 per rank: the same gradient as one
     process, up to BatchNorm's per-rank statistics): with few steps, smaller batches make any two runs differ by
     more than 0.03 (measured: one process against itself across seeds), so the comparison would say nothing.
     BatchNorm re-estimates its statistics from each batch (per rank under torchrun): in three steps the new head
     learns from them, and that per-rank path is the one worth comparing."""
+    data, flags = task
+    if "mobilenet_v3_small" in flags:
+        pytest.skip("../shared/data is absent: a few epochs from scratch are too noisy to compare two runs by 0.03")
     flags = [*flags, "--strategy", "full", "--epochs", "3", "--batch-size", "80", "--lr", "0.003", "--patience", "0",
              "--no-keep-bn-statistics",
              "--progressive-resize", "1"]  # the same full-size images every epoch: this compares processes, not schedules

@@ -2,44 +2,20 @@
 server), stopped within a step, killed into a resumable run, one per device across managers, and their
 failures and crashes are shown with why. Each child costs ~3 s of imports, so the tests share few of them."""
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import signal
 import time
 
 import pytest
+from helpers import TINY
 
-from tl_core.cli.main import parser
-from tl_core.config import TrainConfig, from_arguments, options, to_arguments
-from tl_core.data.sources import DatasetSpec, Problem
+from tl_core.config import TrainConfig
+from tl_core.data.sources import DatasetSpec
 from tl_core.jobs.manager import JobBusy, JobManager, train_command
-from tl_core.train import events as ev
 from tl_core.train.runs import load_run
-
-TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
-
-
-def test_every_option_survives_the_command_line():
-    """A job's command line is derived from its TrainConfig: every option, set away from its default, comes back."""
-    changed = {}
-    for name, kind, opt, default in options():
-        if opt.choices:
-            changed[name] = next(c for c in reversed(opt.choices) if c != default)
-        elif kind is bool:
-            changed[name] = not default
-        elif kind is int:
-            changed[name] = int(opt.low) + 3
-        elif kind is float:
-            changed[name] = 0.1 + 1 / 3 * (opt.high - opt.low) / 10  # a float that only repr() keeps exactly
-        else:
-            changed[name] = "-odd path=with spaces.safetensors"
-    changed["backbone"] = "resnet18"
-    config = TrainConfig(**changed)
-    args = parser().parse_args(["train", "demo", *to_arguments(config)])
-    assert from_arguments(args) == config
-    assert all(getattr(config, f) != d for f, _, _, d in options() if d is not None)  # really all changed
-    default = TrainConfig()
-    assert from_arguments(parser().parse_args(["train", "demo", *to_arguments(default)])) == default
 
 
 def test_the_command_uses_torchrun_for_several_workers(tmp_path):
@@ -52,31 +28,6 @@ def test_the_command_uses_torchrun_for_several_workers(tmp_path):
     assert two[7:] == one[3:]
     back = train_command(spec, TrainConfig(**TINY, epochs=9), tmp_path / "runs", tmp_path / "ev.jsonl", resume_dir="/r/x")
     assert back[3:6] == ["resume", "/r/x", "--epochs=9"]
-
-
-def test_every_event_round_trips_exactly(tmp_path):
-    row = ev.EpochRow(3, 0.1 + 0.2, 1 / 3, 2.5e-9, 0.875, 1e-3, 123.456, 7.0, 8.25, 0.9, 2)
-    result = ev.RunResult("/runs/x", "stopped", 0.9, 2, 3, 12.5, 40.0, 1, "stopped by request after epoch 3")
-    events = [ev.RunStarted("/runs/x", ["ants", "bees"], "cpu", "torch.bfloat16", 5, False, 1),
-              ev.PhaseStarted("decoding", "Decoding images once"), ev.PhaseProgress("embedding", 3, 10, None, 12.0),
-              ev.PhaseProgress("embedding", 4, 10, 2.5), ev.StepEnded(1, 2, 3, float("inf"), 1e-4, 10.0, None),
-              ev.EpochEnded(row, 5, True), ev.Logged("ünïcode \"quoted\"\nnew line"),
-              ev.RunEnded(result, (Problem("a/b.jpg", "not an image"),)), ev.RunEnded(result),
-              ev.RunFailed("Out of memory.", "Lower it.", None)]
-    assert {type(e) for e in events} == set(ev.EVENT_TYPES.values())  # every class is covered
-    for e in events:
-        assert ev.from_json(ev.to_json(e)) == e and "\n" not in ev.to_json(e)
-    file = ev.EventLog(tmp_path / "events.jsonl")
-    for e in events:
-        file(e)
-    with open(file.path, "a") as f:
-        f.write(ev.to_json(events[0])[:20])  # a line still being written is not read yet
-    got, offset = file.read()
-    assert got == events
-    more, same = file.read(offset)
-    assert more == [] and same == offset
-    with pytest.raises(ValueError):
-        ev.from_json('{"type": "os.system"}')
 
 
 def wait_until(condition, timeout: float = 120):
@@ -159,3 +110,20 @@ def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
     assert s.workers == 2 and s.result.stop_reason.startswith("stopped by request") and s.resumable
     run = load_run(s.run_dir)
     assert run.summary["status"] == "stopped" and run.info["processes"] == 2
+
+
+def test_clocks_stop_and_an_early_stop_says_why(tmp_path):
+    """Elapsed and ETA freeze when a job ends; early stopping is named with its epoch and patience."""
+    jobs = JobManager(tmp_path)
+    config = TrainConfig(**{**TINY, "patience": 1, "strategy": "features"}, embedding_cache=False, epochs=6, lr=1e-7,
+                         augment="none")  # a frozen backbone whose head barely moves: no gain after epoch 1
+    job = jobs.start("demo", config)
+    assert jobs.wait(job, 300) == "finished"
+    first = job.snapshot()
+    time.sleep(1.2)
+    later = job.snapshot()
+    assert later.elapsed == first.elapsed and later.eta is None
+    assert first.result.stop_reason == "early-stopped at epoch 2 (patience 1)"
+    assert "early-stopped at epoch 2 (patience 1)" in first.status_text and first.fraction_done == 1.0
+    assert "2 of 6 epochs" in first.progress_text and "ETA" not in first.progress_text
+    assert load_run(first.run_dir).summary["stop_reason"] == "early-stopped at epoch 2 (patience 1)"

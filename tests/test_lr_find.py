@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import HYMENOPTERA
+from helpers import HYMENOPTERA
 
 from tl_core.cli.main import main
 from tl_core.config import TrainConfig

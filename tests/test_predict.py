@@ -1,25 +1,18 @@
+"""Predictions: files, PIL images and uploads with their top k, batch predictions to CSV, consistent evaluation."""
+
+from __future__ import annotations
+
+import csv
 import io
+import zipfile
+from pathlib import Path
 
 import pytest
+from helpers import bees_val_files, cli_out
 from PIL import Image
 
-from tl_core.config import TrainConfig
 from tl_core.data.scan import load_dataset
-from tl_core.train.trainer import train
-from tl_core.use.export import export, load_export
 from tl_core.use.predict import Predictor, evaluate
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, real_weights):
-    import os
-
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
-        return train("demo", TrainConfig(epochs=4), tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
 
 
 def test_predict_files_pil_and_uploads_top_k(demo_run, tmp_path):
@@ -53,11 +46,21 @@ def test_evaluate_reports_consistent_figures(demo_run):
         assert m in ev.cell(m["true"], m["predicted"])
 
 
-def test_export_is_checked_and_reloads_to_the_same_predictions(demo_run, tmp_path):
-    path = export(demo_run.run_dir, tmp_path / "model.zip")
-    ds = load_dataset("demo")
-    files = [s.path for s in ds.split("val")[:6]]
-    a = Predictor.from_run(demo_run.run_dir).predict(files)
-    b = load_export(path).predict(files)
-    assert [x.top[0][0] for x in a] == [x.top[0][0] for x in b]
-    assert [x.top[0][1] for x in a] == pytest.approx([x.top[0][1] for x in b], abs=1e-4)
+def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
+    files = bees_val_files(6)
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in files:
+            zf.write(f, f"photos/{Path(f).name}")
+        zf.writestr("photos/broken.jpg", b"not a jpeg")
+        zf.writestr("photos/.DS_Store", b"\0")
+    out = tmp_path / "predictions.csv"
+    cli_out(capsys, "predict", str(bees_run), str(archive), "--top-k", "2", "--csv", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7 and {"file", "answer", "confidence", "top1", "top1_probability", "top2", "error"} <= set(rows[0])
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 6 and [r for r in rows if r["error"]][0]["file"].endswith("broken.jpg")
+    expected = [Path(f).parent.name for f in files]
+    got = {Path(r["file"]).name: r["top1"] for r in good}
+    assert sum(got[Path(f).name] == c for f, c in zip(files, expected)) >= 5
+    assert all(float(r["top1_probability"]) >= float(r["top2_probability"]) for r in good)

@@ -1,3 +1,9 @@
+"""Measured speeds: warmed up, the median of several calls, cached per device and fed to the estimate."""
+
+from __future__ import annotations
+
+import time
+
 from tl_core.config import TrainConfig
 from tl_core.data.scan import scan
 from tl_core.data.sources import DatasetSpec
@@ -14,3 +20,23 @@ def test_measured_speed_is_cached_per_device_and_feeds_the_estimate():
     full = estimate(report, TrainConfig(backbone="mobilenet_v3_small", strategy="full", epochs=10), s)
     assert 0 < features.seconds < full.seconds  # embedding once is cheaper than training the network every epoch
     assert set(full.phases) >= {"decoding", "training", "validation"} and "embedding" in features.phases
+
+
+def test_measurements_warm_up_and_take_the_median():
+    """The first calls of a model are slow; one timing of them is not its speed."""
+    import torch
+
+    from tl_core.measure.speed import measure, median_seconds
+
+    calls = []
+
+    def slow_start():
+        calls.append(1)
+        time.sleep(0.3 if len(calls) <= 2 else 0.002)
+
+    assert median_seconds(slow_start, torch.device("cpu"), warmup=3, reps=5) < 0.05
+    s = measure("mobilenet_v3_small", torch.device("cpu"), batch=8, size=64, train_batch=8)
+    per_image_batched_ms = 1000 / s.images_per_s
+    assert 0 < s.ms_per_image < 20 * per_image_batched_ms  # batch 1 costs more per image, never 300x more
+    assert s.train_images_per_s and s.train_images_per_s > 0
+    assert "CPU" in s.device

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import HYMENOPTERA
+from helpers import HYMENOPTERA
 from torch import nn
 
 from tl_core.features.probe import fit_head, out_of_fold_proba, predict_proba, stratified_folds

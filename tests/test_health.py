@@ -6,9 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import HYMENOPTERA
+from helpers import HYMENOPTERA, cli
 from PIL import Image, ImageDraw
-from test_cli import cli
 
 from tl_core.data.sources import Sample
 from tl_core.features.health import health_from_embeddings

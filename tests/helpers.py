@@ -1,0 +1,175 @@
+"""Helpers shared by several test files (plain functions and constants; the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import asdict
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
+MOBILENET_FILE = SHARED / "weights" / "mobilenet_v2_qnnpack_dequantized-93d7100e.pth"
+APP = str(ROOT / "streamlit_app.py")
+
+TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=48, batch_size=16, patience=0)
+"""A whole small network from scratch on 48-px pictures: the cheapest run that really trains."""
+
+
+def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path, fmt)
+    return path
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m tl_core ...` in a child process, as a script runs it."""
+    return subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The command line in this process: (exit code, stdout, stderr)."""
+    from tl_core.cli.main import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_out(capsys, *args: str) -> str:
+    """The command line in this process, which must succeed: its stdout."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    return out
+
+
+# ---------------------------------------------------------------- small files made on the spot
+
+
+def png_bytes(colour=(200, 30, 30), size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def zip_bytes(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def dataset_zip(classes: list[str]) -> bytes:
+    return zip_bytes({f"{c}/{i}.png": png_bytes((40 * j, 20 * i, 90), (40, 40)) for j, c in enumerate(classes) for i in range(3)})
+
+
+FAKE_BACKBONE = "mobilenet_v3_small"
+
+
+def fake_run(root: Path, classes: list[str], weight_classes: int | None = None, meta_classes: list[str] | None = None,
+             val: list[tuple[str, int]] = ()) -> Path:
+    """A finished run on disk with random weights: enough to predict, evaluate and export without training."""
+    from tl_core.models import backbones
+    from tl_core.models.backbones import Preprocessing
+    from tl_core.train.runs import save_state
+
+    run = root / "20260101-000000-fake-0000"
+    run.mkdir(parents=True)
+    model = backbones.bare(FAKE_BACKBONE)
+    head = backbones.replace_head(model, weight_classes or len(classes))
+    save_state(run / "best.safetensors", model.state_dict(), classes=meta_classes)
+    (run / "run.json").write_text(json.dumps({
+        "id": run.name, "config": {"backbone": FAKE_BACKBONE, "strategy": "full"}, "classes": classes, "head": head,
+        "preprocessing": asdict(Preprocessing.imagenet(32))}))
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "best_val_accuracy": 0.5}))
+    (run / "split.json").write_text(json.dumps({"val": [list(v) for v in val]}))
+    return run
+
+
+def bees_val_files(n: int) -> list[str]:
+    """The first n validation photos of ants vs bees, half of each class."""
+    files = sorted((HYMENOPTERA / "val" / "ants").iterdir())[: n // 2] + sorted((HYMENOPTERA / "val" / "bees").iterdir())[: n - n // 2]
+    return [str(f) for f in files]
+
+
+# ---------------------------------------------------------------- pages through Streamlit's AppTest
+
+
+def open_page(page: str | None = None):
+    """The app from its entrypoint, switched to `page`, with no exception raised."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_for(at, done, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        if done(at):
+            return
+        time.sleep(0.5)
+    pytest.fail("timed out waiting for the page")
+
+
+def chart(at, text: str) -> dict:
+    """The plotly figure (as the browser gets it) whose spec contains `text`, e.g. its title."""
+    return json.loads(next(c.proto.spec for c in at.get("plotly_chart") if text in c.proto.spec))
+
+
+def tiny_settings(at, epochs: int) -> None:
+    """The Train page set to the cheapest run that trains (a small network from scratch on 48-px pictures)."""
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.radio(key="cfg_strategy").set_value("full").run()
+    at.number_input(key="cfg_epochs").set_value(epochs)
+    at.number_input(key="cfg_batch_size").set_value(16)
+    at.number_input(key="cfg_image_size").set_value(48)
+    at.number_input(key="cfg_patience").set_value(0)
+    at.run()
+
+
+def use_backbone(name: str) -> None:
+    from tl_core.dashboard import prefs
+
+    prefs.save(prefs.Choices(backbone=name))
+
+
+def st_home() -> str:
+    return os.environ["TL_STUDIO_HOME"]
+
+
+# ---------------------------------------------------------------- a real browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+BROWSER = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM) or find_spec("playwright") is None,
+                                                   reason="chromium or playwright is not installed")]
+"""`pytestmark = BROWSER` in every browser test file: marked, and skipped cleanly without Chromium or Playwright."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

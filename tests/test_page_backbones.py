@@ -1,0 +1,43 @@
+"""The Backbones page through AppTest: the table, its filters, the choice and measuring on this device."""
+
+from __future__ import annotations
+
+from helpers import open_page
+
+
+def test_backbones_page_table_filters_and_choice(ui):
+    at = open_page("pages/2_Backbones.py")
+    table = at.dataframe[0].value
+    assert len(table) > 20 and {"acc1", "ms_per_image", "cached"} <= set(table.columns)
+    assert "Recommended" in at.success[0].value
+    at.multiselect(key="bb_family").set_value(["resnet"]).run()
+    assert set(at.dataframe[0].value.family) == {"resnet"}
+    at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
+    at.button(key="bb_use").click().run()
+    assert any("mobilenet_v3_small selected" in s.value for s in at.success)
+    assert any(m.value == "**mobilenet_v3_small**" for m in at.sidebar.markdown)
+
+
+def test_backbones_page_measures_on_this_device(ui):
+    at = open_page("pages/2_Backbones.py")
+    at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
+    assert at.dataframe[0].value.ms_per_image.isna().all()
+    at.button(key="bb_measure").click().run()
+    table = at.dataframe[0].value
+    assert set(table.name) == {"mobilenet_v3_small", "mobilenet_v3_large"} and (table.ms_per_image > 0).all()
+    assert at.get("plotly_chart")  # accuracy against measured latency
+
+
+def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
+    import json
+
+    from tl_core.measure import speed
+
+    speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)  # one measured, its sibling not
+    at = open_page("pages/2_Backbones.py")
+    at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
+    shown = len(at.dataframe[0].value)
+    spec = json.loads(next(c for c in at.get("plotly_chart") if "GFLOPs" in c.proto.spec).proto.spec)
+    points = sum(len(trace["hovertext"]) for trace in spec["data"])  # one name per point (x is binary-encoded)
+    assert points == shown  # measured and unmeasured alike
+    assert {t["name"].split(", ")[-1] for t in spec["data"]} == {"measured here", "not measured yet"}

@@ -1,0 +1,98 @@
+"""The Dataset page through AppTest: the demo, server folders, uploads keyed by content, a dataset built
+in the browser."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+from helpers import ROOT, dataset_zip, open_page, solid
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+
+def test_dataset_page_summarises_and_checks_the_demo(ui):
+    at = open_page("pages/1_Dataset.py")
+    at.button(key="use_demo").click().run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
+    assert metrics["Problems"] == "0" and at.success
+    assert at.radio(key="dataset_kind").options[:4] == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+    assert len(at.get("plotly_chart")) == 1 and len(at.image) == 12  # one page of samples
+    assert any(c.value == "Image sizes: all 380 images are 96 x 96 pixels." for c in at.caption)  # no one-dot chart
+    at.radio(key="dataset_kind").set_value("torchvision dataset").run()
+    at.button(key="use_tv").click().run()
+    assert "needs internet access" in at.error[0].value
+
+
+def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, shapes_folder):
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Folder on the server").run()
+    at.selectbox(key="server_folder").set_value("shapes").run()
+    at.button(key="use_folder").click().run()
+    assert {m.label: m.value for m in at.metric}["Classes"] == "3"
+    assert any("reason" in df.value and df.value.reason.str.contains("not an image").any() for df in at.dataframe)
+
+
+def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in shapes_folder.rglob("*.png"):
+            zf.write(p, f"upl/{p.relative_to(shapes_folder)}")
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    at.file_uploader(key="zip_upload").set_value(("upl.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="use_zip").click().run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["Classes"] == "3"
+    Image.open(next(shapes_folder.rglob("*.png")))  # the source is untouched
+
+
+def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(tmp_path / "data"))
+    at = open_page("pages/1_Dataset.py")
+    at.radio(key="dataset_kind").set_value("Build in the browser").run()
+    at.text_input(key="build_name").set_value("pets").run()
+    for name in ("cats", "dogs"):
+        at.text_input(key="build_class").set_value(name).run()
+        at.button(key="build_add_class").click().run()
+
+    def png(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    for cls, colours in (("cats", [(200, 0, 0), (190, 10, 0)]), ("dogs", [(0, 0, 200), (0, 10, 190)])):
+        at.selectbox(key="build_target").set_value(cls).run()
+        at.file_uploader(key="build_files").set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
+                                                      + [("junk.png", b"not an image", "image/png")]).run()
+        at.button(key="build_add_images").click().run()
+        assert any("junk.png" in e.value and "Not added" in e.value for e in at.error)
+    counts = next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "images"])
+    assert dict(zip(counts["class"], counts["images"])) == {"cats": 2, "dogs": 2}
+    at.button(key="build_use").click().run()
+    assert {m.label: m.value for m in at.metric}["Classes"] == "2"
+    assert sorted(p.name for p in (tmp_path / "data" / "pets").iterdir()) == ["cats", "dogs"]
+
+
+def test_dataset_page_keys_uploads_by_content(tmp_path, monkeypatch, home):
+    tiny = tmp_path / "tiny"
+    for c in ("u", "v"):
+        for i in range(2):
+            solid(tiny / c / f"{i}.png", (90 * i, 20, 40))
+    (home / "prefs.json").write_text(json.dumps({"dataset": str(tiny)}))
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Dataset.py").run()
+    at.radio(key="dataset_kind").set_value("Upload a .zip").run()
+    for classes in (["a", "b"], ["a", "b", "c"]):  # the same file name, new bytes
+        at.file_uploader(key="zip_upload").set_value(("data.zip", dataset_zip(classes), "application/zip")).run()
+        at.button(key="use_zip").click().run()
+        assert not at.exception, at.exception
+        assert {m.label: m.value for m in at.metric}["Classes"] == str(len(classes))
