@@ -112,10 +112,11 @@ def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
     assert run.summary["status"] == "stopped" and run.info["processes"] == 2
 
 
-def test_clocks_stop_and_an_early_stop_says_why(tmp_path):
+def test_clocks_stop_and_an_early_stop_says_why(tmp_path, own_weights):
     """Elapsed and ETA freeze when a job ends; early stopping is named with its epoch and patience."""
     jobs = JobManager(tmp_path)
-    config = TrainConfig(**{**TINY, "patience": 1, "strategy": "features"}, embedding_cache=False, epochs=6, lr=1e-7,
+    config = TrainConfig(**{**TINY, "patience": 1, "strategy": "features"}, weights_path=str(own_weights),
+                         embedding_cache=False, epochs=6, lr=1e-7,
                          augment="none")  # a frozen backbone whose head barely moves: no gain after epoch 1
     job = jobs.start("demo", config)
     assert jobs.wait(job, 300) == "finished"
