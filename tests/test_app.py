@@ -25,7 +25,7 @@ def ui(tmp_path, monkeypatch, studio_home):
     st.cache_data.clear()
     st.cache_resource.clear()
     yield tmp_path
-    from pages.ui.shared import job_manager
+    from app_pages.ui.shared import job_manager
 
     jobs = job_manager()
     if jobs.active():
@@ -60,7 +60,7 @@ def test_home_shows_the_three_steps_and_the_sidebar(ui):
     assert steps == ["#### :material/check_circle: 1. Data", "#### :material/radio_button_unchecked: 2. Backbone",
                      "#### :material/radio_button_unchecked: 3. Train and use"]  # the demo is usable; nothing chosen or trained
     assert any("5 classes, 300 training and 80 validation images" in m.value for m in at.markdown)
-    assert any(m.value == "**demo (shapes)**" for m in at.sidebar.markdown)
+    assert any(m.value == r"**demo \(shapes\)**" for m in at.sidebar.markdown)  # names as literal text
     assert not any("/" in m.value for m in at.sidebar.markdown if m.value.startswith("**"))  # names, never paths
 
 
@@ -74,20 +74,20 @@ def chart(at: AppTest, text: str) -> dict:
 def test_quick_start_trains_the_chosen_backbone_on_the_chosen_data(ui):
     use_backbone("mobilenet_v3_small")
     at = open_page()
-    assert at.button(key="quick_start").label == "Quick start: train mobilenet_v3_small on demo (shapes)"
+    assert at.button(key="quick_start").label == r"Quick start: train mobilenet_v3_small on demo \(shapes\)"
     at.button(key="quick_start").click().run()
     assert not at.exception, at.exception
-    from pages.ui.shared import job_manager
+    from app_pages.ui.shared import job_manager
 
     job = job_manager().current()
     assert job and (job.dataset.source, job.config.strategy, job.config.pretrained, job.config.backbone) == (
         "demo", "features", True, "mobilenet_v3_small")  # the good defaults: a fitted head on pretrained features
     assert at.title[0].value == "Train" and any(s.value.startswith("Job 1") for s in at.subheader)  # sent to watch it
-    assert any("demo (shapes)" in c.value for c in at.caption)  # the job panel names its dataset
+    assert any(r"demo \(shapes\)" in c.value for c in at.caption)  # the job panel names its dataset
 
 
 def test_dataset_page_summarises_and_checks_the_demo(ui):
-    at = open_page("pages/1_Dataset.py")
+    at = open_page("app_pages/1_Dataset.py")
     at.button(key="use_demo").click().run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
@@ -102,7 +102,7 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
 
 def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, shapes_folder):
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
-    at = open_page("pages/1_Dataset.py")
+    at = open_page("app_pages/1_Dataset.py")
     at.radio(key="dataset_kind").set_value("Folder on the server").run()
     at.selectbox(key="server_folder").set_value("shapes").run()
     at.button(key="use_folder").click().run()
@@ -111,7 +111,7 @@ def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, sha
 
 
 def test_backbones_page_table_filters_and_choice(ui):
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     table = at.dataframe[0].value
     assert len(table) > 20 and {"acc1", "ms_per_image", "cached"} <= set(table.columns)
     assert "Recommended" in at.success[0].value
@@ -120,7 +120,7 @@ def test_backbones_page_table_filters_and_choice(ui):
     at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
     at.button(key="bb_use").click().run()
     assert any("mobilenet_v3_small selected" in s.value for s in at.success)
-    assert any(m.value == "**mobilenet_v3_small**" for m in at.sidebar.markdown)
+    assert any(m.value == r"**mobilenet\_v3\_small**" for m in at.sidebar.markdown)
 
 
 def _tiny_settings(at: AppTest, epochs: int) -> None:
@@ -141,7 +141,7 @@ def use_backbone(name: str) -> None:
 
 def test_demo_flow_train_predict_evaluate(ui):
     use_backbone("mobilenet_v3_small")
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     assert at.radio(key="cfg_strategy").options[0].startswith("Feature extraction")
     at.button(key="train_measure").click().run()
     assert any(c.value.startswith("Estimated time: about") for c in at.caption)
@@ -162,7 +162,7 @@ def test_demo_flow_train_predict_evaluate(ui):
     history = chart(at, "Validation accuracy")
     assert history["layout"]["yaxis"]["range"] == [0, 1.02] and history["layout"]["xaxis"]["range"] == [0, 2.2]
 
-    at = open_page("pages/4_Predict.py")
+    at = open_page("app_pages/4_Predict.py")
     star = sorted((Path(st_home()) / "demo-v1" / "val" / "star").iterdir())[0]
     at.file_uploader(key="predict_upload").set_value([(star.name, star.read_bytes(), "image/png"),
                                                       ("junk.png", b"not an image", "image/png")]).run()
@@ -203,7 +203,7 @@ def st_home() -> str:
 
 def test_start_busy_restart_then_stop(ui):
     use_backbone("mobilenet_v3_small")
-    tab_a, tab_b = open_page("pages/3_Train.py"), open_page("pages/3_Train.py")
+    tab_a, tab_b = open_page("app_pages/3_Train.py"), open_page("app_pages/3_Train.py")
     _tiny_settings(tab_a, 200)
     _tiny_settings(tab_b, 200)
     tab_a.button(key="train_start").click().run()
@@ -211,7 +211,7 @@ def test_start_busy_restart_then_stop(ui):
     tab_b.button(key="train_start").click().run()  # the second tab still shows its form
     assert any("Busy" in w.value for w in tab_b.warning)
     st.cache_resource.clear()  # the server restarts (a new JobManager); the training child goes on
-    tab_c = open_page("pages/3_Train.py")
+    tab_c = open_page("app_pages/3_Train.py")
     wait_for(tab_c, lambda a: any("Job 1: running" in s.value for s in a.subheader) and a.button(key="train_stop"))
     tab_c.button(key="train_stop").click().run()
     wait_for(tab_c, lambda a: any("Job 1: stopped" in s.value for s in a.subheader), 60)
@@ -226,7 +226,7 @@ def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
     with zipfile.ZipFile(buf, "w") as zf:
         for p in shapes_folder.rglob("*.png"):
             zf.write(p, f"upl/{p.relative_to(shapes_folder)}")
-    at = open_page("pages/1_Dataset.py")
+    at = open_page("app_pages/1_Dataset.py")
     at.radio(key="dataset_kind").set_value("Upload a .zip").run()
     at.file_uploader(key="zip_upload").set_value(("upl.zip", buf.getvalue(), "application/zip")).run()
     at.button(key="use_zip").click().run()
@@ -236,7 +236,7 @@ def test_uploaded_zip_becomes_the_dataset(ui, tmp_path, shapes_folder):
 
 def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     use_backbone("resnet18")
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     assert any("resnet18-f37072fd.pth" in w.value and "checkpoints" in w.value for w in at.warning)
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
@@ -246,7 +246,7 @@ def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
 
 
 def test_backbones_page_measures_on_this_device(ui):
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
     assert at.dataframe[0].value.ms_per_image.isna().all()
     at.button(key="bb_measure").click().run()
@@ -259,7 +259,7 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
     import io
 
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(tmp_path / "data"))
-    at = open_page("pages/1_Dataset.py")
+    at = open_page("app_pages/1_Dataset.py")
     at.radio(key="dataset_kind").set_value("Build in the browser").run()
     at.text_input(key="build_name").set_value("pets").run()
     for name in ("cats", "dogs"):
@@ -276,7 +276,7 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
         at.file_uploader(key="build_files").set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
                                                       + [("junk.png", b"not an image", "image/png")]).run()
         at.button(key="build_add_images").click().run()
-        assert any("junk.png" in e.value and "Not added" in e.value for e in at.error)
+        assert any(r"junk\.png" in e.value and "Not added" in e.value for e in at.error)  # the name as literal text
     counts = next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "images"])
     assert dict(zip(counts["class"], counts["images"])) == {"cats": 2, "dogs": 2}
     at.button(key="build_use").click().run()
@@ -285,7 +285,7 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
 
 
 def test_train_page_never_offers_a_combination_that_cannot_learn(ui):
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     at.checkbox(key="cfg_pretrained").uncheck().run()
     assert any("cannot learn" in e.value for e in at.error) and at.button(key="train_start").disabled
     at.radio(key="cfg_strategy").set_value("full").run()
@@ -298,7 +298,7 @@ def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
     from tl_core.measure import speed
 
     speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)  # one measured, its sibling not
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
     shown = len(at.dataframe[0].value)
     spec = json.loads(next(c for c in at.get("plotly_chart") if "GFLOPs" in c.proto.spec).proto.spec)
@@ -321,7 +321,7 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     first = train("demo", tiny, runs_dir, stop=stop)
     (runs_dir / "broken-run").mkdir()
     (runs_dir / "broken-run" / "run.json").write_text("{not json")  # shown as broken, never a traceback
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     table = at.dataframe[0].value
     assert dict(zip(table.run, table.status))["broken-run"] == "broken"
     at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
@@ -337,12 +337,51 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
 
 
 def test_every_setting_has_a_one_line_help(ui):
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     settings = [w for w in [*at.main, *(w for e in at.expander for w in e)] if str(getattr(w, "key", "")).startswith("cfg_")]
     assert len({w.key for w in settings}) >= 20  # every TrainConfig option shown on the page
     for w in settings:
         assert w.help and "\n" not in w.help, w.key
     assert "default" in at.number_input(key="cfg_epochs").help  # defaults explained where they depend on something
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     for key in ("bb_family", "bb_size", "bb_acc", "bb_cached", "bb_sort"):
         assert next(w for w in at.main if getattr(w, "key", None) == key).help, key
+
+
+INJECTION = "![x](pixel.png) [Sign in again](phish)"
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """Every string the page hands to Streamlit's Markdown renderer (main area and sidebar, labels included)."""
+    kinds = ("markdown", "caption", "title", "subheader", "success", "error", "info", "warning")
+    texts = [e.value for kind in kinds for e in at.get(kind)] + [e.value for kind in kinds for e in at.sidebar.get(kind)]
+    return texts + [b.label for b in at.button]
+
+
+def test_folder_and_class_names_are_shown_as_plain_text(ui, tmp_path, monkeypatch):
+    data = tmp_path / "data" / INJECTION
+    for cls in (INJECTION, "bees"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(data / cls / f"{i}.png")
+    from tl_core.dashboard import prefs
+    from tl_core.data.sources import DatasetSpec
+
+    prefs.save(prefs.Choices(dataset=DatasetSpec(str(data))))  # the server's default for every new session
+    link = re.compile(r"(?<!\\)\]\(|(?<!\\)!\[")  # a Markdown link or image that would be followed
+    for page in (None, "app_pages/1_Dataset.py", "app_pages/3_Train.py"):
+        texts = markdown_texts(open_page(page))
+        assert any(r"\!\[x\]\(pixel\.png\)" in t for t in texts), page  # the name is there, escaped
+        assert not [t for t in texts if link.search(t)], page
+
+
+def test_an_unwritable_home_is_one_line_on_every_page(ui, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    with monkeypatch.context() as m:
+        m.setenv("TL_STUDIO_HOME", str(tmp_path / "a-file" / "home"))  # cannot be created: as if read-only
+        for page in (None, "app_pages/1_Dataset.py", "app_pages/4_Predict.py"):
+            at = AppTest.from_file(APP, default_timeout=120).run()
+            if page:
+                at.switch_page(page).run()
+            assert not at.exception and len(at.error) == 1 and "TL Studio cannot write" in at.error[0].value, page
+    st.cache_resource.clear()  # the job manager was never made

@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import threading
-import tomllib
 import warnings
 import zipfile
 import zlib
@@ -20,11 +19,9 @@ import pytest
 import streamlit as st
 import torch
 from conftest import ROOT, solid
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from tl_core.cli import main as cli
-from tl_core.dashboard import auth
 from tl_core.data.images import BadImage, content_hash, open_rgb
 from tl_core.data.scan import scan
 from tl_core.data.sources import DatasetError, DatasetSpec, from_folder, from_zip, save_upload, uploads_dir
@@ -161,48 +158,6 @@ def test_row02_links_out_of_the_root_and_special_files_are_listed_not_read(tmp_p
         assert done and isinstance(result, BadImage) and "not a regular file" in str(result)
 
 
-AUTH_SCRIPT = """
-import streamlit as st
-from pages.ui.auth import require_login
-
-require_login()
-st.markdown("the private page")
-"""
-
-
-def test_row03_exposed_server_asks_for_the_password_before_any_page(tmp_path, monkeypatch):
-    assert tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["address"] == "localhost"
-    assert [auth.is_exposed(a) for a in ("localhost", "127.0.0.1", "::1", "[::1]")] == [False] * 4
-    assert [auth.is_exposed(a) for a in ("0.0.0.0", "", None, "192.168.1.5", "::", "myhost")] == [True] * 6
-    assert auth.check("s3cret", "s3cret") and not auth.check("s3creT", "s3cret")
-    assert not auth.check("", "") and not auth.check("x", None)
-
-    script = tmp_path / "app.py"
-    script.write_text(AUTH_SCRIPT)
-    private = lambda at: any(m.value == "the private page" for m in at.markdown)
-    old = st_config.get_option("server.address")
-    monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
-    try:
-        st_config.set_option("server.address", "localhost")
-        assert private(AppTest.from_file(str(script)).run())
-
-        st_config.set_option("server.address", "0.0.0.0")
-        at = AppTest.from_file(str(script)).run()
-        assert not private(at) and auth.PASSWORD_ENV in at.error[0].value  # exposed without a password: closed
-
-        monkeypatch.setenv(auth.PASSWORD_ENV, "s3cret")
-        at = AppTest.from_file(str(script)).run()
-        assert not private(at) and at.text_input(key="login_password")
-        at.text_input(key="login_password").input("guess")
-        at.button[0].click().run()
-        assert not private(at) and at.error[0].value == "Wrong password."
-        at.text_input(key="login_password").input("s3cret")
-        at.button[0].click().run()
-        assert private(at) and not at.error
-    finally:
-        st_config.set_option("server.address", old)
-
-
 # ---------------------------------------------------------------- data integrity and faults
 
 
@@ -272,16 +227,14 @@ def test_row05_one_writer_per_run(tmp_path):
             assert json.loads((run / "writer.lock").read_text())["pid"] == os.getpid()
 
 
-def test_row06_a_reused_pid_does_not_keep_a_run_running(tmp_path, capsys):
+def test_row06_a_run_is_running_only_while_its_writer_holds_the_lock(tmp_path, capsys):
     run = fake_run(tmp_path, ["a", "b"])
-    Run(run).write_summary(status=RUNNING)  # this live process: really running
-    assert Run(run).summary["status"] == RUNNING
-    with pytest.raises(RuntimeError, match="still training"):
-        delete_run(Run(run))
-    summary = json.loads((run / "summary.json").read_text())
-    summary["pid_start"] = summary.get("pid_start", 0) + 1  # the pid now belongs to a process started later
-    (run / "summary.json").write_text(json.dumps(summary))
-    assert Run(run).summary["status"] == "interrupted"
+    with RunLock(run):
+        Run(run).write_summary(status=RUNNING)  # this live process writes it: really running
+        assert Run(run).summary["status"] == RUNNING
+        with pytest.raises(RuntimeError, match="still training"):
+            delete_run(Run(run))
+    assert Run(run).summary["status"] == "interrupted"  # the pid is still alive, but nobody writes the run
     assert run_cli(capsys, "runs", "--runs-dir", str(tmp_path), "--delete", run.name)[0] == 0
     assert not run.exists()
 
@@ -313,7 +266,7 @@ def test_row09_dataset_page_keys_uploads_by_content(tmp_path, monkeypatch, home)
     monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
     st.cache_data.clear()
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
-    at.switch_page("pages/1_Dataset.py").run()
+    at.switch_page("app_pages/1_Dataset.py").run()
     at.radio(key="dataset_kind").set_value("Upload a .zip").run()
     for classes in (["a", "b"], ["a", "b", "c"]):  # the same file name, new bytes
         at.file_uploader(key="zip_upload").set_value(("data.zip", dataset_zip(classes), "application/zip")).run()
@@ -377,7 +330,7 @@ def test_row12_encrypted_bad_crc_and_clashing_zips_are_one_clear_line(home, tmp_
     monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
     st.cache_data.clear()
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
-    at.switch_page("pages/1_Dataset.py").run()
+    at.switch_page("app_pages/1_Dataset.py").run()
     at.radio(key="dataset_kind").set_value("Upload a .zip").run()
     for words, make in BAD_ZIPS.items():  # the Dataset page: the same line, no traceback, nothing kept
         at.file_uploader(key="zip_upload").set_value(("data.zip", make(), "application/zip")).run()

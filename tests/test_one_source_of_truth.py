@@ -145,7 +145,7 @@ def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, 
 def _train_page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/3_Train.py").run()
+    at.switch_page("app_pages/3_Train.py").run()
     assert not at.exception, at.exception
     return at
 

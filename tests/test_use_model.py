@@ -251,7 +251,7 @@ def test_lr_find_returns_a_finite_suggestion(with_real_weights, capsys):
 def lr_finder_app():
     import streamlit as st
 
-    from pages.ui.lr_find import render_lr_finder
+    from app_pages.ui.lr_find import render_lr_finder
 
     st.number_input("Learning rate (head)", 1e-6, 1.0, 1e-3, format="%.5f", key="train_lr")  # as on the Train page
     render_lr_finder("demo", "mobilenet_v2", image_size=64, steps=20)
@@ -289,7 +289,7 @@ def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):  # noqa:
                               image_size=48, patience=0), os.environ["TL_STUDIO_RUNS"])
     demo = (home / "demo-v1").resolve()  # a link to the shared demo images: the data root must hold the real folder
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(demo.parent))
-    at = open_page("pages/4_Predict.py")
+    at = open_page("app_pages/4_Predict.py")
     star = sorted((home / "demo-v1" / "val" / "star").iterdir())[0]
     at.file_uploader(key="predict_upload").set_value([(star.name, star.read_bytes(), "image/png")]).run()
     assert not at.exception, at.exception
