@@ -54,12 +54,13 @@ from tl_core.train.events import (
 )
 from tl_core.train.recorder import RunRecorder
 from tl_core.train.runs import (
+    TRAINER_STATE,
     RunBusy,
     RunLock,
     RunStatus,
     load_run,
-    load_trainer_state,
     new_run,
+    resume_point,
     save_state,
     save_trainer_state,
     write_json,
@@ -81,8 +82,10 @@ class TrainingError(RuntimeError):
         return TrainingError, (str(self), self.suggestion, self.run_dir)
 
 
-def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False) -> tuple[str, str]:
+def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False, run_dir: Path | None = None) -> tuple[str, str]:
     """An error as (message, what to do about it) for people, not a traceback."""
+    if run_dir is not None and not run_dir.exists():
+        return f"The run folder {run_dir} was deleted while the run trained.", "Start a new run; nothing of this one is left."
     if is_out_of_memory(exc):
         return (f"Out of memory with batch size {config.batch_size}.",
                 "Lower the batch size or image size, choose a smaller backbone, or use feature extraction; then start again.")
@@ -105,6 +108,9 @@ def check_trainable(ds: ImageDataset) -> None:
         raise DatasetError("Training needs usable images of at least two classes in the training split.")
     if not val:
         raise DatasetError("There are no usable validation images; add a val/ folder or use a random split.")
+    if untrained := sorted({ds.classes[s.label] for s in val} - {ds.classes[s.label] for s in train}):
+        raise DatasetError(f"{', '.join(untrained)}: validation images but no training images, so that output could never "
+                           "learn; add training images of it or take it out of val/.")
 
 
 def weights_id(cfg: TrainConfig) -> str:
@@ -563,7 +569,7 @@ class Trainer:
                 self.events.emit(RunEnded(self._result(RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(self.skipped)))
                 raise
             except Exception as e:
-                message, suggestion = explain(e, self.config, run.has_checkpoint())
+                message, suggestion = explain(e, self.config, run.has_checkpoint(), run.dir)
                 self.events.emit(RunFailed(message, suggestion, str(run.dir)))
                 raise TrainingError(message, suggestion, str(run.dir)) from e
             result = self._result(status, reason)
@@ -596,17 +602,21 @@ class Trainer:
         return opt, sched
 
     def _restore(self, strategy: Strategy, opt, sched) -> int:
-        """Resume: the last checkpoint and optimiser state; 0 (start over) when no epoch had finished."""
-        state = load_trainer_state(self.run.dir)
-        if state is None or not (self.run.dir / "last.safetensors").exists():
+        """Resume: the last checkpoint and optimiser state (a fresh optimiser when that state is unreadable);
+        0 (start over) when no epoch had finished."""
+        point = resume_point(self.run)
+        if point is None:
             self.events.emit(Logged("Nothing had finished before the interruption: this run starts from the beginning."))
             return 0
         strategy.load(self.run.model_state("last"))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.events.emit(Logged(f"Resuming after epoch {state['epoch']} (best {self.best_acc:.3f})."))
-        return int(state["epoch"])
+        if point.optimizer is None:
+            self.events.emit(Logged(f"{TRAINER_STATE} is missing or unreadable: continuing from the last weights with a fresh optimiser."))
+        else:
+            opt.load_state_dict(point.optimizer)
+            sched.load_state_dict(point.scheduler)
+        self.best_acc, self.best_epoch = point.best_acc, point.best_epoch
+        self.events.emit(Logged(f"Resuming after epoch {point.epoch} (best {self.best_acc:.3f})."))
+        return point.epoch
 
     def _loop(self, strategy: Strategy, resume: bool) -> str | None:
         """The one training loop. Returns why it ended early (early stopping), or None."""
