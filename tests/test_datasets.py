@@ -91,3 +91,31 @@ def test_torchvision_dataset_offline_gives_a_clear_message():
         load_dataset("torchvision:Flowers102")
     with pytest.raises(DatasetError, match="Unknown torchvision dataset"):
         load_dataset("torchvision:NotADataset")
+
+
+def test_a_wrapper_whose_only_folder_links_outside_the_root_reads_nothing_outside(tmp_path):
+    outside = tmp_path / "elsewhere"
+    for cls in ("secret_a", "secret_b"):
+        solid(outside / cls / "1.png", (9, 9, 9))
+    wrapper = tmp_path / "data" / "wrapper"
+    wrapper.mkdir(parents=True)
+    (wrapper / "inner").symlink_to(outside, target_is_directory=True)
+    ds = from_folder(wrapper)
+    assert ds.root == str(wrapper.resolve())  # not opened up into the link's target
+    assert not ds.samples and not any(str(outside) in s.path for s in ds.samples)
+    assert any("links outside the dataset folder" in p.reason for p in ds.skipped)
+
+
+def test_an_empty_zip_names_the_zip_not_a_server_path_and_leaves_nothing(tmp_path, monkeypatch):
+    import io
+
+    from tl_core.data.sources import from_zip, save_upload, uploads_dir
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    buf = io.BytesIO()
+    zipfile.ZipFile(buf, "w").close()
+    archive = save_upload("empty.zip", buf.getvalue())
+    with pytest.raises(DatasetError) as caught:
+        from_zip(archive)
+    assert str(caught.value).startswith("empty.zip") and str(tmp_path) not in str(caught.value)
+    assert list(uploads_dir().iterdir()) == []

@@ -159,3 +159,13 @@ def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
     assert s.workers == 2 and s.result.stop_reason.startswith("stopped by request") and s.resumable
     run = load_run(s.run_dir)
     assert run.summary["status"] == "stopped" and run.info["processes"] == 2
+
+
+def test_training_children_do_not_get_the_dashboard_password(monkeypatch):
+    from tl_core.jobs.manager import child_environment
+
+    monkeypatch.setenv("TL_STUDIO_PASSWORD", "s3cret")
+    monkeypatch.setenv("STREAMLIT_SERVER_COOKIE_SECRET", "c00kie")
+    env = child_environment()
+    assert "TL_STUDIO_PASSWORD" not in env and "STREAMLIT_SERVER_COOKIE_SECRET" not in env
+    assert "s3cret" not in env.values() and env["PATH"] == os.environ["PATH"] and env["PYTHONUNBUFFERED"] == "1"

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -61,3 +62,39 @@ def test_export_is_checked_and_reloads_to_the_same_predictions(demo_run, tmp_pat
     b = load_export(path).predict(files)
     assert [x.top[0][0] for x in a] == [x.top[0][0] for x in b]
     assert [x.top[0][1] for x in a] == pytest.approx([x.top[0][1] for x in b], abs=1e-4)
+
+
+def test_folder_inputs_leave_out_links_that_lead_outside(tmp_path):
+    from conftest import solid
+
+    from tl_core.use.predict import expand_inputs
+
+    folder = tmp_path / "mine"
+    inside = solid(folder / "a.png", (1, 2, 3))
+    solid(tmp_path / "secret" / "s.png", (4, 5, 6))
+    (folder / "link.png").symlink_to(tmp_path / "secret" / "s.png")
+    (folder / "ok.png").symlink_to(inside)  # a link within the folder is fine
+    assert expand_inputs([str(folder)]) == [str(inside), str(folder / "ok.png")]
+
+
+def test_an_uploaded_zip_is_unpacked_under_generated_names_and_reruns_leave_nothing_new(tmp_path, monkeypatch):
+    import zipfile
+
+    from tl_core.use.predict import expand_inputs, unpack_upload
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("x/1.png", png_bytes())
+    for _ in range(3):  # three reruns of the page with the zip selected
+        found = expand_inputs([str(unpack_upload(buf.getvalue()))])
+    uploads = tmp_path / "home" / "predict-uploads"
+    assert [p.name for p in uploads.iterdir()] == [Path(found[0]).parents[1].name]  # one unpacked folder, no zip copies
+    assert [Path(f).name for f in found] == ["1.png"]
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
