@@ -1,75 +1,50 @@
-"""TL Studio's home page: the three steps (data, backbone, train and use) with what is done, and a one-click
-Quick start. The other pages are Streamlit's automatic `pages/` scripts; every page, this one included, calls
-`page_setup()` for the shared frame (navigation, sidebar). Logic lives in tl_core."""
+"""TL Studio's entry point, two things in one file so `streamlit run streamlit_app.py` is all a user types.
+
+Run by Streamlit as the app script, it is the frame (as in Streamlit's own hello app): it declares the pages with
+`st.navigation`, lets nobody past the sign-in form on an exposed server, draws the sidebar and the title, then runs
+the chosen page, a flat script in `app_pages/`. Imported by `streamlit run` (which finds `app` below), it is the server:
+Streamlit's own routes and websocket behind the sign-in gate of `tl_core/dashboard/gate.py`, open as before on
+localhost. Logic lives in tl_core.
+"""
+
+import errno
 
 import streamlit as st
 
-from pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset_label, device_text, job_manager, page_setup, scan_report
-from tl_core import paths
-from tl_core.config import TrainConfig
-from tl_core.data.sources import DatasetError
-from tl_core.formats import percent
-from tl_core.jobs.manager import JobBusy
-from tl_core.train.runs import latest_finished
+PAGES = (("app_pages/0_Home.py", "Home", ":material/home:"), ("app_pages/1_Dataset.py", "Dataset", ":material/photo_library:"),
+         ("app_pages/2_Backbones.py", "Backbones", ":material/speed:"), ("app_pages/3_Train.py", "Train", ":material/model_training:"),
+         ("app_pages/4_Predict.py", "Predict", ":material/image_search:"))
 
-page_setup("TL Studio")
-st.markdown("Fine-tune a pretrained ImageNet backbone on **your own images**, watch it learn, then use it. "
-            f"Running on {device_text()}.")
-
-spec, name = choices().dataset, chosen_backbone()
-info = next(r for r in backbone_rows() if r.name == name)
-jobs = job_manager()
-running = jobs.active()
-last = latest_finished(paths.runs_dir())
+UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.ENOTDIR}  # storage, not a bug
 
 
-def step(column, number: int, title: str, done: bool, body: str, page: str, link: str) -> None:
-    with column.container(border=True, key=f"step_{number}"):
-        st.markdown(f"#### {':material/check_circle:' if done else ':material/radio_button_unchecked:'} {number}. {title}")
-        st.markdown(body)
-        st.page_link(page, label=link, icon=":material/arrow_forward:")
+def frame() -> None:
+    from app_pages.ui.auth import sign_in_page, signed_in
+    from app_pages.ui.shared import plain, show_flash, sidebar
+    from tl_core import paths
 
-
-try:
-    report = scan_report(spec)
-    n = report.split_counts()
-    data_ok = report.n_images > 0
-    data_text = (f"**{dataset_label(spec)}**: {len(report.classes)} classes, {n.get('train', 0)} training and "
-                 f"{n.get('val', 0)} validation images" + (f", {len(report.skipped)} file(s) skipped" if report.skipped else "") + ".")
-except DatasetError as e:
-    data_ok, data_text = False, f"**{dataset_label(spec)}** cannot be used: {e}"
-weights = "weights on this machine" if info.cached else "weights download on first use"
-chosen = "chosen" if choices().backbone else "recommended"
-if running:
-    s = running.snapshot()
-    train_text = f"Job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}."
-elif last:
-    train_text = (f"Last trained: **{last.id}**, best val accuracy {percent(last.summary.get('best_val_accuracy') or 0)}. "
-                  "Classify images, evaluate, download it.")
-else:
-    train_text = "No trained model yet."
-c1, c2, c3 = st.columns(3)
-step(c1, 1, "Data", data_ok, data_text, "pages/1_Dataset.py", "Choose or check the data")
-step(c2, 2, "Backbone", bool(choices().backbone) or info.cached,
-     f"**{name}** ({chosen}; ImageNet acc@1 {info.acc1:.1f}%, {info.size_mb} MB, {weights}).", "pages/2_Backbones.py",
-     "Compare backbones")
-step(c3, 3, "Train and use", last is not None, train_text, "pages/4_Predict.py" if last else "pages/3_Train.py",
-     "Use the model" if last else "Train a model")
-
-st.subheader("Quick start")
-quick = TrainConfig(backbone=name)  # the defaults: feature extraction on pretrained weights, fitted head
-st.markdown(f"One click trains **{name}** on **{dataset_label(spec)}** with good defaults: the backbone stays frozen, "
-            "every image is embedded once and a new head is fitted to convergence (seconds to minutes on a CPU). "
-            "You then watch it on the Train page.")
-if not info.cached:
-    st.caption(f"{name}'s weights are not on this machine: they download first (about {info.size_mb:.0f} MB). Offline, put "
-               f"`{info.weight_file}` into `{paths.torch_checkpoints()}` or choose a backbone whose weights are there.")
-if st.button(f"Quick start: train {name} on {dataset_label(spec)}", type="primary", key="quick_start",
-             disabled=bool(running) or not data_ok,
-             help="A job is running: watch it on the Train page" if running else "Feature extraction with the defaults"):
+    st.set_page_config(page_title="TL Studio", page_icon=":material/model_training:", layout="wide")
+    if not signed_in():  # an exposed server shows the sign-in form and nothing else: no navigation, no sidebar
+        st.navigation([st.Page(sign_in_page, title="Sign in", icon=":material/lock:")], position="hidden").run()
+        return
+    page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)])
+    heading = page.title if page.url_path else "TL Studio"
+    st.set_page_config(page_title=f"{page.title} · TL Studio")
     try:
-        jobs.start(spec, quick)
-    except (JobBusy, ValueError) as err:
-        st.error(str(err))
-    else:
-        st.switch_page("pages/3_Train.py")
+        sidebar()
+        st.title(heading)
+        show_flash(heading)
+        page.run()
+    except OSError as e:
+        if e.errno not in UNWRITABLE:
+            raise
+        st.error(f"TL Studio cannot write {plain(e.filename or paths.home())} ({e.strerror}). Set TL_STUDIO_HOME and "
+                 "TL_STUDIO_RUNS to writable folders and restart.")
+
+
+if __name__ == "__main__":
+    frame()
+else:
+    from tl_core.dashboard import gate
+
+    app = st.App(__file__, middleware=gate.middleware())

@@ -32,7 +32,7 @@ def timed_loads(n: int) -> list[float]:
 
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/3_Train.py").run()  # first render: fills the caches (scan, backbone table)
+    at.switch_page("app_pages/3_Train.py").run()  # first render: fills the caches (scan, backbone table)
     assert not at.exception, at.exception
     times = []
     for _ in range(n):
@@ -63,7 +63,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="tl_page_load_"))
     os.environ.update(TL_STUDIO_HOME=str(home), TL_STUDIO_RUNS=str(home / "runs"))
 
-    from pages.ui.shared import job_manager
+    from app_pages.ui.shared import job_manager
     from tl_core.config import TrainConfig
     from tl_core.train.trainer import Trainer
 

@@ -89,7 +89,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def ui(tmp_path, monkeypatch, studio_home):
-    """Fresh runs folder and preferences for each page test; the demo images are shared."""
+    """Fresh runs folder and preferences for each test; the demo images are shared."""
     home = tmp_path / "home"
     home.mkdir()
     from tl_core.data.demo import demo_root
@@ -100,7 +100,7 @@ def ui(tmp_path, monkeypatch, studio_home):
     st.cache_data.clear()
     st.cache_resource.clear()
     yield tmp_path
-    from pages.ui.shared import job_manager
+    from app_pages.ui.shared import job_manager
 
     jobs = job_manager()
     if jobs.active():

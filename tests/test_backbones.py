@@ -110,3 +110,21 @@ def test_every_backbone_builds_with_a_new_head(name):
     if sum(p.numel() for p in model.parameters()) < 40e6:  # forward only where it is cheap
         with torch.no_grad():
             assert model.eval()(torch.randn(1, 3, prep.crop, prep.crop)).shape == (1, 7)
+
+
+def test_a_pickle_in_the_weight_cache_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cached = tmp_path / "hub" / "checkpoints"  # torchvision's cache under TORCH_HOME
+    cached.mkdir(parents=True)
+    (cached / "resnet18-f37072fd.pth").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(backbones.WeightsUnavailable) as e:
+        backbones.build("resnet18", 2)
+    message = str(e.value)
+    assert "resnet18-f37072fd.pth in the weight cache is not a plain weight file" in message and "\n" not in message
+    assert not marker.exists()

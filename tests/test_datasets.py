@@ -191,10 +191,38 @@ def test_encrypted_damaged_and_clashing_zips_are_one_clear_line(home, tmp_path, 
     monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
     st.cache_data.clear()
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
-    at.switch_page("pages/1_Dataset.py").run()
+    at.switch_page("app_pages/1_Dataset.py").run()
     at.radio(key="dataset_kind").set_value("Upload a .zip").run()
     for words, make in BAD_ZIPS.items():  # the Dataset page: the same line, no traceback, nothing kept
         at.file_uploader(key="zip_upload").set_value(("data.zip", make(), "application/zip")).run()
         at.button(key="use_zip").click().run()
         assert not at.exception and any(words in e.value and "\n" not in e.value for e in at.error)
         assert not any(uploads_dir().iterdir())
+
+
+def test_a_wrapper_whose_only_folder_links_outside_the_root_reads_nothing_outside(tmp_path):
+    outside = tmp_path / "elsewhere"
+    for cls in ("secret_a", "secret_b"):
+        solid(outside / cls / "1.png", (9, 9, 9))
+    wrapper = tmp_path / "data" / "wrapper"
+    wrapper.mkdir(parents=True)
+    (wrapper / "inner").symlink_to(outside, target_is_directory=True)
+    ds = from_folder(wrapper)
+    assert ds.root == str(wrapper.resolve())  # not opened up into the link's target
+    assert not ds.samples and not any(str(outside) in s.path for s in ds.samples)
+    assert any("links outside the dataset folder" in p.reason for p in ds.skipped)
+
+
+def test_an_empty_zip_names_the_zip_not_a_server_path_and_leaves_nothing(tmp_path, monkeypatch):
+    import io
+
+    from tl_core.data.sources import from_zip, save_upload, uploads_dir
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    buf = io.BytesIO()
+    zipfile.ZipFile(buf, "w").close()
+    archive = save_upload("empty.zip", buf.getvalue())
+    with pytest.raises(DatasetError) as caught:
+        from_zip(archive)
+    assert str(caught.value).startswith("empty.zip") and str(tmp_path) not in str(caught.value)
+    assert list(uploads_dir().iterdir()) == []

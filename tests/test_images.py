@@ -64,3 +64,33 @@ def test_decompression_bomb_is_refused(tmp_path):
     assert bomb.stat().st_size < 2_000_000  # small on disk, huge in memory
     with pytest.raises(BadImage, match="too large"):
         open_rgb(bomb)
+
+
+def test_a_corrupt_exif_block_decodes_without_a_warning(tmp_path):
+    import struct
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ifd = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 5) + struct.pack("<HHII", 0x010E, 2, 1, 0)  # 5 entries, 1 there
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "cam.jpg", exif=b"Exif\x00\x00" + ifd)
+    done = subprocess.run([sys.executable, "-c", "import sys; from tl_core.data.images import open_rgb; "
+                           "print(open_rgb(sys.argv[1]).size)", str(tmp_path / "cam.jpg")],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "(8, 8)" and done.stderr == ""
+
+
+def test_checking_a_16_bit_image_makes_no_float_copy(tmp_path):
+    import tracemalloc
+
+    from tl_core.data.images import check_decodes
+
+    w, h = 3000, 2000
+    Image.new("I;16", (w, h), 1000).save(tmp_path / "deep.png")
+    tracemalloc.start()
+    check_decodes(tmp_path / "deep.png", min_side=64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < w * h // 4  # the RGB conversion's float copies took 8 bytes a pixel and more
+    assert open_rgb(tmp_path / "deep.png").size == (w, h)  # and the image itself is fine

@@ -128,3 +128,13 @@ def test_clocks_stop_and_an_early_stop_says_why(tmp_path, own_weights):
     assert "early-stopped at epoch 2 (patience 1)" in first.status_text and first.fraction_done == 1.0
     assert "2 of 6 epochs" in first.progress_text and "ETA" not in first.progress_text
     assert load_run(first.run_dir).summary["stop_reason"] == "early-stopped at epoch 2 (patience 1)"
+
+
+def test_training_children_do_not_get_the_dashboard_password(monkeypatch):
+    from tl_core.jobs.manager import child_environment
+
+    monkeypatch.setenv("TL_STUDIO_PASSWORD", "s3cret")
+    monkeypatch.setenv("STREAMLIT_SERVER_COOKIE_SECRET", "c00kie")
+    env = child_environment()
+    assert "TL_STUDIO_PASSWORD" not in env and "STREAMLIT_SERVER_COOKIE_SECRET" not in env
+    assert "s3cret" not in env.values() and env["PATH"] == os.environ["PATH"] and env["PYTHONUNBUFFERED"] == "1"

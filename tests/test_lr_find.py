@@ -73,7 +73,7 @@ def test_a_fitted_head_and_a_cannot_learn_config_are_refused(capsys):
 def lr_finder_app():
     import streamlit as st
 
-    from pages.ui.lr_find import render_lr_finder
+    from app_pages.ui.lr_find import render_lr_finder
     from tl_core.config import TrainConfig
     from tl_core.data.sources import DatasetSpec
 

@@ -6,7 +6,7 @@ from helpers import open_page
 
 
 def test_backbones_page_table_filters_and_choice(ui):
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     table = at.dataframe[0].value
     assert len(table) > 20 and {"acc1", "ms_per_image", "cached"} <= set(table.columns)
     assert "Recommended" in at.success[0].value
@@ -15,11 +15,11 @@ def test_backbones_page_table_filters_and_choice(ui):
     at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
     at.button(key="bb_use").click().run()
     assert any("mobilenet_v3_small selected" in s.value for s in at.success)
-    assert any(m.value == "**mobilenet_v3_small**" for m in at.sidebar.markdown)
+    assert any(m.value == r"**mobilenet\_v3\_small**" for m in at.sidebar.markdown)
 
 
 def test_backbones_page_measures_on_this_device(ui):
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
     assert at.dataframe[0].value.ms_per_image.isna().all()
     at.button(key="bb_measure").click().run()
@@ -34,7 +34,7 @@ def test_backbones_scatter_keeps_every_backbone_after_one_is_measured(ui):
     from tl_core.measure import speed
 
     speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)  # one measured, its sibling not
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     at.multiselect(key="bb_family").set_value(["mobilenetv3"]).run()
     shown = len(at.dataframe[0].value)
     spec = json.loads(next(c for c in at.get("plotly_chart") if "GFLOPs" in c.proto.spec).proto.spec)

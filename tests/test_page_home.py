@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from helpers import open_page, use_backbone
+import re
+
+import streamlit as st
+from helpers import APP, open_page, use_backbone
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+INJECTION = "![x](pixel.png) [Sign in again](phish)"
 
 
 def test_home_shows_the_three_steps_and_the_sidebar(ui):
@@ -13,20 +20,59 @@ def test_home_shows_the_three_steps_and_the_sidebar(ui):
     assert steps == ["#### :material/check_circle: 1. Data", "#### :material/radio_button_unchecked: 2. Backbone",
                      "#### :material/radio_button_unchecked: 3. Train and use"]  # the demo is usable; nothing chosen or trained
     assert any("5 classes, 300 training and 80 validation images" in m.value for m in at.markdown)
-    assert any(m.value == "**demo (shapes)**" for m in at.sidebar.markdown)
+    assert any(m.value == r"**demo \(shapes\)**" for m in at.sidebar.markdown)  # names as literal text
     assert not any("/" in m.value for m in at.sidebar.markdown if m.value.startswith("**"))  # names, never paths
 
 
 def test_quick_start_trains_the_chosen_backbone_on_the_chosen_data(ui):
     use_backbone("mobilenet_v3_small")
     at = open_page()
-    assert at.button(key="quick_start").label == "Quick start: train mobilenet_v3_small on demo (shapes)"
+    assert at.button(key="quick_start").label == r"Quick start: train mobilenet_v3_small on demo \(shapes\)"
     at.button(key="quick_start").click().run()
     assert not at.exception, at.exception
-    from pages.ui.shared import job_manager
+    from app_pages.ui.shared import job_manager
 
     job = job_manager().current()
     assert job and (job.dataset.source, job.config.strategy, job.config.pretrained, job.config.backbone) == (
         "demo", "features", True, "mobilenet_v3_small")  # the good defaults: a fitted head on pretrained features
     assert at.title[0].value == "Train" and any(s.value.startswith("Job 1") for s in at.subheader)  # sent to watch it
-    assert any("demo (shapes)" in c.value for c in at.caption)  # the job panel names its dataset
+    assert any(r"demo \(shapes\)" in c.value for c in at.caption)  # the job panel names its dataset
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """Every string the page hands to Streamlit's Markdown renderer (main area and sidebar, labels included)."""
+    kinds = ("markdown", "caption", "title", "subheader", "success", "error", "info", "warning")
+    texts = [e.value for kind in kinds for e in at.get(kind)] + [e.value for kind in kinds for e in at.sidebar.get(kind)]
+    return texts + [b.label for b in at.button]
+
+
+
+def test_folder_and_class_names_are_shown_as_plain_text(ui, tmp_path, monkeypatch):
+    data = tmp_path / "data" / INJECTION
+    for cls in (INJECTION, "bees"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(data / cls / f"{i}.png")
+    from tl_core.dashboard import prefs
+    from tl_core.data.sources import DatasetSpec
+
+    prefs.save(prefs.Choices(dataset=DatasetSpec(str(data))))  # the server's default for every new session
+    link = re.compile(r"(?<!\\)\]\(|(?<!\\)!\[")  # a Markdown link or image that would be followed
+    for page in (None, "app_pages/1_Dataset.py", "app_pages/3_Train.py"):
+        texts = markdown_texts(open_page(page))
+        assert any(r"\!\[x\]\(pixel\.png\)" in t for t in texts), page  # the name is there, escaped
+        assert not [t for t in texts if link.search(t)], page
+
+
+
+def test_an_unwritable_home_is_one_line_on_every_page(ui, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    with monkeypatch.context() as m:
+        m.setenv("TL_STUDIO_HOME", str(tmp_path / "a-file" / "home"))  # cannot be created: as if read-only
+        for page in (None, "app_pages/1_Dataset.py", "app_pages/4_Predict.py"):
+            at = AppTest.from_file(APP, default_timeout=120).run()
+            if page:
+                at.switch_page(page).run()
+            assert not at.exception and len(at.error) == 1 and "TL Studio cannot write" in at.error[0].value, page
+    st.cache_resource.clear()  # the job manager was never made
+

@@ -7,20 +7,20 @@ import os
 import re
 from pathlib import Path
 
-from helpers import open_page, st_home
-
 from tl_core.config import TrainConfig
 from tl_core.train.trainer import train
 from tl_core.use.predict import UNSURE
 
 
-def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):
+def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):  # noqa: F811
+    from test_app import open_page, st_home
+
     home = Path(st_home())
     train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", epochs=1, batch_size=16,
                               image_size=48, patience=0), os.environ["TL_STUDIO_RUNS"])
     demo = (home / "demo-v1").resolve()  # a link to the shared demo images: the data root must hold the real folder
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(demo.parent))
-    at = open_page("pages/4_Predict.py")
+    at = open_page("app_pages/4_Predict.py")
     star = sorted((home / "demo-v1" / "val" / "star").iterdir())[0]
     at.file_uploader(key="predict_upload").set_value([(star.name, star.read_bytes(), "image/png")]).run()
     assert not at.exception, at.exception

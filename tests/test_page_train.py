@@ -18,7 +18,7 @@ from tl_core.config import EPOCHS_BY_STRATEGY, TrainConfig, options
 
 def test_demo_flow_train_predict_evaluate(ui):
     use_backbone("mobilenet_v3_small")
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     assert at.radio(key="cfg_strategy").options[0].startswith("Feature extraction")
     at.button(key="train_measure").click().run()
     assert any(c.value.startswith("Estimated time: about") for c in at.caption)
@@ -39,7 +39,7 @@ def test_demo_flow_train_predict_evaluate(ui):
     history = chart(at, "Validation accuracy")
     assert history["layout"]["yaxis"]["range"] == [0, 1.02] and history["layout"]["xaxis"]["range"] == [0, 2.2]
 
-    at = open_page("pages/4_Predict.py")
+    at = open_page("app_pages/4_Predict.py")
     star = sorted((Path(st_home()) / "demo-v1" / "val" / "star").iterdir())[0]
     at.file_uploader(key="predict_upload").set_value([(star.name, star.read_bytes(), "image/png"),
                                                       ("junk.png", b"not an image", "image/png")]).run()
@@ -74,7 +74,7 @@ def test_demo_flow_train_predict_evaluate(ui):
 
 def test_start_busy_restart_then_stop(ui):
     use_backbone("mobilenet_v3_small")
-    tab_a, tab_b = open_page("pages/3_Train.py"), open_page("pages/3_Train.py")
+    tab_a, tab_b = open_page("app_pages/3_Train.py"), open_page("app_pages/3_Train.py")
     tiny_settings(tab_a, 200)
     tiny_settings(tab_b, 200)
     tab_a.button(key="train_start").click().run()
@@ -82,7 +82,7 @@ def test_start_busy_restart_then_stop(ui):
     tab_b.button(key="train_start").click().run()  # the second tab still shows its form
     assert any("Busy" in w.value for w in tab_b.warning)
     st.cache_resource.clear()  # the server restarts (a new JobManager); the training child goes on
-    tab_c = open_page("pages/3_Train.py")
+    tab_c = open_page("app_pages/3_Train.py")
     wait_for(tab_c, lambda a: any("Job 1: running" in s.value for s in a.subheader) and a.button(key="train_stop"))
     tab_c.button(key="train_stop").click().run()
     wait_for(tab_c, lambda a: any("Job 1: stopped" in s.value for s in a.subheader), 60)
@@ -91,7 +91,7 @@ def test_start_busy_restart_then_stop(ui):
 
 def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     use_backbone("resnet18")
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     assert any("resnet18-f37072fd.pth" in w.value and "checkpoints" in w.value for w in at.warning)
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: any(": failed" in s.value for s in a.subheader), 60)
@@ -101,7 +101,7 @@ def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
 
 
 def test_train_page_never_offers_a_combination_that_cannot_learn(ui):
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     at.checkbox(key="cfg_pretrained").uncheck().run()
     assert any("cannot learn" in e.value for e in at.error) and at.button(key="train_start").disabled
     at.radio(key="cfg_strategy").set_value("full").run()
@@ -111,6 +111,7 @@ def test_train_page_never_offers_a_combination_that_cannot_learn(ui):
 def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     import threading
 
+    from tl_core.config import TrainConfig
     from tl_core.train.runs import list_runs
     from tl_core.train.trainer import train
 
@@ -121,7 +122,7 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     first = train("demo", tiny, runs_dir, stop=stop)
     (runs_dir / "broken-run").mkdir()
     (runs_dir / "broken-run" / "run.json").write_text("{not json")  # shown as broken, never a traceback
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     table = at.dataframe[0].value
     assert dict(zip(table.run, table.status))["broken-run"] == "broken"
     at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
@@ -137,13 +138,13 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
 
 
 def test_every_setting_has_a_one_line_help(ui):
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     settings = [w for w in [*at.main, *(w for e in at.expander for w in e)] if str(getattr(w, "key", "")).startswith("cfg_")]
     assert len({w.key for w in settings}) >= 20  # every TrainConfig option shown on the page
     for w in settings:
         assert w.help and "\n" not in w.help, w.key
     assert "default" in at.number_input(key="cfg_epochs").help  # defaults explained where they depend on something
-    at = open_page("pages/2_Backbones.py")
+    at = open_page("app_pages/2_Backbones.py")
     for key in ("bb_family", "bb_size", "bb_acc", "bb_cached", "bb_sort"):
         assert next(w for w in at.main if getattr(w, "key", None) == key).help, key
 
@@ -151,7 +152,7 @@ def test_every_setting_has_a_one_line_help(ui):
 def test_strategy_defaults_follow_the_strategy_and_every_option_has_a_widget_and_a_flag(tmp_path, monkeypatch):
     """Epochs follow the strategy, and the page and the CLI both derive every option from TrainConfig's one declaration."""
     monkeypatch.setenv("TL_STUDIO_RUNS", str(tmp_path / "runs"))
-    at = open_page("pages/3_Train.py")
+    at = open_page("app_pages/3_Train.py")
     assert at.number_input(key="cfg_epochs").value == EPOCHS_BY_STRATEGY["features"]
     at.radio(key="cfg_strategy").set_value("full").run()
     assert at.number_input(key="cfg_epochs").value == EPOCHS_BY_STRATEGY["full"] == 5

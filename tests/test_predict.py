@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import bees_val_files, cli_out
+from helpers import bees_val_files, cli_out, png_bytes
 from PIL import Image
 
 from tl_core.data.scan import load_dataset
@@ -64,3 +64,32 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
     got = {Path(r["file"]).name: r["top1"] for r in good}
     assert sum(got[Path(f).name] == c for f, c in zip(files, expected)) >= 5
     assert all(float(r["top1_probability"]) >= float(r["top2_probability"]) for r in good)
+
+
+def test_folder_inputs_leave_out_links_that_lead_outside(tmp_path):
+    from conftest import solid
+
+    from tl_core.use.predict import expand_inputs
+
+    folder = tmp_path / "mine"
+    inside = solid(folder / "a.png", (1, 2, 3))
+    solid(tmp_path / "secret" / "s.png", (4, 5, 6))
+    (folder / "link.png").symlink_to(tmp_path / "secret" / "s.png")
+    (folder / "ok.png").symlink_to(inside)  # a link within the folder is fine
+    assert expand_inputs([str(folder)]) == [str(inside), str(folder / "ok.png")]
+
+
+def test_an_uploaded_zip_is_unpacked_under_generated_names_and_reruns_leave_nothing_new(tmp_path, monkeypatch):
+    import zipfile
+
+    from tl_core.use.predict import expand_inputs, unpack_upload
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("x/1.png", png_bytes())
+    for _ in range(3):  # three reruns of the page with the zip selected
+        found = expand_inputs([str(unpack_upload(buf.getvalue()))])
+    uploads = tmp_path / "home" / "predict-uploads"
+    assert [p.name for p in uploads.iterdir()] == [Path(found[0]).parents[1].name]  # one unpacked folder, no zip copies
+    assert [Path(f).name for f in found] == ["1.png"]

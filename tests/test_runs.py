@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import solid
 from helpers import ROOT, TINY, fake_run, run_cli
 
 from tl_core.config import TrainConfig
@@ -26,6 +27,7 @@ from tl_core.train.runs import (
     load_run,
     load_trainer_state,
     process_start,
+    resume_point,
     save_trainer_state,
 )
 from tl_core.train.trainer import train
@@ -109,16 +111,14 @@ def test_one_writer_per_run(tmp_path):
             assert json.loads((run / "writer.lock").read_text())["pid"] == os.getpid()
 
 
-def test_a_reused_pid_does_not_keep_a_run_running(tmp_path, capsys):
+def test_a_run_is_running_only_while_its_writer_holds_the_lock(tmp_path, capsys):
     run = fake_run(tmp_path, ["a", "b"])
-    Run(run).write_summary(status=RUNNING)  # this live process: really running
-    assert Run(run).summary["status"] == RUNNING
-    with pytest.raises(RuntimeError, match="still training"):
-        delete_run(Run(run))
-    summary = json.loads((run / "summary.json").read_text())
-    summary["pid_start"] = summary.get("pid_start", 0) + 1  # the pid now belongs to a process started later
-    (run / "summary.json").write_text(json.dumps(summary))
-    assert Run(run).summary["status"] == "interrupted"
+    with RunLock(run):
+        Run(run).write_summary(status=RUNNING)  # this live process writes it: really running
+        assert Run(run).summary["status"] == RUNNING
+        with pytest.raises(RuntimeError, match="still training"):
+            delete_run(Run(run))
+    assert Run(run).summary["status"] == "interrupted"  # the pid is still alive, but nobody writes the run
     assert run_cli(capsys, "runs", "--runs-dir", str(tmp_path), "--delete", run.name)[0] == 0
     assert not run.exists()
 
@@ -174,3 +174,91 @@ def test_checkpoint_errors_are_one_line_naming_the_file(tmp_path, capsys):
     assert load_trainer_state(run) is None and not (tmp_path / "pwned").exists()
     out = capsys.readouterr()
     assert "weights_only" not in out.out + out.err
+
+
+def few_images(root: Path) -> Path:
+    for k, cls in enumerate(("red", "blue")):
+        for i in range(4):
+            solid(root / cls / f"{i}.png", (40 + 150 * k, 20 * i, 200 - 150 * k), size=(48, 48))
+    return root
+
+
+def test_resume_over_an_unreadable_trainer_state_keeps_the_finished_epochs_and_the_best(tmp_path):
+    from tl_core.train.trainer import resume, train
+
+    first = train(str(few_images(tmp_path / "d")), TrainConfig(**TINY, epochs=2), tmp_path / "runs")
+    run = Run(Path(first.run_dir))
+    rows = run.metrics()
+    best = max(r["val_acc"] for r in rows)
+    (run.dir / "trainer_state.pt").write_bytes(b"not a torch file")
+    point = resume_point(run)
+    assert (point.epoch, point.best_acc, point.optimizer) == (2, best, None)
+    best_before = (run.dir / "best.safetensors").read_bytes()
+    lines: list[str] = []
+    again = resume(first.run_dir, [lambda e: lines.append(getattr(e, "message", ""))], epochs=3)
+    assert again.status == "finished" and [m["epoch"] for m in run.metrics()] == [1, 2, 3]  # nothing trained twice
+    assert any("fresh optimiser" in m for m in lines)
+    assert run.summary["best_val_accuracy"] >= best  # never lowered
+    if run.metrics()[-1]["val_acc"] <= best:
+        assert (run.dir / "best.safetensors").read_bytes() == best_before
+
+
+def test_no_finished_epoch_means_no_resume_point(tmp_path):
+    run = Run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5}) + "\n")
+    assert resume_point(run) is None  # metrics without last.safetensors: start over
+
+
+@pytest.mark.parametrize("config, summary, why", [
+    ({"lr": "fast"}, None, 'config.lr is "fast"'),
+    ({"backbone": 5}, None, "config.backbone is 5"),
+    ({"epochs": True}, None, "config.epochs is true"),
+    ({"batch_size": -3}, None, "batch_size must be between"),
+    (None, {"best_val_accuracy": "abc"}, 'best_val_accuracy is "abc"'),
+    (None, {"status": {"x": 1}}, "status is"),
+])
+def test_a_run_with_wrong_typed_files_is_listed_as_broken_and_the_others_as_usual(tmp_path, capsys, config, summary, why):
+    from tl_core.cli import main as cli
+    from tl_core.train.runs import history_rows, latest_finished
+
+    good = fake_run(tmp_path, "20260101-000000-good-0000")
+    bad = fake_run(tmp_path, "20270101-000000-bad-0000", config, summary)
+    runs = list_runs(tmp_path)
+    assert [r.id for r in runs] == [bad.name, good.name]
+    assert why in runs[0].broken and runs[1].broken is None
+    assert [row["status"] for row in history_rows(runs)] == ["broken", "finished"]
+    assert latest_finished(tmp_path).id == good.name
+    assert cli.main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["broken", "finished"]
+
+
+def test_the_writer_lock_holds_when_the_writer_pid_is_not_visible(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from tl_core.train.runs import RUNNING, RunBusy, RunLock
+
+    run = fake_run(tmp_path, "20270101-000000-shared-0000", summary={"status": RUNNING, "pid": 2**22 + 17, "pid_start": 5})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # as seen from another PID namespace (a container, another machine): the writer's pid means nothing here
+        (run / "writer.lock").write_text(json.dumps({"pid": 2**22 + 17, "pid_start": 5}))
+        assert Run(run).summary["status"] == RUNNING
+        with pytest.raises(RunBusy, match="being written by process"):
+            with RunLock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Run(run).summary["status"] == "interrupted"  # the writer died: the kernel released its lock
+    with RunLock(run):
+        assert json.loads((run / "writer.lock").read_text())["pid"] == os.getpid()
+    assert not (run / "writer.lock").exists()
+
+
+def test_a_live_pid_without_the_lock_is_not_running(tmp_path):
+    run = fake_run(tmp_path, "20270101-000000-old-0000", summary={"status": "running", "pid": os.getpid()})  # no pid_start
+    assert Run(run).summary["status"] == "interrupted"

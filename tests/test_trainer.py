@@ -321,3 +321,27 @@ def test_no_promise_of_kept_epochs_when_there_are_none():
     _, kept = explain(RuntimeError("boom"), TrainConfig(), has_checkpoint=True)
     assert "keeps its finished epochs" not in none_kept and "nothing was kept" in none_kept
     assert "keeps its finished epochs" in kept
+
+
+def test_a_run_folder_deleted_while_training_fails_in_one_line_saying_so(tmp_path, shapes_folder):
+    import shutil
+
+    def delete_after_the_first_epoch(e) -> None:
+        if isinstance(e, EpochEnded) and e.row.epoch == 1:
+            shutil.rmtree(next((tmp_path / "runs").iterdir()))
+
+    with pytest.raises(TrainingError) as caught:
+        train(str(shapes_folder), TrainConfig(**TINY, epochs=2), tmp_path / "runs", [delete_after_the_first_epoch])
+    assert "was deleted while the run trained" in str(caught.value) and "no epoch had finished" not in str(caught.value)
+
+
+def test_a_class_only_in_val_is_refused_before_training(tmp_path):
+    from conftest import solid
+
+    for split, classes in (("train", ("red", "blue")), ("val", ("red", "blue", "green"))):
+        for k, cls in enumerate(classes):
+            for i in range(2):
+                solid(tmp_path / "d" / split / cls / f"{i}.png", (80 * k, 20 * i, 90), size=(48, 48))
+    with pytest.raises(TrainingError, match="green: validation images but no training images"):
+        train(str(tmp_path / "d"), TrainConfig(**TINY, epochs=1), tmp_path / "runs")
+    assert not list_runs(tmp_path / "runs")  # refused before a run folder exists

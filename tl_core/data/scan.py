@@ -20,7 +20,7 @@ from PIL import Image
 
 from tl_core import paths
 from tl_core.data.sources import DatasetSpec, ImageDataset, Problem, Sample, apply_split, list_files
-from tl_core.data.images import BadImage, content_hash, open_rgb
+from tl_core.data.images import BadImage, check_decodes, content_hash, open_rgb
 from tl_core.data.overrides import apply_overrides
 
 MIN_SIDE = 32
@@ -116,7 +116,7 @@ def check_file(path: str) -> FileCheck:
             return FileCheck("not a regular file")
         with Image.open(path) as raw:
             size, mode = raw.size, raw.mode
-        open_rgb(path, min_side=64)
+        check_decodes(path, min_side=64)
         return FileCheck(None, size[0], size[1], mode, content_hash(path))
     except BadImage as e:
         return FileCheck(str(e))

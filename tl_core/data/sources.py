@@ -141,11 +141,13 @@ def _unusable(p: Path, root: Path) -> str | None:
 
 
 def _descend(root: Path) -> Path:
-    """A zip or folder that wraps everything in one folder (`flowers/train/...`) is opened up."""
+    """A zip or folder that wraps everything in one folder (`flowers/train/...`) is opened up, unless that folder is
+    a link leading out of it: the dataset's root stays the chosen folder, and the link is refused as a class."""
     while True:
         dirs = _visible_dirs(root)
         files = [p for p in root.iterdir() if p.is_file() and not is_hidden(p.name)]
-        if len(dirs) == 1 and not files and dirs[0].name.lower() not in SPLIT_NAMES:
+        leaves = len(dirs) == 1 and not dirs[0].resolve().is_relative_to(root.resolve())  # a link out of the folder
+        if len(dirs) == 1 and not files and not leaves and dirs[0].name.lower() not in SPLIT_NAMES:
             inner = _visible_dirs(dirs[0])
             if inner:
                 root = dirs[0]
@@ -304,7 +306,12 @@ def from_zip(archive: str | Path) -> ImageDataset:
             raise
         marker.touch()
         prune_uploads(keep=(target, archive))
-    return from_folder(files, name=archive.stem)
+    try:
+        return from_folder(files, name=archive.stem)
+    except DatasetError as e:  # an empty zip, or one without class folders: said of the zip, and nothing kept
+        shutil.rmtree(target, ignore_errors=True)
+        _discard_upload(archive)
+        raise DatasetError(str(e).replace(str(files.resolve()), archive.name)) from None
 
 
 def _discard_upload(archive: Path) -> None:

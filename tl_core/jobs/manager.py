@@ -176,6 +176,18 @@ def usable_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def child_environment() -> dict[str, str]:
+    """The training child's environment: this server's, without the dashboard's secrets (the password and
+    Streamlit's own settings, its cookie secret among them): a child needs none of them, and a crash report or a
+    `ps e` would show them."""
+    from tl_core.dashboard.auth import PASSWORD_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV and not k.startswith("STREAMLIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def train_command(spec: DatasetSpec, config: TrainConfig, runs_dir: str | Path, events: str | Path, workers: int = 1,
                   resume_dir: str | None = None) -> list[str]:
     """The child's command line: `python -m tl_core train|resume ...`, through torchrun when `workers` > 1."""
@@ -429,10 +441,8 @@ class JobManager:
         os.ftruncate(lock, 0)
         os.pwrite(lock, str(folder).encode(), 0)  # who holds the device, for the next one's JobBusy
         command = train_command(spec, config, self.runs_dir, folder / "events.jsonl", workers, resume_dir)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "PYTHONUNBUFFERED": "1"}
         with open(folder / "output.log", "wb") as out:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_environment(),
                                        start_new_session=True, pass_fds=(lock,))
         record = {"id": int(folder.name), "pid": process.pid, "pid_start": process_start(process.pid), "started": time.time(),
                   "device": device, "workers": workers, "command": command, "dataset": spec.to_dict(),

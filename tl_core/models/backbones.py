@@ -280,6 +280,17 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def load_cached_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """torchvision's file from the weight cache, never unpickling code. A file that is not plain tensors (a pickle put
+    there, a damaged download) is one line naming it, not torch's page of advice about `weights_only`."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WeightsUnavailable(f"{file} in the weight cache is not a plain weight file ({first}); delete it so it "
+                                 "downloads again, or put torchvision's own file there.") from None
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str) -> list[str]:
     """Load matching tensors, skip the head; refuse a file that matches almost nothing. Returns missing keys."""
     own = model.state_dict()
@@ -303,8 +314,7 @@ def build(
     weights = pick_weights(name)
     model = bare(name, aux_logits=True)
     if pretrained and not weights_path:
-        file = download_weights(weights, on_download)
-        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_cached_weights(download_weights(weights, on_download)))
     _drop_aux(model)
     head = replace_head(model, num_classes)
     if weights_path:

@@ -18,6 +18,8 @@ class RunRecorder:
         self.run = run
 
     def __call__(self, e: Event) -> None:
+        if not self.run.dir.exists():  # deleted while training: the failure says so; there is nowhere to write
+            return
         if isinstance(e, RunStarted):
             self.run.write_summary(status=RunStatus.RUNNING, error=None, suggestion=None, stop_reason=None,
                                    **({} if e.resume else dict(best_val_accuracy=0.0, best_epoch=0, epochs_completed=0, seconds=0.0)))

@@ -15,13 +15,19 @@ import shutil
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 
 class RunStatus(StrEnum):
@@ -107,6 +113,37 @@ def load_trainer_state(run_dir: str | Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted run continues: after `epoch`, with the best so far; the optimiser and scheduler state
+    when `trainer_state.pt` was readable, else None (the trainer starts them afresh on the last weights)."""
+
+    epoch: int
+    best_acc: float
+    best_epoch: int
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+
+def resume_point(run: Run) -> ResumePoint | None:
+    """None when no epoch finished (no `last.safetensors`): the run starts over. An unreadable trainer state does
+    not throw finished epochs away: the epoch count and the best come from metrics.jsonl, which every finished epoch
+    appended, so the next epoch is numbered after them and the best checkpoint is only replaced by a better one."""
+    if not (run.dir / "last.safetensors").exists():
+        return None
+    state = load_trainer_state(run.dir)
+    try:
+        return ResumePoint(int(state["epoch"]), float(state["best_acc"]), int(state["best_epoch"]),
+                           dict(state["optimizer"]), dict(state["scheduler"]))
+    except (TypeError, KeyError, ValueError):  # missing, unreadable, or not a trainer state
+        pass
+    rows = [r for r in run.metrics() if isinstance(r.get("epoch"), int) and isinstance(r.get("val_acc"), int | float)]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))  # the first epoch that reached the best, as training kept it
+    return ResumePoint(max(r["epoch"] for r in rows), float(best["val_acc"]), best["epoch"])
+
+
 def process_start(pid: int) -> int | None:
     """When a process started (clock ticks since boot, /proc/<pid>/stat field 22); None without /proc."""
     try:
@@ -137,33 +174,87 @@ def _me() -> dict:
     return {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
 
 
+def _lock(fd: int) -> bool:
+    """Take the OS lock on an open file without waiting; False when another open file holds it."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # Windows
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _unlock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def writer_active(run_dir: str | Path) -> bool:
+    """Whether some process holds the run's writer lock now, wherever it runs (see `RunLock`)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR)
+    except OSError:
+        return False  # no lock file: nobody writes
+    try:
+        if not _lock(fd):
+            return True
+        _unlock(fd)
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunLock:
-    """One writer per run: a lock file holding pid + start time; a dead or reused owner's lock is taken over."""
+    """One writer per run: an OS file lock (flock) on `writer.lock`, held while the run is written.
+
+    The kernel releases it when the writer dies, however it dies, and it does not depend on seeing the writer's
+    process: a writer in another PID namespace (a container sharing the runs folder) or on another machine (a shared
+    `--runs-dir` on a file system with working locks, such as NFSv4) holds it just the same. The file's content
+    (pid + start time) only names the writer in the refusal.
+    """
+
+    TRIES = 5  # a reader asking `writer_active` holds the lock for microseconds: look again before refusing
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        mine = self.path.with_name(f".{LOCK}.{os.getpid()}.{secrets.token_hex(4)}")
-        mine.write_text(json.dumps(_me()))  # complete before it is visible: readers never see half a lock
+        for _ in range(self.TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if _lock(fd) and self._still_the_file(fd):
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(_me()).encode())
+                self.fd = fd
+                return self
+            os.close(fd)
+            time.sleep(0.02)
+        owner = self._owner() or {}
+        raise RunBusy(f"Run {self.path.parent.name} is being written by process {owner.get('pid', '(unknown)')}; "
+                      "stop that job first or wait for it to finish.")
+
+    def _still_the_file(self, fd: int) -> bool:
+        """The locked file is still the one at the path (a releasing writer deletes it: then lock the new one)."""
         try:
-            for _ in range(3):
-                try:
-                    os.link(mine, self.path)
-                    return self
-                except FileExistsError:
-                    owner = self._owner()
-                    if owner and owner_alive(owner.get("pid", -1), owner.get("pid_start")):
-                        raise RunBusy(f"Run {self.path.parent.name} is being written by process {owner['pid']}; "
-                                      "stop that job first or wait for it to finish.") from None
-                    self.path.unlink(missing_ok=True)  # its owner is gone
-            raise RunBusy(f"Run {self.path.parent.name} is being taken by another process at the same time.")
-        finally:
-            mine.unlink()
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                return True
+        except FileNotFoundError:
+            pass
+        _unlock(fd)
+        return False
 
     def __exit__(self, *exc) -> None:
-        if self._owner() == _me():
-            self.path.unlink(missing_ok=True)
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file about to vanish
+        _unlock(self.fd)
+        os.close(self.fd)
+        self.fd = None
 
     def _owner(self) -> dict | None:
         try:
@@ -171,6 +262,53 @@ class RunLock:
         except (OSError, json.JSONDecodeError):
             return None  # unreadable: a writer killed between create and write
         return owner if isinstance(owner, dict) else None
+
+
+NUMBER = (int, float)
+SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "status": str, "best_val_accuracy": NUMBER, "best_epoch": int, "epochs_completed": int, "seconds": NUMBER,
+    "images_per_s": NUMBER, "error": str, "suggestion": str, "stop_reason": str, "skipped": list}
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": NUMBER, "bool": (bool,), "str": (str,)}
+
+
+def _wrong_type(value, kinds: type | tuple[type, ...]) -> bool:
+    """JSON's true/false are ints to Python: only a bool field takes them."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+
+
+def _summary_problem(summary: dict) -> str | None:
+    """The first field of summary.json with a type the pages and the CLI cannot show, or None."""
+    for name, kinds in SUMMARY_TYPES.items():
+        value = summary.get(name)
+        if value is not None and _wrong_type(value, kinds):
+            return f"{name} is {json.dumps(value)}"
+    if summary.get("status") not in (None, *RunStatus):
+        return f"status is {json.dumps(summary['status'])}"
+    return None
+
+
+def _info_problem(info: dict) -> str | None:
+    """What in run.json would crash a reader: a setting of the wrong type or out of range, a class that is not a
+    name, a dataset that is not a description."""
+    from tl_core.config import TrainConfig
+
+    config = info["config"]
+    for f in fields(TrainConfig):
+        value, declared = config.get(f.name), str(f.type)
+        if value is None or declared.replace(" | None", "") not in CONFIG_TYPES:
+            continue
+        if _wrong_type(value, CONFIG_TYPES[declared.replace(" | None", "")]):
+            return f"config.{f.name} is {json.dumps(value)}"
+    try:
+        TrainConfig.from_dict(config).validate()
+    except (TypeError, ValueError) as e:
+        return str(e)
+    if not all(isinstance(c, str) for c in info["classes"]):
+        return "classes must be names"
+    if not isinstance(info.get("dataset", {}), dict):
+        return "dataset is not a description"
+    return None
 
 
 @dataclass
@@ -191,6 +329,8 @@ class Run:
             raise RunBroken(f"{path} is unreadable ({type(e).__name__}: {e}); delete the run or restore the file.") from None
         if not (isinstance(info, dict) and isinstance(info.get("config"), dict) and isinstance(info.get("classes"), list)):
             raise RunBroken(f"{path} is not a TL Studio run description; delete the run or restore the file.")
+        if problem := _info_problem(info):
+            raise RunBroken(f"{path}: {problem}; delete the run or restore the file.")
         return info
 
     @property
@@ -200,17 +340,27 @@ class Run:
             _ = self.info
         except RunBroken as e:
             return str(e)
+        if problem := _summary_problem(self._summary_file()):
+            return f"{self.dir / 'summary.json'}: {problem}; delete the run or restore the file."
         return None
+
+    def _summary_file(self) -> dict:
+        try:
+            s = json.loads((self.dir / "summary.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return s if isinstance(s, dict) else {}
 
     @property
     def summary(self) -> dict:
-        try:
-            s = json.loads((self.dir / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        """summary.json as typed figures; {"status": "broken"} when a field has the wrong type, {"status":
+        "interrupted"} when there is none (killed before writing it)."""
+        s = self._summary_file()
+        if not s:
             return {"status": INTERRUPTED}
-        if not isinstance(s, dict):
-            return {"status": INTERRUPTED}
-        if s.get("status") == RUNNING and not owner_alive(s.get("pid", -1), s.get("pid_start")):
+        if _summary_problem(s):
+            return {"status": BROKEN}
+        if s.get("status") == RUNNING and not writer_active(self.dir):  # the writer holds the lock while it runs
             s["status"] = INTERRUPTED
         return s
 

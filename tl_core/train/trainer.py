@@ -28,7 +28,7 @@ from tl_core.train.callbacks import Checkpoint, EarlyStopping, LRSweep
 from tl_core.train.events import Emitter, Listener, Logged, PhaseProgress, PhaseStarted, RunEnded, RunFailed, RunResult, RunStarted
 from tl_core.train.loop import Loop
 from tl_core.train.recorder import RunRecorder
-from tl_core.train.runs import RunBusy, RunLock, RunStatus, load_run, load_trainer_state, new_run, write_json
+from tl_core.train.runs import TRAINER_STATE, RunBusy, RunLock, RunStatus, load_run, new_run, resume_point, write_json
 from tl_core.train.strategies import Context, Stopped, Sweep, choose, weights_id
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
@@ -43,8 +43,10 @@ class TrainingError(RuntimeError):
         return TrainingError, (str(self), self.suggestion, self.run_dir)
 
 
-def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False) -> tuple[str, str]:
+def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = False, run_dir: Path | None = None) -> tuple[str, str]:
     """An error as (message, what to do about it) for people, not a traceback."""
+    if run_dir is not None and not run_dir.exists():
+        return f"The run folder {run_dir} was deleted while the run trained.", "Start a new run; nothing of this one is left."
     if is_out_of_memory(exc):
         return (f"Out of memory with batch size {config.batch_size}.",
                 "Lower the batch size or image size, choose a smaller backbone, or use feature extraction; then start again.")
@@ -67,6 +69,9 @@ def check_trainable(ds: ImageDataset) -> None:
         raise DatasetError("Training needs usable images of at least two classes in the training split.")
     if not val:
         raise DatasetError("There are no usable validation images; add a val/ folder or use a random split.")
+    if untrained := sorted({ds.classes[s.label] for s in val} - {ds.classes[s.label] for s in train}):
+        raise DatasetError(f"{', '.join(untrained)}: validation images but no training images, so that output could never "
+                           "learn; add training images of it or take it out of val/.")
 
 
 def _announce(events: Emitter, ctx: Context, run_dir: str, epochs: int, resume: bool) -> None:
@@ -242,7 +247,7 @@ class Trainer:
                 self.events.emit(RunEnded(self._result(loop, RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(ctx.skipped)))
                 raise
             except Exception as e:
-                message, suggestion = explain(e, self.config, run.has_checkpoint())
+                message, suggestion = explain(e, self.config, run.has_checkpoint(), run.dir)
                 self.events.emit(RunFailed(message, suggestion, str(run.dir)))
                 raise TrainingError(message, suggestion, str(run.dir)) from e
             result = self._result(loop, status, reason)
@@ -257,17 +262,21 @@ class Trainer:
                          loop.images_per_s, len(loop.ctx.skipped), reason)
 
     def _restore(self, loop: Loop) -> int:
-        """Resume: the last checkpoint and optimiser state; 0 (start over) when no epoch had finished."""
-        state = load_trainer_state(self.run.dir)
-        if state is None or not (self.run.dir / "last.safetensors").exists():
+        """Resume: the last checkpoint and optimiser state (a fresh optimiser when that state is unreadable);
+        0 (start over) when no epoch had finished."""
+        point = resume_point(self.run)
+        if point is None:
             self.events.emit(Logged("Nothing had finished before the interruption: this run starts from the beginning."))
             return 0
         loop.strategy.load(self.run.model_state("last"))
-        loop.opt.load_state_dict(state["optimizer"])
-        loop.sched.load_state_dict(state["scheduler"])
-        loop.best_acc, loop.best_epoch = state["best_acc"], state["best_epoch"]
-        self.events.emit(Logged(f"Resuming after epoch {state['epoch']} (best {loop.best_acc:.3f})."))
-        return int(state["epoch"])
+        if point.optimizer is None:
+            self.events.emit(Logged(f"{TRAINER_STATE} is missing or unreadable: continuing from the last weights with a fresh optimiser."))
+        else:
+            loop.opt.load_state_dict(point.optimizer)
+            loop.sched.load_state_dict(point.scheduler)
+        loop.best_acc, loop.best_epoch = point.best_acc, point.best_epoch
+        self.events.emit(Logged(f"Resuming after epoch {point.epoch} (best {loop.best_acc:.3f})."))
+        return point.epoch
 
 
 def train(

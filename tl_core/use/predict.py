@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,25 +159,61 @@ def write_csv(predictions: Sequence[Prediction], path: str | Path, threshold: fl
     return Path(path)
 
 
+KEEP_UNPACKED = 8  # zips of images kept unpacked for reruns; older ones are removed
+
+
 def unpack_zip(archive: str | Path) -> Path:
-    """A user's zip of images, extracted safely once (same checks as a dataset zip) under TL Studio's home."""
-    target = paths.home() / "predict-uploads" / content_hash(archive)[:16]
-    if not (target / ".extracted").exists():
+    """A user's zip of images, extracted safely once (same checks as a dataset zip) under TL Studio's home; only the
+    most recently used few stay, and a refused zip leaves nothing behind."""
+    folder = paths.home() / "predict-uploads"
+    target = folder / content_hash(archive)[:16]
+    if (target / ".extracted").exists():
+        os.utime(target)
+        return target
+    try:
         safe_extract(archive, target)
-        (target / ".extracted").touch()
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    (target / ".extracted").touch()
+    unpacked = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in unpacked[KEEP_UNPACKED:]:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
+def unpack_upload(data: bytes | memoryview) -> Path:
+    """An uploaded zip of images, unpacked like `unpack_zip`. The bytes go to a file with a generated name (the
+    uploaded name is never a path) that is deleted once unpacked: a rerun with the same upload reuses the unpacked
+    folder and leaves nothing new behind."""
+    folder = paths.home() / "predict-uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(suffix=".zip", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return unpack_zip(name)
+    finally:
+        os.unlink(name)
+
+
+def _folder_images(folder: Path) -> list[str]:
+    """A folder's image files, recursively; hidden ones and links that lead out of the folder are left out."""
+    inside = folder.resolve()
+    return sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(is_hidden(x) for x in f.relative_to(folder).parts) and f.resolve().is_relative_to(inside))
+
+
 def expand_inputs(items: Sequence[str]) -> list[str]:
-    """Files as given; folders and .zip files become their image files (recursively, hidden ones skipped)."""
+    """Files as given; folders and .zip files become their image files (recursively, hidden ones and links
+    leading out of the folder skipped)."""
     out = []
     for item in items:
         p = Path(item)
         if p.suffix.lower() == ".zip" and p.is_file():
             p = unpack_zip(p)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                          and not any(is_hidden(x) for x in f.relative_to(p).parts))
+            out += _folder_images(p)
         elif p.exists():
             out.append(str(p))
         else:

@@ -6,15 +6,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui.compare import render_compare
-from pages.ui.shared import backbone_rows, choices, choose, device_text, page_setup, speeds
+from app_pages.ui.compare import render_compare
+from app_pages.ui.shared import backbone_rows, choices, choose, device_text, speeds
 from tl_core import paths
 from tl_core.devices import pick_device
 from tl_core.formats import TABLE_PERCENT
 from tl_core.measure import speed
 from tl_core.models.backbones import recommend
 
-page_setup("Backbones")
 st.caption(f"Measured on {device_text()}")
 
 rows = backbone_rows()

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui.shared import chosen_backbone, scan_report
+from app_pages.ui.shared import chosen_backbone, plain, scan_report
 from tl_core.data.images import BadImage, open_rgb
 from tl_core.data.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
 from tl_core.data.sources import ImageDataset
@@ -32,7 +32,7 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
             report = check_health(ds, backbone, image_size=int(size) or None,
                                   progress=lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
         except Exception as e:  # weights missing, too few images...: one clear message
-            st.error(f"The check could not run: {e}")
+            st.error(f"The check could not run: {plain(e)}")
             return
         finally:
             bar.empty()
@@ -70,11 +70,11 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
     for i, s in enumerate(report.suspects[(page - 1) * PER_PAGE : page * PER_PAGE]):
         with cols[i % 4].container(border=True, key=f"suspect_{i}"):
             st.image(s.path, width="stretch")
-            st.markdown(f"`{Path(s.path).name}` ({s.split})  \ngiven **{s.given}**, suggested **{s.suggested}**  \n"
+            st.markdown(f"{plain(Path(s.path).name)} ({s.split})  \ngiven **{plain(s.given)}**, suggested **{plain(s.suggested)}**  \n"
                         f"score {s.quality:.3f}" + (" (confident learning)" if s.flagged else ""))
             done = decided.get(s.path)
             if done:
-                st.caption("dropped" if done.action == DROP else f"relabelled as {done.label}")
+                st.caption("dropped" if done.action == DROP else f"relabelled as {plain(done.label)}")
                 if st.button("Undo", key=f"undo_{s.path}"):
                     clear_override(ds, s.path)
                     changed()
@@ -104,7 +104,7 @@ def duplicates_and_outliers(ds: ImageDataset, report: HealthReport) -> None:
             with cols[i].container(border=True, key=f"outlier_{i}"):
                 st.image(o.path, caption=f"{Path(o.path).name} ({o.label}, {o.split}), z {o.z:.1f}", width="stretch")
                 if o.path in decided:
-                    st.caption("dropped" if decided[o.path].action == DROP else f"relabelled as {decided[o.path].label}")
+                    st.caption("dropped" if decided[o.path].action == DROP else f"relabelled as {plain(decided[o.path].label)}")
                 elif st.button("Drop", key=f"drop_outlier_{o.path}"):
                     set_override(ds, o.path, DROP)
                     changed()

@@ -1,9 +1,9 @@
-"""What every page shares: the page frame (config, navigation, sidebar), the one JobManager of this server
-process, cached engine calls, and this browser session's choices.
+"""What every page shares: the sidebar the frame draws, the one JobManager of this server process, cached engine
+calls, and this browser session's choices.
 
-Streamlit's automatic `pages/` navigation runs each page as its own script; `page_setup()` is the frame every
-page (and the home page, `streamlit_app.py`) calls first. Modules in `pages/ui/` are not pages (Streamlit ignores
-sub-folders of `pages/`). Logic lives in tl_core; this module only caches and renders.
+`streamlit_app.py` is the frame: it declares the pages with `st.navigation` and draws the sign-in gate, the sidebar
+and the title before running a page. Modules in `app_pages/ui/` are not pages. Logic lives in tl_core; this module
+only caches and renders.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.ui.auth import require_login
 from tl_core import paths
 from tl_core.dashboard import prefs
 from tl_core.dashboard.prefs import Choices
@@ -24,20 +23,6 @@ from tl_core.jobs.manager import JobManager
 from tl_core.measure import speed
 from tl_core.models import backbones
 from tl_core.train.runs import list_runs
-
-NAV = (("streamlit_app.py", "Home", ":material/home:"), ("pages/1_Dataset.py", "Dataset", ":material/photo_library:"),
-       ("pages/2_Backbones.py", "Backbones", ":material/speed:"), ("pages/3_Train.py", "Train", ":material/model_training:"),
-       ("pages/4_Predict.py", "Predict", ":material/image_search:"))
-
-
-def page_setup(title: str) -> None:
-    """Called first by every page: page config, title, the shared sidebar, and the message a choice left behind."""
-    st.set_page_config(page_title=f"{title} · TL Studio", page_icon=":material/model_training:", layout="wide")
-    require_login()  # an exposed server shows nothing before the password
-    sidebar()
-    st.title(title)
-    show_flash(title)
-
 
 FLASH_RUNS = 3
 
@@ -116,16 +101,24 @@ def dataset_label(spec: DatasetSpec) -> str:
     return spec.source.split(":", 1)[1] if spec.source.startswith("torchvision:") else Path(spec.source).name
 
 
+MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|~:$")
+
+
+def plain(name: object) -> str:
+    """A user-controlled name (folder, class, dataset, file) as literal text inside Markdown: every character
+    Markdown, Streamlit's `:colour[...]`/`:material/...:` directives or LaTeX could read is escaped, so a name such as
+    `![x](http://host/p.png)` shows as typed and fetches nothing."""
+    text = " ".join(str(name).split())  # no newline can start a heading or a list
+    return "".join(f"\\{ch}" if ch in MARKDOWN_SPECIAL else ch for ch in text)
+
+
 def sidebar() -> None:
     c = choices()
     with st.sidebar:
-        for path, label, icon in NAV:
-            st.page_link(path, label=label, icon=icon)
-        st.divider()
         st.caption("Dataset")
-        st.markdown(f"**{dataset_label(c.dataset)}**")
+        st.markdown(f"**{plain(dataset_label(c.dataset))}**")
         st.caption("Backbone")
-        st.markdown(f"**{chosen_backbone()}**")
+        st.markdown(f"**{plain(chosen_backbone())}**")
         st.caption("Training")
         st.fragment(job_status, run_every=2 if job_manager().active() else None)()
         st.caption(device_text())
@@ -136,8 +129,8 @@ def job_status() -> None:
     job = job_manager().current()
     if job is None:
         last = next(iter(list_runs(paths.runs_dir())), None)
-        st.markdown(f"last run: **{last.id}** ({last.summary.get('status')})" if last else "no runs yet")
+        st.markdown(f"last run: **{plain(last.id)}** ({last.summary.get('status')})" if last else "no runs yet")
         return
     s = job.snapshot()
     best = f", best val acc {percent(s.best.val_acc)}" if s.best else ""
-    st.markdown(f"job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")
+    st.markdown(f"job {s.id} on {plain(dataset_label(s.dataset))}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")

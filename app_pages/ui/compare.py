@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui.shared import backbone_rows, choices, dataset_label, scan_report
+from app_pages.ui.shared import backbone_rows, choices, dataset_label, plain, scan_report
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
 from tl_core.features.compare import compare, pareto_front, recommend
@@ -17,7 +17,7 @@ from tl_core.measure.speed import SHORTLIST
 def render_compare() -> None:
     spec = choices().dataset
     st.subheader("Which backbone for your data")
-    st.caption(f"Dataset **{dataset_label(spec)}**: each backbone's embeddings (cached), a linear head fitted with "
+    st.caption(f"Dataset **{plain(dataset_label(spec))}**: each backbone's embeddings (cached), a linear head fitted with "
                "cross-validated regularisation, and its validation accuracy: the figure feature extraction reaches.")
     rows = backbone_rows()
     cached = [r.name for r in rows if r.cached and r.name in SHORTLIST] or [r.name for r in rows if r.cached][:3]
@@ -33,7 +33,7 @@ def render_compare() -> None:
             found = compare(ds, names, TrainConfig(image_size=int(size) or None),
                             lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
         except (DatasetError, ValueError) as e:  # no val split, too few images...: one clear message
-            st.error(f"The comparison could not run: {e}")
+            st.error(f"The comparison could not run: {plain(e)}")
             return
         finally:
             bar.empty()

@@ -5,17 +5,17 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages.ui.charts import history_chart, training_curves
-from pages.ui.config_form import config_form
-from pages.ui.lr_find import render_lr_finder
-from pages.ui.shared import (
+from app_pages.ui.charts import history_chart, training_curves
+from app_pages.ui.config_form import config_form
+from app_pages.ui.lr_find import render_lr_finder
+from app_pages.ui.shared import (
     backbone_rows,
     choices,
     chosen_backbone,
     dataset_label,
     flash,
     job_manager,
-    page_setup,
+    plain,
     scan_report,
     speeds,
 )
@@ -29,7 +29,6 @@ from tl_core.measure import speed
 from tl_core.measure.estimate import Estimate, estimate
 from tl_core.train.runs import RunStatus, delete_run, history_rows, list_runs
 
-page_setup("Train")
 jobs = job_manager()
 spec = choices().dataset
 name = chosen_backbone()
@@ -46,11 +45,11 @@ def settings_form() -> None:
     try:
         report = scan_report(spec)
     except DatasetError as e:
-        st.error(f"The chosen dataset cannot be used: {e}")
+        st.error(f"The chosen dataset cannot be used: {plain(e)}")
         return
     n = report.split_counts()
     skipped = f", {len(report.skipped)} file(s) skipped (see the Dataset page)" if report.skipped else ""
-    st.markdown(f"**{report.name}**: {n.get('train', 0)} training and {n.get('val', 0)} validation images "
+    st.markdown(f"**{plain(report.name)}**: {n.get('train', 0)} training and {n.get('val', 0)} validation images "
                 f"({report.split_source}{skipped}), {len(report.classes)} classes. "
                 f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1:.1f}%).")
     if not info.cached:
@@ -85,9 +84,9 @@ def settings_form() -> None:
             jobs.start(spec, config, workers=workers)
             st.rerun()
         except JobBusy as err:
-            st.warning(f"Busy: {err}")
+            st.warning(f"Busy: {plain(err)}")
         except ValueError as err:
-            st.error(str(err))
+            st.error(plain(err))
 
 
 def live() -> None:
@@ -100,8 +99,8 @@ def live() -> None:
         st.rerun(scope="app")  # the job ended: show the form again
     if s.active:
         st.session_state.seen_active = s.id
-    st.subheader(f"Job {s.id}: {s.status_text}" + (f" ({s.run_name})" if s.run_name else ""))
-    st.caption(f"Dataset {dataset_label(s.dataset)} ({s.dataset.val_fraction:.0%} validation, split seed "
+    st.subheader(f"Job {s.id}: {s.status_text}" + (f" ({plain(s.run_name)})" if s.run_name else ""))
+    st.caption(f"Dataset {plain(dataset_label(s.dataset))} ({s.dataset.val_fraction:.0%} validation, split seed "
                f"{s.dataset.split_seed} where randomly split), {s.config.backbone}, {s.config.strategy}, on {s.device}")
     if s.active and not s.in_training_phase and s.progress[1]:
         st.progress(s.phase_fraction, text=s.progress_text)
@@ -109,7 +108,7 @@ def live() -> None:
         st.progress(s.fraction_done, text=s.progress_text)
     if s.error:
         st.error(s.error)
-        st.info(f"Suggestion: {s.suggestion}")
+        st.info(f"Suggestion: {plain(s.suggestion)}")
     if s.history:
         m = st.columns(3)
         m[0].metric("Best val accuracy", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
@@ -144,7 +143,7 @@ def job_controls(job: Job, s: JobSnapshot) -> None:
             jobs.start(s.dataset, s.config, resume_dir=s.run_dir, workers=s.workers)
             st.rerun(scope="app")
         except (JobBusy, ValueError) as err:
-            st.error(str(err))
+            st.error(plain(err))
 
 
 active = jobs.active() is not None
@@ -172,7 +171,7 @@ else:
     if fig:
         st.plotly_chart(fig, key="history_chart")
     else:
-        st.caption(f"{', '.join(r.id for r in chosen)}: no finished epoch, so no curve (select other runs above to compare).")
+        st.caption(f"{plain(', '.join(r.id for r in chosen))}: no finished epoch, so no curve (select other runs above to compare).")
 
     st.markdown("**Manage a run**")
     a, b, c = st.columns([3, 1, 2])
@@ -187,12 +186,12 @@ else:
                        TrainConfig.from_dict(target.info["config"]), resume_dir=str(target.dir))
             st.rerun()
         except (JobBusy, ValueError) as err:
-            st.error(str(err))
-    sure = c.checkbox(f"Yes, delete {target.id}", key="run_delete_confirm", disabled=status == RunStatus.RUNNING)
+            st.error(plain(err))
+    sure = c.checkbox(f"Yes, delete {plain(target.id)}", key="run_delete_confirm", disabled=status == RunStatus.RUNNING)
     if c.button("Delete", key="run_delete", disabled=not sure):
         try:
             delete_run(target)
-            flash(f"Deleted {target.id}.")
+            flash(f"Deleted {plain(target.id)}.")
             st.rerun()
         except RuntimeError as err:
-            st.error(str(err))
+            st.error(plain(err))

@@ -6,13 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui.data_health import render_data_health
-from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
+from app_pages.ui.data_health import render_data_health
+from app_pages.ui.shared import choices, choose, dataset_label, plain, scan_report
 from tl_core import paths
 from tl_core.data import builder
 from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
-
-page_setup("Dataset")
 
 
 def relative_name(path: str, root: str) -> str:
@@ -42,9 +40,9 @@ elif source == "Folder on the server":
         try:
             folder = resolve_in_root(rel, root)
         except DatasetError as e:
-            st.error(str(e))
+            st.error(plain(e))
         else:
-            choose(f"Using {folder.name}.", source=str(folder))
+            choose(f"Using {plain(folder.name)}.", source=str(folder))
 elif source == "Upload a .zip":
     up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
     if up is not None and st.button("Unpack and use", key="use_zip"):
@@ -53,9 +51,9 @@ elif source == "Upload a .zip":
         try:
             with st.spinner("Unpacking safely..."):
                 scan_report(DatasetSpec(str(dest), spec.val_fraction, spec.split_seed))
-            choose(f"Using {up.name}.", source=str(dest))
+            choose(f"Using {plain(up.name)}.", source=str(dest))
         except DatasetError as e:
-            st.error(str(e))
+            st.error(plain(e))
         bar.empty()
 elif source == "Build in the browser":
     root = paths.data_root()
@@ -65,7 +63,7 @@ elif source == "Build in the browser":
     try:
         folder = builder.dataset_dir(root, name)
     except DatasetError as e:
-        st.error(str(e))
+        st.error(plain(e))
         st.stop()
     a, b = st.columns([3, 1])
     new_class = a.text_input("New class", key="build_class", placeholder="e.g. cats")
@@ -74,25 +72,25 @@ elif source == "Build in the browser":
             builder.add_class(folder, new_class)
             st.rerun()
         except DatasetError as e:
-            st.error(str(e))
+            st.error(plain(e))
     counts = builder.class_counts(folder)
     if counts:
         target = st.selectbox("Add pictures to", list(counts), key="build_target")
         files = st.file_uploader("Pictures", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
                                  accept_multiple_files=True, key="build_files") or []
         shot = st.camera_input("Or take a picture with the webcam", key="build_camera")
-        if st.button(f"Add to {target}", key="build_add_images", disabled=not files and shot is None):
+        if st.button(f"Add to {plain(target)}", key="build_add_images", disabled=not files and shot is None):
             for f in [*files, *([shot] if shot is not None else [])]:
                 try:
                     builder.add_image(folder, target, f.getvalue())
                 except DatasetError as e:
-                    st.error(f"{f.name}: {e}")
+                    st.error(f"{plain(f.name)}: {plain(e)}")
             counts = builder.class_counts(folder)
         st.dataframe(pd.DataFrame([{"class": c, "images": n} for c, n in counts.items()]), hide_index=True, key="build_counts")
         ready = sum(n >= 2 for n in counts.values()) >= 2
         if st.button("Use this dataset", key="build_use", type="primary", disabled=not ready,
                      help=None if ready else "Two classes with at least two pictures each are needed."):
-            choose(f"Using {folder.name}.", source=str(folder))
+            choose(f"Using {plain(folder.name)}.", source=str(folder))
 else:
     name = st.selectbox("Dataset", TORCHVISION_DATASETS, key="tv_name")
     st.caption("Downloaded from the internet on first use into TL Studio's folder.")
@@ -102,15 +100,15 @@ else:
                 scan_report(DatasetSpec(f"torchvision:{name}", spec.val_fraction, spec.split_seed))
             choose(f"Using {name}.", source=f"torchvision:{name}")
         except DatasetError as e:
-            st.error(str(e))
+            st.error(plain(e))
 
 try:
     report = scan_report(spec)
 except DatasetError as e:
-    st.error(f"{dataset_label(spec)}: {e}")
+    st.error(f"{plain(dataset_label(spec))}: {plain(e)}")
     st.stop()
 
-st.subheader(report.name)
+st.subheader(plain(report.name))
 if report.split_source != "folders":
     st.caption("This dataset has no validation folder: usable images are split at random, per class. "
                "Training uses exactly this split.")

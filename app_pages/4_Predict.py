@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.ui.charts import confusion_figure, topk_bars
-from pages.ui.shared import choices, choose, page_setup
+from app_pages.ui.charts import confusion_figure, topk_bars
+from app_pages.ui.shared import choices, choose, plain
 from tl_core import paths
 from tl_core.data.images import BadImage
 from tl_core.data.sources import DatasetError, resolve_in_root
@@ -18,9 +18,8 @@ from tl_core.formats import TABLE_PERCENT, percent, points
 from tl_core.train.runs import latest_finished, list_runs
 from tl_core.use.explain import explain
 from tl_core.use.export import FORMATS, ExportError, export, load_check
-from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows
+from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
 
-page_setup("Predict")
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]
 if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")
@@ -66,8 +65,8 @@ cal = model.calibration
 def answer_line(p) -> str:
     best, prob = p.top[0]
     if p.answer(threshold) == UNSURE:
-        return f"**Unsure / none of these** (best guess {best}, {percent(prob)}: below {percent(threshold)})"
-    return f"**{best}** ({percent(prob)})"
+        return f"**Unsure / none of these** (best guess {plain(best)}, {percent(prob)}: below {percent(threshold)})"
+    return f"**{plain(best)}** ({percent(prob)})"
 
 
 def results_table(preds, key: str) -> None:
@@ -106,7 +105,7 @@ with tab_predict:
         for img, p in list(zip(images, preds))[:24]:
             left, mid, right = st.columns([1, 1, 2]) if show_cam else (*st.columns([1, 2]), None)
             if p.error:
-                left.error(f"{p.file}: {p.error}")
+                left.error(f"{plain(p.file)}: {plain(p.error)}")
                 continue
             left.image(img.getvalue(), caption=p.file, width="stretch")
             chart_col = right if show_cam else mid
@@ -120,24 +119,21 @@ with tab_predict:
 with tab_batch:
     st.write("Classify every image of a zip or of a folder on the server: one row per file, as a table and a CSV.")
     source = st.radio("Images from", ["Upload a .zip", "Folder on the server"], horizontal=True, key="batch_kind")
-    target = None
+    target = upload = None
     if source == "Upload a .zip":
         upload = st.file_uploader("Zip of images", type=["zip"], key="batch_zip")
-        if upload is not None:
-            target = Path(tempfile.mkdtemp()) / upload.name
-            target.write_bytes(upload.getvalue())
     else:
         rel = st.text_input(f"Folder inside {paths.data_root()}", key="batch_folder")
         if rel:
             try:
                 target = resolve_in_root(rel, paths.data_root())
             except DatasetError as e:
-                st.error(str(e))
-    if target is not None and st.button("Classify all", type="primary", key="batch_run"):
-        try:
-            found = expand_inputs([str(target)])
+                st.error(plain(e))
+    if (target or upload) is not None and st.button("Classify all", type="primary", key="batch_run"):
+        try:  # an upload is unpacked once per content under a generated name; its name is never a path
+            found = expand_inputs([str(target or unpack_upload(upload.getbuffer()))])
         except DatasetError as e:
-            st.error(str(e))
+            st.error(plain(e))
             found = None
         if found == []:
             st.warning("No image files found there.")
@@ -150,7 +146,7 @@ with tab_batch:
     if done and done[0] == run.id:
         preds = done[1]
         answers = pd.Series([p.answer(threshold) for p in preds if not p.error])
-        st.caption(f"{len(preds)} files: " + ", ".join(f"{n} {a}" for a, n in answers.value_counts().items())
+        st.caption(f"{len(preds)} files: " + ", ".join(f"{n} {plain(a)}" for a, n in answers.value_counts().items())
                    + (f", {sum(bool(p.error) for p in preds)} unreadable" if any(p.error for p in preds) else ""))
         results_table(preds, "batch")
 
@@ -170,12 +166,12 @@ with tab_eval:
         clicks = clicked.selection.points if clicked and clicked.selection else []
         picked = (clicks[0].get("y"), clicks[0].get("x")) if clicks else None
         if picked and picked not in cells:
-            st.info(f"No validation image of {picked[0]} was predicted as {picked[1]}.")
+            st.info(f"No validation image of {plain(picked[0])} was predicted as {plain(picked[1])}.")
         index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
         cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
         true, pred = cell.split(" -> ")
         shown = ev.cell(true, pred)
-        st.caption(f"{len(shown)} image(s) of {true} predicted as {pred}, most confident first")
+        st.caption(f"{len(shown)} image(s) of {plain(true)} predicted as {plain(pred)}, most confident first")
         cols = st.columns(6)
         for i, p in enumerate(shown[:18]):
             cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")
@@ -209,7 +205,7 @@ with tab_eval:
             try:
                 out = export(run, Path(tempfile.mkdtemp()) / f"{run.id}-{fmt}.zip", fmt)
             except ExportError as e:
-                st.error(str(e))
+                st.error(plain(e))
                 out = None
         if out:
             check = load_check(out)
