@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 
 class RunStatus(StrEnum):
-    """A run's state on disk; the job states add STARTING and STOPPING (tl_core.jobs.manager.JobStatus)."""
+    """A run's state on disk; the job states add STARTING and STOPPING (tl_core.jobs.state.JobStatus)."""
 
     RUNNING = "running"
     FINISHED = "finished"
