@@ -24,7 +24,8 @@ from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError, DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
-from tl_core.jobs.manager import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
+from tl_core.jobs.manager import Job, JobBusy, usable_gpus
+from tl_core.jobs.state import KILL_GRACE_S, JobSnapshot
 from tl_core.measure import speed
 from tl_core.measure.estimate import Estimate, estimate
 from tl_core.train.runs import RunStatus, delete_run, history_rows, list_runs

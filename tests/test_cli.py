@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 from helpers import ROOT, cli, fake_run, run_cli, solid
 
-from tl_core.cli.main import main
+from tl_core import config
+from tl_core.cli.main import main, parser
+from tl_core.config import from_arguments, options
 from tl_core.data.scan import load_dataset
-from tl_core.data.sources import DatasetSpec
+from tl_core.data.sources import DatasetSpec, uploads_dir
 
 
 def test_backbones_and_scan_json():
@@ -129,3 +134,90 @@ def test_evaluate_text_lists_unreadable_val_images(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
     assert code == 0 and "unreadable images, not counted (2)" in out
     assert f"{corrupt}:" in out and f"{missing}:" in out
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def refused(capsys, *argv: str) -> str:
+    """The one line a refused command line prints (argparse's exit status 2, no usage block, no traceback)."""
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_every_commands_options_come_from_the_declarations():
+    """A flag named like a training option is that option in every command: its choices and its bounds; every
+    command that takes a device offers exactly config.DEVICES; no backbone name is the parser's own."""
+    declared = {name: (kind, opt) for name, kind, opt, _ in options()}
+    with_device = set()
+    for command, sub in subcommands().items():
+        for action in sub._actions:
+            name = action.dest
+            if name not in declared or not action.option_strings or action.option_strings[0] != "--" + name.replace("_", "-"):
+                continue
+            kind, opt = declared[name]
+            with_device |= {command} if name == "device" else set()
+            assert tuple(action.choices or ()) == (opt.choices or ()), (command, name)
+            assert name != "backbone" or action.default is None, command  # the declared default applies
+            if opt.low is not None:
+                for outside in (opt.low - 1, opt.high * 10):
+                    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"between {opt.low:g} and {opt.high:g}")):
+                        action.type(str(kind(outside)))
+                assert action.type(str(kind(opt.high))) == opt.high
+    assert with_device == set(subcommands()) - {"scan", "runs", "export", "resume"}
+    issues = parser().parse_args(["issues", "demo"])
+    assert from_arguments(issues).backbone == config.DEFAULT_BACKBONE
+
+
+def test_out_of_bound_values_are_one_line_before_any_work(capsys):
+    for command in ("compare", "issues"):
+        for size in ("1", "100000"):
+            err = refused(capsys, command, "demo", "--image-size", size)
+            assert f"--image-size: must be between 16 and 1024 (got {size})" in err
+    assert "invalid choice: 'gpu'" in refused(capsys, "issues", "demo", "--device", "gpu")
+    assert "--augment: invalid choice" in refused(capsys, "compare", "demo", "--augment", "wild")
+    assert "--seed: 'x' is not a whole number" in refused(capsys, "compare", "demo", "--seed", "x")
+    assert "--lr: must be between" in refused(capsys, "train", "demo", "--lr", "nan")
+
+
+def test_resume_refuses_zero_epochs(capsys, tmp_path):
+    err = refused(capsys, "resume", str(tmp_path), "--epochs", "0")
+    assert "--epochs: must be between 1 and 500 (got 0)" in err
+
+
+def test_tables_print_class_names_as_named(capsys, tmp_path):
+    """Rich reads "[x]" as markup and drops it; class names are the user's and print exactly."""
+    for name in ("[x]", "[red]y", "plain"):
+        for i in range(3):
+            solid(tmp_path / "data" / name / f"{i}.png", (40 * i, 90, 200 - 50 * i))
+    assert main(["scan", str(tmp_path / "data"), "--val-fraction", "0.34"]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header == ["split", "[red]y", "[x]", "plain"]
+
+
+def test_uploads_limit_that_is_not_a_number_is_one_line(capsys, tmp_path, monkeypatch):
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for c in ("a", "b"):
+            z.write(solid(tmp_path / c / "0.png", (200, 10, 10)), f"{c}/0.png")
+    monkeypatch.setenv("TL_STUDIO_UPLOADS_GB", "abc")
+    assert main(["scan", str(archive)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TL_STUDIO_UPLOADS_GB" in err and "'abc'" in err
+    assert not any(p.name.startswith("set-") for p in uploads_dir().glob("*"))  # refused before unpacking
+
+
+def test_explain_names_the_classes_of_the_run(capsys, tmp_path, shapes_folder):
+    assert main(["train", str(shapes_folder), "--backbone", "mobilenet_v3_small", "--no-pretrained", "--strategy", "full",
+                 "--epochs", "1", "--image-size", "48", "--runs-dir", str(tmp_path), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out.splitlines()[-1])["run_dir"]
+    image = str(shapes_folder / "circle" / "0.png")
+    assert main(["explain", run, image, "--class", "nosuch", "--out", str(tmp_path / "h.png")]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: The run has no class 'nosuch'; its classes are 'circle', 'square', 'triangle'.\n"
+    assert main(["explain", run, image, "--class", "square", "--out", str(tmp_path / "h.png")]) == 0
+    assert capsys.readouterr().out.startswith("square (") and (tmp_path / "h.png").exists()

@@ -14,7 +14,8 @@ from helpers import TINY
 
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetSpec
-from tl_core.jobs.manager import JobBusy, JobManager, train_command
+from tl_core.jobs.manager import Job, JobBusy, JobManager, train_command
+from tl_core.jobs.state import KILL_GRACE_S, JobSnapshot, JobStatus, StopRequested
 from tl_core.train.runs import load_run
 
 
@@ -43,14 +44,15 @@ def test_a_child_job_is_followed_reattached_refused_and_stopped(tmp_path, shapes
     device, and stops it; the stop is honoured within a step and the device is free again."""
     server = JobManager(tmp_path / "runs", home=tmp_path / "home")
     job = server.start(str(shapes_folder), TrainConfig(**TINY, epochs=500))
-    assert job.pid != os.getpid() and os.getpgid(job.pid) == job.pid  # a child in its own process group
+    pid = job.snapshot().pid
+    assert pid != os.getpid() and os.getpgid(pid) == pid  # a child in its own process group
     wait_until(lambda: job.snapshot().history)
     restarted = JobManager(tmp_path / "runs", home=tmp_path / "home")
     seen = restarted.current()
     live = seen.snapshot()
-    assert seen is not job and seen.id == job.id and live.status == "running" and live.history[0].epoch == 1
-    assert live.run_dir == job.snapshot().run_dir and live.config == job.config
-    with pytest.raises(JobBusy, match=rf"already running on cpu \(job {job.id}, run {live.run_name}"):
+    assert seen is not job and seen.state.id == job.state.id and live.status == "running" and live.history[0].epoch == 1
+    assert live.run_dir == job.snapshot().run_dir and live.config == job.snapshot().config
+    with pytest.raises(JobBusy, match=rf"already running on cpu \(job {job.state.id}, run {live.run_name}"):
         restarted.start("demo", TrainConfig(**TINY, epochs=1))
     epochs = len(job.snapshot().history)
     assert restarted.stop(seen)
@@ -66,7 +68,7 @@ def test_a_child_job_is_followed_reattached_refused_and_stopped(tmp_path, shapes
 def test_kill_leaves_a_resumable_run_and_crashes_and_failures_say_why(tmp_path, shapes_folder):
     jobs = JobManager(tmp_path / "runs", home=tmp_path / "home")
     crash = jobs.start(str(shapes_folder), TrainConfig(**TINY, epochs=1))
-    os.kill(crash.pid, signal.SIGKILL)  # a native crash, as the server sees one
+    os.kill(crash.state.pid, signal.SIGKILL)  # a native crash, as the server sees one
     assert jobs.wait(crash, 30) == "failed"
     assert crash.snapshot().error == "The training process died (signal 9)."
 
@@ -83,19 +85,17 @@ def test_kill_leaves_a_resumable_run_and_crashes_and_failures_say_why(tmp_path, 
     assert snap.resumable and "Killed" in snap.error
     assert load_run(snap.run_dir).summary["status"] == "interrupted"  # the Train page's history offers Resume
     later = JobManager(tmp_path / "runs", home=tmp_path / "home").current()
-    assert later.id == job.id and later.snapshot().status == "interrupted" and later.snapshot().resumable
+    assert later.state.id == job.state.id and later.snapshot().status == "interrupted" and later.snapshot().resumable
 
 
 def test_a_stop_request_unanswered_offers_kill_after_the_grace_period(tmp_path):
     """Kill appears only after the grace period (no child needed: this process stands in for a live one)."""
-    from tl_core.jobs import manager as jobs
-
-    job = jobs.Job(1, tmp_path, DatasetSpec(), TrainConfig(**TINY), "cpu", os.getpid(), None, time.time(),
-                   status=jobs.JobStatus.STOPPING, stop_requested=time.time())
+    job = Job(tmp_path, JobSnapshot.new(1, DatasetSpec(), TrainConfig(**TINY), "cpu", time.time(), os.getpid()))
+    job.apply(StopRequested())
     assert job.snapshot().active and not job.snapshot().can_kill
-    job.stop_requested -= jobs.KILL_GRACE_S
+    job.apply(StopRequested(time=time.time() - KILL_GRACE_S))
     assert job.snapshot().can_kill
-    assert dataclasses.replace(job.snapshot(), status=jobs.JobStatus.STOPPED).can_kill is False
+    assert dataclasses.replace(job.snapshot(), status=JobStatus.STOPPED).can_kill is False
 
 
 def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):

@@ -33,7 +33,8 @@ def test_quick_start_trains_the_chosen_backbone_on_the_chosen_data(ui):
     from app_pages.ui.shared import job_manager
 
     job = job_manager().current()
-    assert job and (job.dataset.source, job.config.strategy, job.config.pretrained, job.config.backbone) == (
+    s = job and job.snapshot()
+    assert s and (s.dataset.source, s.config.strategy, s.config.pretrained, s.config.backbone) == (
         "demo", "features", True, "mobilenet_v3_small")  # the good defaults: a fitted head on pretrained features
     assert at.title[0].value == "Train" and any(s.value.startswith("Job 1") for s in at.subheader)  # sent to watch it
     assert any(r"demo \(shapes\)" in c.value for c in at.caption)  # the job panel names its dataset

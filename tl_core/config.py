@@ -8,15 +8,18 @@ so the command line and the dashboard can set exactly the same things. Defaults 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_BACKBONE = "mobilenet_v2"
+COMPARED_BACKBONES = ("mobilenet_v3_small", DEFAULT_BACKBONE, "resnet18", "efficientnet_b0")  # `compare` without names
 STRATEGIES = ("features", "finetune", "full")
 AUGMENTATIONS = ("none", "light", "strong")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("cpu", "cuda", "mps")
+BENCH_MODES = ("features", "full")  # the strategies the copied tutorial loop has (it fine-tunes no partial network)
 EPOCHS_BY_STRATEGY = {"features": 10, "finetune": 5, "full": 5}
 
 
@@ -124,13 +127,38 @@ def options() -> list[tuple[str, type, Option, Any]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per option (`--batch-size`, `--amp/--no-amp`); unset flags stay None so the declared default applies."""
-    for name, kind, opt, default in options():
-        flag = "--" + name.replace("_", "-")
-        help = f"{opt.help} (default: {default})" if default is not None else opt.help
+    add_options(parser, [name for name, *_ in options()])
+
+
+def add_options(parser: argparse.ArgumentParser, names: Iterable[str], **helps: str) -> None:
+    """Flags for the chosen options only, each as declared: its type, bounds, choices and help, so every command
+    that takes `--device` or `--image-size` checks it as `train` does. `helps` rewords an option's help for a
+    command where it means a little more (resume's `--epochs`). Unset flags stay None: the declared default applies."""
+    declared = {name: (kind, opt, default) for name, kind, opt, default in options()}
+    for name in names:
+        kind, opt, default = declared[name]  # a KeyError for a name nobody declared
+        flag, help = "--" + name.replace("_", "-"), helps.get(name, opt.help)
+        help = f"{help} (default: {default})" if default is not None and name not in helps else help
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
-            parser.add_argument(flag, type=kind, choices=opt.choices, default=None, help=help)
+            parser.add_argument(flag, type=_parser(kind, opt), choices=opt.choices, default=None, help=help)
+
+
+def _parser(kind: type, opt: Option) -> Callable[[str], Any]:
+    """A flag's value as its declared type, within its declared bounds: a value outside them is one argparse line,
+    before anything is loaded or allocated."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if opt.low is not None and not opt.low <= value <= opt.high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be between {opt.low:g} and {opt.high:g} (got {text})")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def to_arguments(config: TrainConfig) -> list[str]:

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from tl_core.cli.terminal import Progress, print_table
 from tl_core.formats import loss, percent, seconds
@@ -257,20 +257,22 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from tl_core.config import DEFAULT_BACKBONE
     from tl_core.measure.bench import run_bench, run_cold, scale_point
 
+    backbone = args.backbone or DEFAULT_BACKBONE
     if args.scale:
         rows = []
         for n in args.scale:
-            rows.append(scale_point(n, args.backbone, args.device))
+            rows.append(scale_point(n, backbone, args.device))
             print(f"{n} images: {rows[-1]}", file=sys.stderr)
         if args.json:
             print(json.dumps({"scale": rows}))
         return 0
     if args.cold:
-        result = run_cold(args.data, args.backbone, args.epochs, args.device, args.modes, args.repeats)
+        result = run_cold(args.data, backbone, args.epochs, args.device, args.modes, args.repeats)
     else:
-        result = run_bench(args.data, args.backbone, args.epochs, args.device, args.modes, progress=Progress())
+        result = run_bench(args.data, backbone, args.epochs, args.device, args.modes, progress=Progress())
     if args.json:
         print(json.dumps(result))
     return 0
@@ -284,14 +286,15 @@ def cmd_throughput(args) -> int:
     from tl_core.models.backbones import check_name
 
     device = pick_device(args.device)
-    for name in args.models:
+    models = args.models or throughput.MODELS
+    for name in models:
         check_name(name)
     given = {k: getattr(args, k) for k in ("batch", "size", "steps", "repeats", "warmup", "optimizer", "infer_batch",
                                            "compile_backend")}
     settings = replace(throughput.defaults_for(device), compile=args.compile,
                        **{k: v for k, v in given.items() if v is not None}).validate()
     rows = []
-    for name in args.models:
+    for name in models:
         print(f"measuring {name} on {device} ...", file=sys.stderr, flush=True)
         rows.append(throughput.measure(name, device, settings).to_dict())
         r = rows[-1]
@@ -316,6 +319,13 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of that random split (never the training seed)")
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command line (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -327,13 +337,12 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_compare(args) -> int:
-    from tl_core.config import TrainConfig
+    from tl_core.config import COMPARED_BACKBONES, from_arguments
     from tl_core.data.scan import load_dataset
     from tl_core.features.compare import compare, pareto_front, recommend
 
-    config = TrainConfig(image_size=args.image_size, device=args.device, seed=args.seed)
     with Progress() as bar:
-        rows = compare(load_dataset(_spec(args)), args.backbones, config, bar.bar)
+        rows = compare(load_dataset(_spec(args)), args.backbones or list(COMPARED_BACKBONES), from_arguments(args), bar.bar)
     front, best = pareto_front(rows), recommend(rows)
     if args.json:
         print(json.dumps({"backbones": [r.to_dict() for r in rows], "pareto_front": front, "recommended": best}))
@@ -346,12 +355,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_issues(args) -> int:
+    from tl_core.config import from_arguments
     from tl_core.data.scan import load_dataset
     from tl_core.features.health import check_health
 
+    config = from_arguments(args)
     with Progress() as bar:
-        report = check_health(load_dataset(_spec(args)), args.backbone,
-                              image_size=args.image_size, device=args.device, progress=bar.bar)
+        report = check_health(load_dataset(_spec(args)), config.backbone, image_size=config.image_size, device=config.device,
+                              progress=bar.bar)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -370,27 +381,27 @@ def cmd_issues(args) -> int:
     return 0
 
 
-def _embedding_args(p: argparse.ArgumentParser, func) -> None:
-    """What `compare` and `issues` share: the dataset and how its embeddings are computed."""
+def _embedding_args(p: argparse.ArgumentParser, func, options: list[str]) -> None:
+    """What `compare` and `issues` share: the dataset, and the training options that decide its embeddings."""
+    from tl_core.config import add_options
+
     _data_arguments(p)
-    p.add_argument("--image-size", type=int, help="input size (default: the weights' own)")
-    p.add_argument("--device", choices=["cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0, help="training seed (augmented views)")
+    add_options(p, options)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=func)
 
 
 def parser() -> argparse.ArgumentParser:
     from tl_core import paths
-    from tl_core.config import add_arguments
+    from tl_core.config import BENCH_MODES, COMPARED_BACKBONES, OPTIMIZERS, add_arguments, add_options
 
-    p = argparse.ArgumentParser(prog="python -m tl_core", description="TL Studio: transfer learning, headless.")
+    p = Parser(prog="python -m tl_core", description="TL Studio: transfer learning, headless.")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("backbones", help="list backbones (ImageNet accuracy, size, measured speed)")
     b.add_argument("--measure", action="store_true", help="measure inference speed on this device")
     b.add_argument("--names", nargs="*", help="backbones to measure (default: a shortlist of small ones)")
-    b.add_argument("--device")
+    add_options(b, ["device"])
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_backbones)
 
@@ -415,7 +426,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_dir")
-    r.add_argument("--epochs", type=int, help="new total number of epochs")
+    add_options(r, ["epochs"], epochs="new total number of epochs (default: the run's own)")
     r.add_argument("--events", metavar="FILE", help="also append every training event to FILE as JSON lines")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_resume)
@@ -426,14 +437,14 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (at most the run's)")
     pr.add_argument("--csv", metavar="OUT", help="also write one row per image (answer, top-k, error) to this CSV")
     pr.add_argument("--unsure-below", type=float, help="answer 'unsure' below this confidence (default: from validation)")
-    pr.add_argument("--device")
+    add_options(pr, ["device"])
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, mistakes")
     e.add_argument("run_dir")
     e.add_argument("--split", default="val")
-    e.add_argument("--device")
+    add_options(e, ["device"])
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -448,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("image")
     ex.add_argument("--out", default="heat.png", help="overlay image to write (PNG)")
     ex.add_argument("--class", dest="class_name", help="class to explain (default: the predicted one)")
-    ex.add_argument("--device")
+    add_options(ex, ["device"])
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_explain)
 
@@ -470,40 +481,38 @@ def parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="TL Studio vs the copied tutorial loop, side by side")
     be.add_argument("data", nargs="?", help="default: ../shared/data ants vs bees when present, else demo")
-    be.add_argument("--backbone", default="mobilenet_v2")
-    be.add_argument("--epochs", type=int, default=5)
-    be.add_argument("--device", choices=["cpu", "cuda", "mps"])
-    be.add_argument("--modes", nargs="+", default=["features", "full"], choices=["features", "full"])
+    add_options(be, ["backbone", "device", "epochs"], epochs="epochs of each side (default: 5)")
+    be.set_defaults(epochs=5)
+    be.add_argument("--modes", nargs="+", default=list(BENCH_MODES), choices=BENCH_MODES)
     be.add_argument("--cold", action="store_true",
                     help="each side as a whole process from empty caches; import and work timed apart")
-    be.add_argument("--repeats", type=int, default=3, help="with --cold: runs per side (medians reported)")
-    be.add_argument("--scale", type=int, nargs="+", metavar="N", help="feature path time/memory at N synthetic images")
+    be.add_argument("--repeats", type=_positive_int, default=3, help="with --cold: runs per side (medians reported)")
+    be.add_argument("--scale", type=_positive_int, nargs="+", metavar="N", help="feature path time/memory at N synthetic images")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
 
     tp = sub.add_parser("throughput", help="training and inference images/s with synthetic input (random weights)")
-    tp.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2"])
+    tp.add_argument("--models", nargs="+", help="backbones to measure (default: ResNet-18, ResNet-50 and the default backbone)")
     tp.add_argument("--batch", type=int, help="training batch (default 256 on a GPU, 16 on CPU)")
     tp.add_argument("--infer-batch", type=int, help="inference batch (default 256 on a GPU, 32 on CPU)")
     tp.add_argument("--size", type=int, help="image side in pixels (default 224)")
     tp.add_argument("--steps", type=int, help="steps per timed repeat")
     tp.add_argument("--repeats", type=int, help="timed repeats (the median is reported)")
     tp.add_argument("--warmup", type=int, help="untimed steps first (torch.compile happens here)")
-    tp.add_argument("--optimizer", choices=["sgd", "adamw"])
+    tp.add_argument("--optimizer", choices=OPTIMIZERS)
     tp.add_argument("--compile", action="store_true", help="torch.compile the model")
     tp.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
-    tp.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    add_options(tp, ["device"])
     tp.add_argument("--json", action="store_true")
     tp.set_defaults(func=cmd_throughput)
 
 
     co = sub.add_parser("compare", help="your-data accuracy of backbones (fitted head on cached embeddings) vs latency")
-    co.add_argument("--backbones", nargs="+", default=["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"])
-    _embedding_args(co, cmd_compare)
+    co.add_argument("--backbones", nargs="+", help=f"backbones to weigh (default: {', '.join(COMPARED_BACKBONES)})")
+    _embedding_args(co, cmd_compare, ["image_size", "device", "augment", "feature_views", "seed"])
 
     iss = sub.add_parser("issues", help="likely mislabelled images, near-duplicates, outliers, class imbalance")
-    iss.add_argument("--backbone", default="mobilenet_v2")
-    _embedding_args(iss, cmd_issues)
+    _embedding_args(iss, cmd_issues, ["backbone", "image_size", "device"])
     return p
 
 

@@ -14,7 +14,8 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bars
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import EpochEnded, Event, Logged, PhaseProgress, PhaseStarted, RunEnded, RunFailed, StepEnded
@@ -90,12 +91,13 @@ def _cell(value: Any, fmt: Callable[[Any], str] | None) -> str:
 
 def print_table(rows: Sequence[dict], columns: Sequence[str], formats: dict[str, Callable[[Any], str]] | None = None,
                 title: str | None = None) -> None:
-    """Rows as a table on stdout; `formats` maps a column to its formatter (tl_core.formats)."""
+    """Rows as a table on stdout; `formats` maps a column to its formatter (tl_core.formats). Headers and cells are
+    plain text: class names and paths come from users and are never read as rich markup."""
     out = Console()
     if not out.is_terminal:  # piped: no colour, never wrapped or cut to 80 columns
         out = Console(width=100_000, no_color=True, highlight=False)
-    table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), title=title, title_justify="left",
-                  highlight=False)
-    for r in rows:
-        table.add_row(*(_cell(r.get(c), (formats or {}).get(c)) for c in columns))
+    table = Table(*(Column(Text(c)) for c in columns), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  title=title, title_justify="left", highlight=False)
+    for r in rows:  # Text, never markup: a class named "[x]" or "[bold]" prints as it is named
+        table.add_row(*(Text(_cell(r.get(c), (formats or {}).get(c))) for c in columns))
     out.print(table)

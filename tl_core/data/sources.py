@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import re
@@ -291,7 +292,7 @@ def from_zip(archive: str | Path) -> ImageDataset:
         digest = content_hash(archive)
     except BadImage as e:
         raise DatasetError(f"{archive}: {e}.") from None
-    target = uploads_dir() / f"{archive.stem}-{digest[:12]}"
+    target, limit = uploads_dir() / f"{archive.stem}-{digest[:12]}", uploads_limit()  # a bad limit stops us before any work
     files, marker = target / "files", target / EXTRACTED_MARKER
     if marker.exists() and files.is_dir():
         os.utime(target)  # recently used: evicted last
@@ -305,7 +306,7 @@ def from_zip(archive: str | Path) -> ImageDataset:
                 _discard_upload(archive)
             raise
         marker.touch()
-        prune_uploads(keep=(target, archive))
+        prune_uploads(keep=(target, archive), limit=limit)
     try:
         return from_folder(files, name=archive.stem)
     except DatasetError as e:  # an empty zip, or one without class folders: said of the zip, and nothing kept
@@ -337,9 +338,24 @@ def save_upload(name: str, data: bytes | memoryview, progress: Callable[[float],
     return dest
 
 
-def prune_uploads(keep: Iterable[Path] = ()) -> list[Path]:
-    """Evict the least recently used uploads (a zip and its extraction together) past TL_STUDIO_UPLOADS_GB."""
-    limit = float(os.environ.get("TL_STUDIO_UPLOADS_GB", DEFAULT_UPLOADS_GB)) * 2**30
+def uploads_limit() -> float:
+    """TL_STUDIO_UPLOADS_GB in bytes; a value that is not a number of gigabytes is one clear line naming it."""
+    text = os.environ.get("TL_STUDIO_UPLOADS_GB")
+    if text is None:
+        return DEFAULT_UPLOADS_GB * 2**30
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = math.nan
+    if not gb >= 0:  # NaN and negative numbers too
+        raise DatasetError(f"TL_STUDIO_UPLOADS_GB must be a number of gigabytes, such as {DEFAULT_UPLOADS_GB} (it is {text!r}).")
+    return gb * 2**30
+
+
+def prune_uploads(keep: Iterable[Path] = (), limit: float | None = None) -> list[Path]:
+    """Evict the least recently used uploads (a zip and its extraction together) past `limit` bytes
+    (default: TL_STUDIO_UPLOADS_GB)."""
+    limit = uploads_limit() if limit is None else limit
     groups: dict[str, list[Path]] = defaultdict(list)
     for p in uploads_dir().iterdir():
         groups[p.name[-12:]].append(p)  # `<hash12>/name.zip` and `<stem>-<hash12>/` share their key

@@ -3,15 +3,17 @@
 A job is `python -m tl_core train ...` (or `torchrun ... -m tl_core train ...` on several GPUs) in its own
 process group (started with setsid), with a folder `$TL_STUDIO_HOME/jobs/<id>/`: job.json (pid, start time, device, command), events.jsonl
 (every typed training event as a JSON line, written by the child) and output.log (its stdout and stderr). A
-job's state is rebuilt by replaying its events, so a page that attaches late, or a new server process after a
-restart, sees the curves so far; a child that is gone without a final event is shown as interrupted, and a
-training crash never reaches the server. One job per device across processes: the child inherits an exclusive
-`flock` on `$TL_STUDIO_HOME/locks/<device>.lock` and holds it for its whole life.
+job's state is one immutable snapshot, rebuilt by folding its events with `tl_core.jobs.state.reduce`, so a
+page that attaches late, or a new server process after a restart, sees the curves so far; a child that is gone
+without a final event is shown as interrupted, and a training crash never reaches the server. One job per device
+across processes: the child inherits an exclusive `flock` on `$TL_STUDIO_HOME/locks/<device>.lock` and holds it
+for its whole life.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -20,153 +22,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from tl_core import paths, plan
 from tl_core.config import TrainConfig, to_arguments
 from tl_core.data.sources import DatasetSpec
 from tl_core.devices import pick_device
-from tl_core.train.events import (
-    EpochEnded,
-    EpochRow,
-    Event,
-    EventLog,
-    Logged,
-    PhaseProgress,
-    PhaseStarted,
-    RunEnded,
-    RunFailed,
-    RunResult,
-    RunStarted,
-    StepEnded,
-)
+from tl_core.jobs.state import JobSnapshot, JobStatus, ProcessEnded, StopRequested, reduce
+from tl_core.train.events import Event, EventLog
 from tl_core.train.runs import owner_alive, process_start, write_json
 
-KILL_GRACE_S = 20.0  # after a stop request this long unanswered, the page offers Kill
 KEEP_JOBS = 50  # job folders kept (newest first); runs themselves are never touched
 ROOT = Path(__file__).resolve().parents[2]  # what the child needs on its PYTHONPATH to import tl_core
 
 
-class JobStatus(StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"  # the process is gone without ending its run (killed, or lost): resumable
-
-
-ACTIVE = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.STOPPING)
-RESUMABLE = (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.INTERRUPTED)
-
-
 class JobBusy(RuntimeError):
     """A job already runs on this device (in this server or another process)."""
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    """A consistent, immutable view of a job for rendering; every figure a page shows is computed here."""
-
-    id: int
-    dataset: DatasetSpec
-    config: TrainConfig
-    device: str
-    status: JobStatus
-    run_dir: str | None
-    phase: str
-    progress: tuple[int, int]
-    phase_rate: float | None
-    epoch: int
-    epochs: int
-    step: tuple[int, int]
-    images_per_s: float
-    eta: float | None
-    elapsed: float
-    history: tuple[EpochRow, ...]
-    step_losses: tuple[tuple[float, float], ...]  # (epochs done as a fraction, training loss of that step)
-    log: tuple[str, ...]
-    error: str | None
-    suggestion: str | None
-    result: RunResult | None
-    pid: int = 0
-    workers: int = 1
-    stop_requested: float | None = None  # when Stop was pressed (time.time()), in this server
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def can_kill(self) -> bool:
-        """Kill is offered only to a job that has ignored a stop request for the grace period."""
-        return self.active and self.stop_requested is not None and self.elapsed_since_stop >= KILL_GRACE_S
-
-    @property
-    def elapsed_since_stop(self) -> float:
-        return time.time() - self.stop_requested if self.stop_requested else 0.0
-
-    @property
-    def resumable(self) -> bool:
-        return not self.active and self.status in RESUMABLE and bool(self.run_dir) and Path(self.run_dir, "run.json").exists()
-
-    @property
-    def run_name(self) -> str | None:
-        return Path(self.run_dir).name if self.run_dir else None
-
-    @property
-    def in_training_phase(self) -> bool:
-        return self.phase == "training"
-
-    @property
-    def fraction_done(self) -> float:
-        """Share of the planned epochs done; a finished run is 1.0 even when it stopped early (status_text says why)."""
-        if self.status == JobStatus.FINISHED:
-            return 1.0
-        if not self.epochs:
-            return 0.0
-        done = float(self.epoch)
-        if self.active and self.in_training_phase:
-            step, steps = self.step
-            done = max(self.epoch, 1) - 1 + (step / steps if steps else 0)
-        return max(0.0, min(1.0, done / self.epochs))
-
-    @property
-    def dataset_name(self) -> str:
-        return Path(self.dataset.source).name or self.dataset.source
-
-    @property
-    def best(self) -> EpochRow | None:
-        return max(self.history, key=lambda h: h.val_acc, default=None)
-
-    @property
-    def status_text(self) -> str:
-        """What the job is doing or how it ended, in words: 'early-stopped at epoch 6 (patience 5)'."""
-        if self.result and self.result.stop_reason and self.status in (JobStatus.FINISHED, JobStatus.STOPPED):
-            return f"{self.status} ({self.result.stop_reason})" if self.status == JobStatus.STOPPED else self.result.stop_reason
-        return str(self.status)
-
-    @property
-    def progress_text(self) -> str:
-        if self.active and not self.in_training_phase and self.progress[1]:
-            done, total = self.progress
-            rate = f", {self.phase_rate:.0f}/s" if self.phase_rate else ""
-            return f"{self.phase}: {done}/{total}{rate}"
-        step, steps = self.step
-        eta = f", about {self.eta:.0f} s left" if self.active and self.eta is not None else ""
-        rate = f", {self.images_per_s:.0f} training images/s" if self.images_per_s else ""
-        if not self.active:
-            return f"{self.status_text}: {len(self.history)} of {self.epochs} epochs in {self.elapsed:.0f} s"
-        return f"epoch {self.epoch}/{self.epochs}, step {step}/{steps}{rate}{eta}"
-
-    @property
-    def phase_fraction(self) -> float:
-        done, total = self.progress
-        return min(1.0, done / total) if total else 0.0
 
 
 def usable_gpus() -> int:
@@ -223,39 +95,15 @@ def _tail(path: Path, lines: int = 15) -> list[str]:
 
 @dataclass
 class Job:
-    """One job's state, rebuilt from its folder: the record, then its events replayed in order."""
+    """One job: its folder, its process, and its state, one JobSnapshot that `reduce` replaces as events arrive
+    (rebuilt from the folder by replaying the events in order)."""
 
-    id: int
     dir: Path
-    dataset: DatasetSpec
-    config: TrainConfig
-    device: str
-    pid: int
-    pid_start: int | None
-    started: float
-    workers: int = 1
+    state: JobSnapshot
+    pid_start: int | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)  # set only in the server that started it
-    status: JobStatus = JobStatus.STARTING
-    run_dir: str | None = None
-    phase: str = "starting"
-    progress: tuple[int, int] = (0, 0)
-    phase_rate: float | None = None
-    epoch: int = 0
-    epochs: int | None = None  # what the run plans (a fitted head needs one), known once it starts
-    step: tuple[int, int] = (0, 0)
-    images_per_s: float = 0.0
-    eta: float | None = None
-    history: list[EpochRow] = field(default_factory=list)
-    step_losses: deque = field(default_factory=lambda: deque(maxlen=5000))  # the live curve's per-step points
-    log: deque = field(default_factory=lambda: deque(maxlen=300))
-    error: str | None = None
-    suggestion: str | None = None
-    result: RunResult | None = None
-    ended: float | None = None
-    last_event: float | None = None
-    stop_requested: float | None = None
-    killed: bool = False
-    offset: int = 0
+    killed: bool = False  # this server killed it
+    offset: int = 0  # bytes of events.jsonl applied so far
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -263,8 +111,9 @@ class Job:
         """A job from its folder, or None while job.json is not written yet (or is not a job's)."""
         try:
             r = json.loads((folder / "job.json").read_text())
-            return cls(int(r["id"]), folder, DatasetSpec(**r["dataset"]), TrainConfig.from_dict(r["config"]), r["device"],
-                       int(r["pid"]), r.get("pid_start"), float(r["started"]), int(r.get("workers", 1)))
+            state = JobSnapshot.new(int(r["id"]), DatasetSpec(**r["dataset"]), TrainConfig.from_dict(r["config"]), r["device"],
+                                    float(r["started"]), int(r["pid"]), int(r.get("workers", 1)))
+            return cls(folder, state, r.get("pid_start"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -274,111 +123,34 @@ class Job:
 
     @property
     def active(self) -> bool:
-        self.refresh()
-        return self.status in ACTIVE
+        return self.snapshot().active
 
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _running(self.pid, self.pid_start)
+        return _running(self.state.pid, self.pid_start)
 
     def refresh(self) -> None:
-        """Apply the events written since the last look; once the process is gone, decide how the job ended."""
+        """Apply the events written since the last look; once the process is gone, the end it came to."""
         with self.lock:
-            if self.status not in ACTIVE:
+            if not self.state.active:
                 return
             alive = self.alive()  # before reading: every event of a dead process is on disk already
             events, self.offset = self.events.read(self.offset)
-            for e in events:
-                self._apply(e)
             if not alive:
-                self._ended()
+                code = self.process.returncode if self.process is not None else None
+                events.append(ProcessEnded(code, self.killed, tuple(_tail(self.dir / "output.log"))))
+            self.state = functools.reduce(reduce, events, self.state)
+
+    def apply(self, event: Event) -> None:
+        """One event from this server (a stop request), folded in like the child's."""
+        with self.lock:
+            self.state = reduce(self.state, event)
 
     def snapshot(self) -> JobSnapshot:
-        """Safe from any thread; elapsed stops at the job's end."""
+        """The state now, safe from any thread: one immutable value."""
         self.refresh()
-        with self.lock:
-            active = self.status in ACTIVE
-            return JobSnapshot(
-                self.id, self.dataset, self.config, self.device, self.status,
-                self.run_dir, self.phase, self.progress, self.phase_rate, self.epoch, self.epochs or self.config.epochs or 0, self.step,
-                self.images_per_s, self.eta if active else None, (self.ended or time.time()) - self.started,
-                tuple(self.history), tuple(self.step_losses), tuple(self.log), self.error, self.suggestion, self.result,
-                self.pid, self.workers,
-                self.stop_requested)
-
-    def on_event(self, e: Event) -> None:
-        with self.lock:
-            self._apply(e)
-
-    def _apply(self, e: Event) -> None:
-        """Keep what the page draws; the status moves only forward (a terminal one is set when the process is gone)."""
-        self.last_event = e.time
-        if isinstance(e, RunStarted):
-            self.run_dir, self.epochs = e.run_dir, e.epochs
-            if self.status == JobStatus.STARTING:
-                self.status = JobStatus.RUNNING
-            self._log(e, f"Run {Path(e.run_dir).name} on {e.device} ({e.dtype})"
-                      + (f"; {e.skipped} file(s) skipped, see the log" if e.skipped else ""))
-        elif isinstance(e, PhaseStarted):
-            self.phase, self.progress, self.phase_rate = e.phase, (0, 0), None
-            self._log(e, e.message)
-        elif isinstance(e, PhaseProgress):
-            self.phase, self.progress, self.phase_rate = e.phase, (e.done, e.total), e.rate
-        elif isinstance(e, StepEnded):
-            self.epoch, self.step = e.epoch, (e.step, e.steps)
-            self.images_per_s, self.eta = e.images_per_s, e.eta
-            self.step_losses.append((e.epoch - 1 + e.step / e.steps, e.loss))
-        elif isinstance(e, EpochEnded):
-            self.history.append(e.row)
-            self.epoch = e.row.epoch
-            r = e.row
-            self._log(e, f"Epoch {r.epoch}/{e.epochs}: train acc {r.train_acc:.3f}, val acc {r.val_acc:.3f}, "
-                         f"val loss {r.val_loss:.3f}" + (" (best)" if e.improved else ""))
-        elif isinstance(e, Logged):
-            self._log(e, e.message)
-        elif isinstance(e, RunFailed):
-            self.error, self.suggestion = e.message, e.suggestion
-            self.run_dir = self.run_dir or e.run_dir
-            self._log(e, f"Error: {e.message}")
-        elif isinstance(e, RunEnded):
-            self.result = e.result
-            why = f" ({e.result.stop_reason})" if e.result.stop_reason else ""
-            self._log(e, f"Run {e.result.status}{why}: best val acc {e.result.best_val_accuracy:.3f} after {e.result.seconds:.1f}s")
-
-    def _ended(self) -> None:
-        """The process is gone: its final event says how it ended; without one, its exit says why."""
-        code = self.process.returncode if self.process is not None else None
-        self.ended, self.eta = self.last_event or time.time(), None
-        if self.result:
-            self.status = JobStatus(self.result.status)
-        elif self.error:
-            self.status = JobStatus.FAILED
-        elif self.stop_requested and code == -signal.SIGTERM:  # stopped before it could listen: nothing to keep
-            self.status = JobStatus.STOPPED
-            self._log(None, "Stopped before training began.")
-        elif self.killed:
-            self._end(JobStatus.INTERRUPTED, "Killed after the stop request went unanswered; the run keeps its finished epochs.",
-                      "Resume it to continue from its last finished epoch.")
-        elif code is not None and code < 0:
-            self._end(JobStatus.FAILED, f"The training process died (signal {-code}).",
-                      "Its last output is in the log below; resume the run to continue from its last finished epoch.")
-        elif code:
-            said = next((line[7:] for line in reversed(_tail(self.dir / "output.log")) if line.startswith("error: ")), None)
-            self._end(JobStatus.FAILED, said or f"The training process exited with code {code}.", "See the log below.")
-        else:  # gone while this server was not watching (or restarting) and without a final word
-            self._end(JobStatus.INTERRUPTED, f"The training process (pid {self.pid}) is gone and its run did not finish.",
-                      "Resume it to continue from its last finished epoch.")
-
-    def _end(self, status: JobStatus, error: str, suggestion: str) -> None:
-        self.status, self.error, self.suggestion = status, error, suggestion
-        self._log(None, f"Error: {error}")
-        if status == JobStatus.FAILED:
-            self.log.extend(f"    {line}" for line in _tail(self.dir / "output.log"))
-
-    def _log(self, e: Event | None, message: str) -> None:
-        """A log line stamped with the event's time (what the child did when), or now (what this server did)."""
-        self.log.append(f"{time.strftime('%H:%M:%S', time.localtime(e.time if e else None))}  {message}")
+        return self.state
 
 
 class JobManager:
@@ -450,7 +222,7 @@ class JobManager:
         write_json(folder / "job.json", record)
         job = Job.load(folder)
         job.process = process
-        self._jobs[job.id] = job
+        self._jobs[job.state.id] = job
         return job
 
     def _new_folder(self) -> Path:
@@ -475,11 +247,11 @@ class JobManager:
             if self.jobs_dir.exists():
                 for d in self.jobs_dir.iterdir():
                     if d.name.isdigit() and int(d.name) not in self._jobs and (job := Job.load(d)):
-                        self._jobs[job.id] = job
+                        self._jobs[job.state.id] = job
             return [self._jobs[i] for i in sorted(self._jobs)]
 
     def active(self, device: str | None = None, jobs: list[Job] | None = None) -> Job | None:
-        return next((j for j in jobs or self.jobs() if j.active and (device is None or j.device == device)), None)
+        return next((j for j in jobs or self.jobs() if j.active and (device is None or j.state.device == device)), None)
 
     def current(self) -> Job | None:
         """The active job, else the most recent one (so a page shows how the last run ended)."""
@@ -491,9 +263,7 @@ class JobManager:
         job = job or self.active()
         if not job or not job.active:
             return False
-        with job.lock:
-            job.status, job.stop_requested = JobStatus.STOPPING, time.time()
-            job._log(None, "Stop requested; finishing the current step.")
+        job.apply(StopRequested())
         return self._signal(job, signal.SIGTERM)
 
     def kill(self, job: Job) -> bool:
@@ -508,7 +278,7 @@ class JobManager:
         if not job.alive():
             return False
         try:
-            os.killpg(job.pid, sig)  # started with setsid: the group id is its pid
+            os.killpg(job.state.pid, sig)  # started with setsid: the group id is its pid
             return True
         except ProcessLookupError:
             return False
@@ -517,4 +287,4 @@ class JobManager:
         deadline = time.time() + timeout
         while job.active and time.time() < deadline:
             time.sleep(0.1)
-        return job.status
+        return job.snapshot().status

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from tl_core.config import DEFAULT_BACKBONE, OPTIMIZERS
 from tl_core.data.pipeline import Batcher
 from tl_core.devices import describe_device, fast_dtype
 from tl_core.features.cache import fuse_for_inference
 from tl_core.models.backbones import Preprocessing
 
-OPTIMIZERS = ("sgd", "adamw")
+MODELS = ("resnet18", "resnet50", DEFAULT_BACKBONE)  # measured when no names are given
 
 
 @dataclass(frozen=True)

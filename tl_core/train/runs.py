@@ -31,7 +31,7 @@ except ImportError:  # Windows
 
 
 class RunStatus(StrEnum):
-    """A run's state on disk; the job states add STARTING and STOPPING (tl_core.jobs.manager.JobStatus)."""
+    """A run's state on disk; the job states add STARTING and STOPPING (tl_core.jobs.state.JobStatus)."""
 
     RUNNING = "running"
     FINISHED = "finished"

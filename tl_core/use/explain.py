@@ -39,9 +39,18 @@ def _pixels(predictor: Predictor, image: ImageInput) -> torch.Tensor:
     return torch.from_numpy(square(img, predictor.prep.resize)).permute(2, 0, 1)[None]
 
 
+def _names(classes: list[str], shown: int = 20) -> str:
+    """The classes in one line: the first `shown`, then how many more."""
+    more = f" and {len(classes) - shown} more" if len(classes) > shown else ""
+    return ", ".join(repr(c) for c in classes[:shown]) + more
+
+
 def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None,
             target: CamTarget | None = None) -> Explanation:
-    """Grad-CAM for `class_name` (default: the predicted class). Raises BadImage for an unreadable image."""
+    """Grad-CAM for `class_name` (default: the predicted class). Raises BadImage for an unreadable image, and
+    ValueError naming the run's classes for a class it does not have."""
+    if class_name is not None and class_name not in predictor.classes:
+        raise ValueError(f"The run has no class {class_name!r}; its classes are {_names(predictor.classes)}.")
     if target is None:
         if predictor.backbone is None:
             raise ValueError("This model does not say which backbone it is; pass a CamTarget.")
