@@ -37,9 +37,10 @@ def test_runs_are_listed_and_deleted_but_not_while_training(tmp_path):
     result = train("demo", TrainConfig(**TINY, epochs=1), tmp_path)
     run = load_run(result.run_dir)
     assert [r.id for r in list_runs(tmp_path)] == [run.id]
-    run.write_summary(status=RUNNING)  # this process is alive: the run counts as training
-    with pytest.raises(RuntimeError, match="still training"):
-        delete_run(run)
+    with RunLock(run.dir):  # this process holds the writer's lock: the run counts as training
+        run.write_summary(status=RUNNING)
+        with pytest.raises(RuntimeError, match="still training"):
+            delete_run(run)
     run.write_summary(status="finished")
     delete_run(run)
     assert list_runs(tmp_path) == []
@@ -209,6 +210,18 @@ def test_no_finished_epoch_means_no_resume_point(tmp_path):
     assert resume_point(run) is None  # metrics without last.safetensors: start over
 
 
+def listed_run(runs: Path, name: str, config: dict | None = None, summary: dict | None = None) -> Path:
+    """A run folder with just the files `runs` lists: run.json, summary.json and a best checkpoint's presence."""
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"config": {**TrainConfig(backbone="mobilenet_v3_small").to_dict(), **(config or {})},
+                                                 "classes": ["a", "b"], "dataset": {"name": "d"}}))
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "best_val_accuracy": 0.5, "epochs_completed": 1,
+                                                     **(summary or {})}))
+    (folder / "best.safetensors").write_bytes(b"")  # only its presence is read here
+    return folder
+
+
 @pytest.mark.parametrize("config, summary, why", [
     ({"lr": "fast"}, None, 'config.lr is "fast"'),
     ({"backbone": 5}, None, "config.backbone is 5"),
@@ -221,8 +234,8 @@ def test_a_run_with_wrong_typed_files_is_listed_as_broken_and_the_others_as_usua
     from tl_core.cli import main as cli
     from tl_core.train.runs import history_rows, latest_finished
 
-    good = fake_run(tmp_path, "20260101-000000-good-0000")
-    bad = fake_run(tmp_path, "20270101-000000-bad-0000", config, summary)
+    good = listed_run(tmp_path, "20260101-000000-good-0000")
+    bad = listed_run(tmp_path, "20270101-000000-bad-0000", config, summary)
     runs = list_runs(tmp_path)
     assert [r.id for r in runs] == [bad.name, good.name]
     assert why in runs[0].broken and runs[1].broken is None
@@ -240,7 +253,7 @@ def test_the_writer_lock_holds_when_the_writer_pid_is_not_visible(tmp_path):
 
     from tl_core.train.runs import RUNNING, RunBusy, RunLock
 
-    run = fake_run(tmp_path, "20270101-000000-shared-0000", summary={"status": RUNNING, "pid": 2**22 + 17, "pid_start": 5})
+    run = listed_run(tmp_path, "20270101-000000-shared-0000", summary={"status": RUNNING, "pid": 2**22 + 17, "pid_start": 5})
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -260,5 +273,5 @@ def test_the_writer_lock_holds_when_the_writer_pid_is_not_visible(tmp_path):
 
 
 def test_a_live_pid_without_the_lock_is_not_running(tmp_path):
-    run = fake_run(tmp_path, "20270101-000000-old-0000", summary={"status": "running", "pid": os.getpid()})  # no pid_start
+    run = listed_run(tmp_path, "20270101-000000-old-0000", summary={"status": "running", "pid": os.getpid()})  # no pid_start
     assert Run(run).summary["status"] == "interrupted"
