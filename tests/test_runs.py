@@ -56,6 +56,7 @@ def fake_run(runs: Path, name: str, config: dict | None = None, summary: dict | 
                                                  "classes": ["a", "b"], "dataset": {"name": "d"}}))
     (folder / "summary.json").write_text(json.dumps({"status": "finished", "best_val_accuracy": 0.5, "epochs_completed": 1,
                                                      **(summary or {})}))
+    (folder / "best.safetensors").write_bytes(b"")  # only its presence is read here
     return folder
 
 
