@@ -303,9 +303,9 @@ def test_refused_settings_data_or_weights_leave_no_run_folder(tmp_path):
     assert not runs.exists() or list(runs.iterdir()) == []
 
 
-def test_a_feature_run_resumes_after_a_val_file_was_deleted(tmp_path):
+def test_a_feature_run_resumes_after_a_val_file_was_deleted(tmp_path, own_weights):
     data = _few(tmp_path / "d", n=6)
-    cfg = TrainConfig(**{**TINY, "strategy": "features"}, epochs=1)
+    cfg = TrainConfig(**{**TINY, "strategy": "features", "weights_path": str(own_weights)}, epochs=1)
     result = train(str(data), cfg, tmp_path / "runs")
     gone = Path(Run(Path(result.run_dir)).split("val")[0][0])
     gone.unlink()

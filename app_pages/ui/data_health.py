@@ -45,7 +45,7 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
     m[1].metric("Near-duplicate pairs", len(report.duplicates))
     m[2].metric("Across splits (leakage)", sum(p.cross_split for p in report.duplicates))
     m[3].metric("Outliers", len(report.outliers))
-    st.info(report.balance.note)
+    st.info(plain(report.balance.note))  # it names the smallest class
     gallery(ds, report)
     duplicates_and_outliers(ds, report)
     embedding_map(report)

@@ -7,6 +7,7 @@ best/last.safetensors (+ backbone.safetensors when only the head trains), traine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -251,7 +252,8 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self.fd is None:
             return
-        self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file about to vanish
+        with contextlib.suppress(OSError):  # Windows keeps an open file: then it stays, unlocked
+            self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file about to vanish
         _unlock(self.fd)
         os.close(self.fd)
         self.fd = None
