@@ -189,7 +189,7 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
 # ---------------------------------------------------------------- export
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["torchscript"])  # the pictures-in ONNX files: tests/test_export.py
 def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp_path, fmt):
     path = export(bees_run, tmp_path / "model.zip", fmt)
     check = load_check(path)
@@ -197,9 +197,9 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         meta = json.loads(zf.read("model.json"))
-        readme = zf.read("README.md").decode()
+        readme = zf.read("MODEL_CARD.md").decode()
         zf.extractall(tmp_path / "unpacked")
-    assert names == {meta["file"], "model.json", "README.md"} and meta["classes"] == ["ants", "bees"]
+    assert names == {meta["file"], "model.json", "MODEL_CARD.md"} and meta["classes"] == ["ants", "bees"]
     # the file alone, on other images, against TL Studio's own predictions
     files = val_files(8)
     predictor = Predictor.from_run(bees_run, "cpu")
@@ -209,14 +209,14 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     u8 = torch.from_numpy(np.stack([decode_square(f, predictor.prep.resize) for f in files])).permute(0, 3, 1, 2)
     got = run_file(tmp_path / "unpacked" / meta["file"], fmt, predictor.batcher.eval(u8).float().contiguous().numpy(), meta)
     assert np.abs(got - predictor.probabilities(u8).numpy()).max() <= 1e-3
-    # the README's loading example, run as written (ten lines)
+    # the card's loading example, run as written (ten lines)
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 11
     photo = tmp_path / "photo.png"  # lossless: TL Studio decodes JPEGs at reduced scale (draft), plain Pillow does not
     Image.open(files[0]).save(photo)
     code = code.replace('"model.zip"', repr(str(path))).replace('"photo.jpg"', repr(str(photo)))
     scope: dict = {}
-    exec(compile(code, "README", "exec"), scope)
+    exec(compile(code, "MODEL_CARD", "exec"), scope)
     best, probability = predictor.predict([photo], 1)[0].top[0]
     assert meta["classes"][int(scope["probs"].argmax())] == best and abs(float(scope["probs"].max()) - probability) < 0.02
 
