@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tl_core.cli.terminal import Progress, print_table
+from tl_core.config import EXPORT_FORMATS
 from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import EventLog
 
@@ -461,7 +462,7 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a checked, self-contained model .zip")
     x.add_argument("run_dir")
     x.add_argument("output")
-    x.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "onnx-int8", "torchscript"],
+    x.add_argument("--format", default="safetensors", choices=EXPORT_FORMATS,
                    help="onnx: pictures in (uint8, any size; resize, crop, normalisation inside), probabilities out; "
                         "onnx-int8: the same, quantized")
     x.add_argument("--json", action="store_true")

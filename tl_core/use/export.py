@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load, save_file
 from torch import nn
 
+from tl_core.config import EXPORT_FORMATS
 from tl_core.data.images import BadImage
 from tl_core.data.pipeline import decode_filled
 from tl_core.data.sources import Sample
@@ -36,7 +37,7 @@ from tl_core.use import model_card, onnx_pictures
 from tl_core.use.calibration import Calibration
 from tl_core.use.predict import Predictor, build_model
 
-FORMATS = ("safetensors", "onnx", "onnx-int8", "torchscript")
+FORMATS = EXPORT_FORMATS
 FORMAT_TAG = "tl-studio-model/1"
 MODEL_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "onnx-int8": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-3  # max abs difference of probabilities allowed between a tensor-input file and TL Studio
