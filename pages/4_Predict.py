@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui.charts import confusion_figure, topk_bars
+from pages.ui.live_camera import live_view
 from pages.ui.shared import choices, choose, page_setup
 from tl_core import paths
 from tl_core.data.images import BadImage
@@ -101,6 +102,8 @@ with tab_predict:
         shot = st.camera_input("Take a picture", key="camera")
         if shot is not None:
             images.append(shot)
+    if st.toggle("Live camera", key="live_on", help="Classify the webcam continuously, top-k and frame rate over the video."):
+        live_view(model, k, threshold)
     if images:
         preds = model.predict(images, top_k=k)
         for img, p in list(zip(images, preds))[:24]:
