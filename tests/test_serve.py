@@ -15,6 +15,7 @@ import pytest
 import requests
 import uvicorn
 
+from tl_core.cli.main import main
 from tl_core.config import TrainConfig
 from tl_core.data.demo import draw
 from tl_core.train.trainer import train
@@ -129,11 +130,14 @@ def test_bad_and_huge_uploads_get_one_line_4xx_and_the_server_stays_up(api):
     assert requests.get(api.url + "/health", timeout=10).status_code == 200
 
 
-def test_an_exposed_address_needs_a_token_and_the_token_is_checked(shapes_run, monkeypatch):
+def test_an_exposed_address_needs_a_token_and_the_token_is_checked(shapes_run, monkeypatch, capsys):
     monkeypatch.delenv("TL_STUDIO_API_TOKEN", raising=False)
     with pytest.raises(ValueError, match="set a token"):
         token_for("0.0.0.0", None)
     assert token_for("127.0.0.1", None) is None and token_for("0.0.0.0", "s3cret") == "s3cret"
+    assert main(["serve", str(shapes_run), "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set a token" in err[0]
     served = Served(shapes_run, token="s3cret")
     try:
         files = {"file": ("a.png", png("square", 3))}
