@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.ui.charts import confusion_figure, topk_bars
+from app_pages.ui.live_camera import live_view
 from app_pages.ui.shared import choices, choose, plain
 from tl_core import paths
 from tl_core.data.images import BadImage
@@ -17,7 +18,7 @@ from tl_core.data.sources import DatasetError, resolve_in_root
 from tl_core.formats import TABLE_PERCENT, percent, points
 from tl_core.train.runs import latest_finished, list_runs
 from tl_core.use.explain import explain
-from tl_core.use.export import FORMATS, ExportError, export, load_check
+from tl_core.use.export import FORMATS, ExportError, describe_check, export, load_card, load_meta
 from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
 
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]
@@ -100,6 +101,8 @@ with tab_predict:
         shot = st.camera_input("Take a picture", key="camera")
         if shot is not None:
             images.append(shot)
+    if st.toggle("Live camera", key="live_on", help="Classify the webcam continuously, top-k and frame rate over the video."):
+        live_view(model, k, threshold)
     if images:
         preds = model.predict(images, top_k=k)
         for img, p in list(zip(images, preds))[:24]:
@@ -198,7 +201,9 @@ with tab_eval:
 
     st.subheader("Download the model")
     fmt = st.selectbox("Format", FORMATS, key="export_format", format_func={
-        "safetensors": "safetensors (PyTorch / torchvision)", "onnx": "ONNX (onnxruntime, any language)",
+        "safetensors": "safetensors (PyTorch / torchvision)",
+        "onnx": "ONNX: pictures in, probabilities out (onnxruntime, any language)",
+        "onnx-int8": "ONNX int8: the same, quantized (smaller, faster on CPUs)",
         "torchscript": "TorchScript (C++ / mobile)"}.get)
     if st.button("Prepare model download", key="export_btn"):
         with st.spinner(f"Writing the {fmt} file and checking it on validation images..."):
@@ -208,8 +213,8 @@ with tab_eval:
                 st.error(plain(e))
                 out = None
         if out:
-            check = load_check(out)
-            st.download_button(f"Download model (.zip: {fmt} + classes + preprocessing + README)", out.read_bytes(),
+            st.caption(f"Checked after writing: {describe_check(load_meta(out))}.")
+            with st.expander("Model card (MODEL_CARD.md, inside the download)", expanded=True):
+                st.markdown(load_card(out))
+            st.download_button(f"Download model (.zip: {fmt} + classes + preprocessing + model card)", out.read_bytes(),
                                out.name, "application/zip", key="export_dl")
-            st.caption(f"Checked after writing: run on {check['images']} validation images, max probability difference "
-                       f"from TL Studio {check['max_abs_diff']:.1e} (limit {check['tolerance']:.0e}).")

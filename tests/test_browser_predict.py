@@ -53,3 +53,33 @@ def test_grad_cam_overlay_and_batch_table(demo_data_root, server):
         expect(panel.get_by_role("button", name="Download results (CSV)")).to_be_visible()
         page.screenshot(path=SHOTS / "predict-batch.png", full_page=True)
         browser.close()
+
+
+def test_live_camera_classifies_the_fake_webcam_continuously(demo_data_root, server):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=90_000)
+        page.goto(server)
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Predict").click()
+        page.get_by_text("Live camera").click()
+        view = page.frame_locator("iframe[title*='live_camera']")
+        overlay = view.locator("#overlay")
+        expect(overlay).to_have_text(re.compile(r"\d+\.\d frames/s"))
+        page.wait_for_function(  # frames keep coming: at least five answered
+            "() => { const f = document.querySelector(\"iframe[title*='live_camera']\");"
+            " const o = f && f.contentDocument.querySelector('#overlay'); return o && Number(o.dataset.frames) >= 5; }",
+            timeout=120_000)
+        lines = overlay.inner_text().splitlines()
+        classes = {"circle", "cross", "square", "star", "triangle"}
+        assert lines[0] in classes | {"Unsure / none of these"}
+        assert {ln.rsplit("  ", 1)[0] for ln in lines[1:-1]} <= classes and len(lines[1:-1]) == 3  # top-3 with probabilities
+        assert float(lines[-1].split()[0]) > 0
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SHOTS / "predict-live-camera.png", full_page=True)
+        browser.close()

@@ -4,19 +4,31 @@ failed export leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from conftest import HYMENOPTERA
 from helpers import bees_val_files
+from onnx import TensorProto, helper
 from PIL import Image
 
 from tl_core.cli.main import main
+from tl_core.config import TrainConfig
+from tl_core.data.pipeline import Batcher, square
 from tl_core.data.scan import load_dataset
-from tl_core.use.export import ExportError, export, load_check, load_export, run_file
+from tl_core.models.backbones import Preprocessing
+from tl_core.train.trainer import train
+from tl_core.use import onnx_pictures
+from tl_core.use.export import INT8_SIZE_SHARE, ExportError, export, load_card, load_check, load_export, load_meta, run_file
 from tl_core.use.predict import Predictor
+
+IMAGENET = Preprocessing.imagenet(64)
 
 
 def test_export_is_checked_and_reloads_to_the_same_predictions(demo_run, tmp_path):
@@ -29,7 +41,7 @@ def test_export_is_checked_and_reloads_to_the_same_predictions(demo_run, tmp_pat
     assert [x.top[0][1] for x in a] == pytest.approx([x.top[0][1] for x in b], abs=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["torchscript"])  # the pictures-in ONNX files: tests/test_export.py
 def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp_path, fmt):
     path = export(bees_run, tmp_path / "model.zip", fmt)
     check = load_check(path)
@@ -37,9 +49,9 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         meta = json.loads(zf.read("model.json"))
-        readme = zf.read("README.md").decode()
+        readme = zf.read("MODEL_CARD.md").decode()
         zf.extractall(tmp_path / "unpacked")
-    assert names == {meta["file"], "model.json", "README.md"} and meta["classes"] == ["ants", "bees"]
+    assert names == {meta["file"], "model.json", "MODEL_CARD.md"} and meta["classes"] == ["ants", "bees"]
     # the file alone, on other images, against TL Studio's own predictions
     files = bees_val_files(8)
     predictor = Predictor.from_run(bees_run, "cpu")
@@ -49,14 +61,14 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     u8 = torch.from_numpy(np.stack([decode_square(f, predictor.prep.resize) for f in files])).permute(0, 3, 1, 2)
     got = run_file(tmp_path / "unpacked" / meta["file"], fmt, predictor.batcher.eval(u8).float().contiguous().numpy(), meta)
     assert np.abs(got - predictor.probabilities(u8).numpy()).max() <= 1e-3
-    # the README's loading example, run as written (ten lines)
+    # the card's loading example, run as written (ten lines)
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 11
     photo = tmp_path / "photo.png"  # lossless: TL Studio decodes JPEGs at reduced scale (draft), plain Pillow does not
     Image.open(files[0]).save(photo)
     code = code.replace('"model.zip"', repr(str(path))).replace('"photo.jpg"', repr(str(photo)))
     scope: dict = {}
-    exec(compile(code, "README", "exec"), scope)
+    exec(compile(code, "MODEL_CARD", "exec"), scope)
     best, probability = predictor.predict([photo], 1)[0].top[0]
     assert meta["classes"][int(scope["probs"].argmax())] == best and abs(float(scope["probs"].max()) - probability) < 0.02
 
@@ -74,3 +86,91 @@ def test_failed_export_leaves_nothing_and_a_folder_gets_one_message(bees_run, tm
     with pytest.raises(ExportError, match="predicts differently"):
         export(bees_run, dest)
     assert not dest.exists() and not list(tmp_path.glob("*.tmp")) and list(tmp_path.iterdir()) == [folder]
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory, real_weights) -> Path:
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent: no ants vs bees photos here")
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        result = train(str(HYMENOPTERA), TrainConfig(strategy="features", epochs=1, image_size=128, seed=0),
+                       tmp_path_factory.mktemp("runs"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+    assert result.best_val_accuracy > 0.8
+    return Path(result.run_dir)
+
+
+def preprocessing_only(prep: Preprocessing):
+    """The preprocessing nodes alone, as an onnxruntime session: pixels in, normalised network input out."""
+    nodes, consts = onnx_pictures.preprocessing_nodes(prep)
+    graph = helper.make_graph(nodes, "prep", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", "h", "w", 3])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    return onnx_pictures.session(model.SerializeToString())
+
+
+@pytest.mark.parametrize("prep", [IMAGENET, Preprocessing(64, 64, IMAGENET.mean, IMAGENET.std)], ids=["crop", "whole"])
+@pytest.mark.parametrize("size", [(200, 150), (151, 301), (40, 30), (73, 73)])
+def test_preprocessing_graph_matches_the_pipeline_on_any_size(prep, size):
+    rng = np.random.default_rng(sum(size))
+    smooth = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 2, size[0] // 8 + 2, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    pixels = np.asarray(smooth)[None]
+    got = preprocessing_only(prep).run(None, {"pixels": pixels})[0]
+    expected = Batcher(prep, torch.device("cpu"), "none").eval(torch.from_numpy(square(smooth, prep.resize)).permute(2, 0, 1)[None])
+    assert got.shape == (1, 3, prep.crop, prep.crop)
+    grey_levels = np.abs(got - expected.numpy()) * np.asarray(prep.std).reshape(1, 3, 1, 1) * 255
+    assert grey_levels.max() <= 1.01 and (grey_levels > 0.5).mean() < 0.05  # fixed-point rounding, rarely
+
+
+def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp_path):
+    path = export(features_run, tmp_path / "model.zip", "onnx")
+    meta = load_meta(path)
+    check = meta["check"]
+    assert check["pictures"] == check["same_top1"] == 153 and check["max_abs_diff"] <= 0.01
+    with zipfile.ZipFile(path) as zf:
+        assert set(zf.namelist()) == {"model.onnx", "model.json", "MODEL_CARD.md"}
+        zf.extractall(tmp_path / "unpacked")
+    model = onnx.load(str(tmp_path / "unpacked" / "model.onnx"))
+    (pixels,) = model.graph.input
+    dims = [d.dim_value or d.dim_param for d in pixels.type.tensor_type.shape.dim]
+    assert pixels.type.tensor_type.elem_type == TensorProto.UINT8 and dims[1:] == ["height", "width", 3]
+    assert onnx_pictures.class_names(tmp_path / "unpacked" / "model.onnx") == ["ants", "bees"]
+    # pictures of other sizes than the run's, against predict on the same pictures
+    photo = Image.open(sorted((HYMENOPTERA / "val" / "bees").iterdir())[3]).convert("RGB")
+    odd = [photo.resize((301, 170)), photo.resize((90, 333)), photo.crop((0, 0, 120, 120))]
+    got = onnx_pictures.probabilities(tmp_path / "unpacked" / "model.onnx", [np.asarray(p)[None] for p in odd])
+    predictor = Predictor.from_run(features_run, "cpu")
+    predictor.dtype = None
+    for probs, p in zip(got, predictor.predict(odd, 2)):
+        assert dict(p.top) == pytest.approx(dict(zip(["ants", "bees"], probs.tolist())), abs=0.01)
+    # the card's example, run as written
+    card = load_card(path)
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    photo.save(tmp_path / "photo.png")
+    code = code.replace('"model.zip"', repr(str(path))).replace('"photo.jpg"', repr(str(tmp_path / "photo.png")))
+    scope: dict = {}
+    exec(compile(code, "MODEL_CARD", "exec"), scope)
+    best, probability = predictor.predict([photo], 1)[0].top[0]
+    assert ["ants", "bees"][int(scope["probs"].argmax())] == best and abs(float(scope["probs"].max()) - probability) < 0.01
+
+
+def test_int8_keeps_accuracy_in_a_third_of_the_size(features_run, tmp_path):
+    path = export(features_run, tmp_path / "int8.zip", "onnx-int8")
+    c = load_meta(path)["check"]
+    assert c["pictures"] == 153 and c["accuracy_int8"] >= c["accuracy_float"] - 0.01 and c["accuracy_float"] > 0.8
+    assert c["size_int8"] <= INT8_SIZE_SHARE * c["size_float"] and c["size_share"] == c["size_int8"] / c["size_float"]
+    assert c["speedup"] > 0 and f"({c['speedup']:.2f}x)" in load_card(path)
+    with zipfile.ZipFile(path) as zf:
+        ops = {n.op_type for n in onnx.load_from_string(zf.read("model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Resize"} <= ops
+
+
+def test_default_export_card_names_every_class_the_accuracy_and_the_calibration(features_run, tmp_path):
+    card = load_card(export(features_run, tmp_path / "model.zip"))
+    assert "ants" in card and "bees" in card and "| ants | 124 | 70 |" in card and "| bees | 121 | 83 |" in card
+    assert re.search(r"Validation accuracy: \*\*\d+\.\d%\*\* on 153 images", card)
+    assert "expected calibration error" in card and "Unsure threshold" in card and "feature extraction" in card
+    assert "safetensors" in card and "```python" in card

@@ -70,6 +70,8 @@ def test_demo_flow_train_predict_evaluate(ui):
     assert at.selectbox(key="eval_cell_None").options
     at.button(key="export_btn").click().run()
     assert any(b.proto.label.startswith("Download model") for b in at.get("download_button"))
+    card = next(m.value for m in at.markdown if m.value.startswith("# Model card"))  # shown before the download
+    assert "Validation accuracy" in card and all(c in card for c in ("circle", "cross", "square", "star", "triangle"))
 
 
 def test_start_busy_restart_then_stop(ui):

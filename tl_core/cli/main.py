@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from tl_core.cli.terminal import Progress, print_table
+from tl_core.config import EXPORT_FORMATS
 from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import EventLog
 
@@ -244,15 +245,24 @@ def _run_row(run: Run) -> dict:
 
 
 def cmd_export(args) -> int:
-    from tl_core.use.export import export, load_check
+    from tl_core.use.export import describe_check, export, load_meta
 
     path = export(args.run_dir, args.output, args.format)
-    check = load_check(path)
+    meta = load_meta(path)
     if args.json:
-        print(json.dumps({"export": str(path), "format": args.format, "checked": True, **check}))
+        print(json.dumps({"export": str(path), "format": args.format, "checked": True, **meta["check"]}))
     else:
-        print(f"wrote {path} ({args.format}); checked on {check['images']} validation images, "
-              f"max probability difference {check['max_abs_diff']:.1e}")
+        print(f"wrote {path} ({args.format}, with MODEL_CARD.md); checked after writing: {describe_check(meta)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tl_core.use.serve import serve, token_for
+
+    token_for(args.host, args.token)  # refuse an exposed address without a token before loading anything
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /openapi.json)",
+          file=sys.stderr)
+    serve(args.run_dir, args.host, args.port, args.token, args.device)
     return 0
 
 
@@ -466,9 +476,19 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a checked, self-contained model .zip")
     x.add_argument("run_dir")
     x.add_argument("output")
-    x.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "torchscript"])
+    x.add_argument("--format", default="safetensors", choices=EXPORT_FORMATS,
+                   help="onnx: pictures in (uint8, any size; resize, crop, normalisation inside), probabilities out; "
+                        "onnx-int8: the same, quantized")
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="HTTP prediction API for a run: POST /predict with multipart `file` fields")
+    sv.add_argument("run_dir")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="another address than loopback needs a token")
+    sv.add_argument("--token", help="required as `Authorization: Bearer <token>` (default: $TL_STUDIO_API_TOKEN)")
+    add_options(sv, ["device"])
+    sv.set_defaults(func=cmd_serve)
 
     lf = sub.add_parser("lr-find", help="learning-rate finder: a short run of `train` with the same flags, the rate rising")
     _data_arguments(lf)

@@ -1,0 +1,116 @@
+"""MODEL_CARD.md: what a received model is, what it was trained and checked on, and how to run it.
+
+Everything in it is measured on the run itself (its split, its validation predictions, its calibration) so the
+card cannot drift from the file it travels with.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+from tl_core.models.backbones import Preprocessing
+from tl_core.train.runs import Run
+from tl_core.use.predict import Evaluation, evaluate
+
+SPLITS = ("train", "val", "test")
+STRATEGY_WORDS = {"features": "feature extraction (frozen pretrained backbone, new head)",
+                  "finetune": "fine-tuning (the last blocks and a new head trained)",
+                  "full": "full fine-tuning (every layer trained)"}
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the card states about the run, gathered once (the Predict page shows the same card)."""
+
+    run_id: str
+    backbone: str
+    strategy: str
+    classes: list[str]
+    counts: dict[str, list[int]]  # split -> images per class, in class order
+    preprocessing: Preprocessing
+    evaluation: Evaluation | None  # None when the run has no validation split
+
+
+def facts(run: Run) -> CardFacts:
+    classes = run.classes
+    counts = {}
+    for split in SPLITS:
+        per = Counter(label for _, label in run.split(split))
+        if per:
+            counts[split] = [per.get(i, 0) for i in range(len(classes))]
+    config = run.info["config"]
+    return CardFacts(run.id, config["backbone"], config["strategy"], classes, counts,
+                     Preprocessing(**run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None)
+
+
+def _data_table(f: CardFacts) -> str:
+    splits = list(f.counts)
+    rows = ["| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for i, c in enumerate(f.classes):
+        rows.append(f"| {_cell(c)} | " + " | ".join(str(f.counts[s][i]) for s in splits) + " |")
+    rows.append("| **total** | " + " | ".join(str(sum(f.counts[s])) for s in splits) + " |")
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    """A class name as plain Markdown text: names come from folder names a stranger chose, so every ASCII
+    punctuation character is backslash-escaped (CommonMark's escape) and line breaks become spaces."""
+    return "".join("\\" + ch if ch in string.punctuation else " " if ch in "\r\n" else ch for ch in text)
+
+
+def _quality(ev: Evaluation | None) -> str:
+    if ev is None:
+        return "The run has no validation split: no accuracy, per-class figures or calibration can be stated."
+    rows = [f"Validation accuracy: **{ev.accuracy:.1%}** on {sum(p['support'] for p in ev.per_class)} images.", "",
+            "| class | precision | recall | images |", "|---|---|---|---|"]
+    rows += [f"| {_cell(p['class'])} | {p['precision']:.1%} | {p['recall']:.1%} | {p['support']} |" for p in ev.per_class]
+    rows += ["", "Calibration (temperature scaling fitted on the validation split): expected calibration error "
+             f"{ev.ece:.3f} before, {ev.ece_calibrated:.3f} after (temperature {ev.temperature:.3f}). The probabilities "
+             "the file outputs are the calibrated ones."]
+    if ev.threshold is not None:
+        rows += ["", f"Unsure threshold: answer \"unsure / none of these\" when the top probability is below "
+                 f"**{ev.threshold:.1%}** (keeps 95% of the right validation answers)."]
+    return "\n".join(rows)
+
+
+def render(f: CardFacts, fmt: str, file_section: str, example: str) -> str:
+    """The card as Markdown; `file_section` says what the file computes and how it was checked."""
+    names = ", ".join(_cell(c) for c in f.classes)
+    return f"""# Model card: {f.run_id}
+
+{f.backbone} trained with TL Studio by {STRATEGY_WORDS.get(f.strategy, f.strategy)}; exported as {fmt}.
+
+## Classes and data
+
+{len(f.classes)} classes, in output order: {names}.
+
+{_data_table(f)}
+
+## Quality (validation split)
+
+{_quality(f.evaluation)}
+
+## Preprocessing
+
+{f.preprocessing.describe()}; resize {f.preprocessing.resize} px, crop {f.preprocessing.crop} px, mean
+{list(f.preprocessing.mean)}, std {list(f.preprocessing.std)} (on RGB / 255).
+
+## The file
+
+{file_section}
+
+## Intended use and limits
+
+- Sorting pictures into exactly these {len(f.classes)} classes, on pictures like the training ones (same kind of
+  camera, framing and subject). A picture of anything else still gets one of these classes: use the unsure
+  threshold, and look at low-confidence answers yourself.
+- Trained on {sum(f.counts.get("train", [0]))} images: accuracy on other sources can be much lower than above.
+  Measure it on your own pictures before relying on it; do not use it for decisions about people.
+
+## Minimal example
+
+```python
+{example}```
+"""
