@@ -8,7 +8,6 @@ from pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset_lab
 from tl_core import paths
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
-from tl_core.formats import percent
 from tl_core.jobs.manager import JobBusy
 from tl_core.train.runs import latest_finished
 
@@ -44,7 +43,7 @@ if running:
     s = running.snapshot()
     train_text = f"Job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}."
 elif last:
-    train_text = (f"Last trained: **{last.id}**, best val accuracy {percent(last.summary.get('best_val_accuracy') or 0)}. "
+    train_text = (f"Last trained: **{last.id}**, {last.accuracy().label()}. "
                   "Classify images, evaluate, download it.")
 else:
     train_text = "No trained model yet."

@@ -96,6 +96,21 @@ def test_out_of_class_images_get_lower_calibrated_confidence(bees_run):
     assert sum(p.answer(predictor.threshold) == UNSURE for p in ood) > len(ood) / 2  # most say "none of these"
 
 
+def test_a_fine_tuned_run_tells_pictures_of_neither_class_by_its_own_features(bees_run, tmp_path):
+    from test_predict import neither_class
+
+    from tl_core.data.pipeline import decode_square
+    from tl_core.train.runs import load_run
+
+    predictor = Predictor.from_run(bees_run)
+    preds = predictor.predict(neither_class(tmp_path), top_k=1)
+    assert sum(p.answer(predictor.threshold) == UNSURE and p.unfamiliar for p in preds) >= 4
+    first = load_run(bees_run).split("train")[0][0]
+    _, features = predictor.outputs(torch.from_numpy(decode_square(first, predictor.prep.resize)[None]).permute(0, 3, 1, 2))
+    reference = predictor.familiarity.reference[0]  # made with the fine-tuned weights, not the ImageNet ones
+    assert float(torch.nn.functional.normalize(features, dim=1)[0] @ reference) > 0.99
+
+
 # ---------------------------------------------------------------- Grad-CAM
 
 
@@ -199,7 +214,7 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
         meta = json.loads(zf.read("model.json"))
         readme = zf.read("README.md").decode()
         zf.extractall(tmp_path / "unpacked")
-    assert names == {meta["file"], "model.json", "README.md"} and meta["classes"] == ["ants", "bees"]
+    assert names == {meta["file"], "model.json", "README.md", meta["familiarity"]["file"]} and meta["classes"] == ["ants", "bees"]
     # the file alone, on other images, against TL Studio's own predictions
     files = val_files(8)
     predictor = Predictor.from_run(bees_run, "cpu")
