@@ -7,7 +7,6 @@ from app_pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset
 from tl_core import paths
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
-from tl_core.formats import percent
 from tl_core.jobs.manager import JobBusy
 from tl_core.train.runs import latest_finished
 
@@ -42,7 +41,7 @@ if running:
     s = running.snapshot()
     train_text = f"Job {s.id} on {plain(dataset_label(s.dataset))}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}."
 elif last:
-    train_text = (f"Last trained: **{plain(last.id)}**, best val accuracy {percent(last.summary.get('best_val_accuracy') or 0)}. "
+    train_text = (f"Last trained: **{plain(last.id)}**, {last.accuracy().label()}. "
                   "Classify images, evaluate, download it.")
 else:
     train_text = "No trained model yet."

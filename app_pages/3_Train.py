@@ -165,7 +165,10 @@ else:
     if "best val acc" in table:
         table["best val acc"] = table["best val acc"].map(points)
     picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="run_table",
-                          column_config={"best val acc": st.column_config.NumberColumn(format=TABLE_PERCENT),
+                          column_config={"best val acc": st.column_config.NumberColumn(
+                              "val acc (best checkpoint)", format=TABLE_PERCENT,
+                              help="Validation accuracy of the best checkpoint; 'measured' says whether by the predictor "
+                                   "(the figure `evaluate` and the Predict page give) or while training"),
                                          "seconds": st.column_config.NumberColumn("time", format=TABLE_SECONDS)})
     chosen = [runs[i] for i in picked.selection.rows] if picked and picked.selection.rows else runs[:1]
     fig = history_chart([(r.id, [] if r.broken else r.metrics()) for r in chosen])

@@ -19,7 +19,7 @@ from tl_core.formats import TABLE_PERCENT, percent, points
 from tl_core.train.runs import latest_finished, list_runs
 from tl_core.use.explain import explain
 from tl_core.use.export import FORMATS, ExportError, describe_check, export, load_card, load_meta
-from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
+from tl_core.use.predict import NONE_OF_THESE, UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
 
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]
 if not runs:
@@ -30,15 +30,15 @@ default = choices().run
 ids = [r.id for r in runs]
 latest = latest_finished(paths.runs_dir())
 index = ids.index(default) if default in ids else ids.index(latest.id) if latest and latest.id in ids else 0
-best_acc = {r.id: r.summary.get("best_val_accuracy") or 0.0 for r in runs}
-run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} (best val acc {percent(best_acc[i])})")
+accuracy = {r.id: r.accuracy().label() for r in runs}
+run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} ({accuracy[i]})")
 if run_id != default:
     choose(run=run_id)
 run = next(r for r in runs if r.id == run_id)
 stamp = (run.dir / "best.safetensors").stat().st_mtime
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading the model and calibrating it on the validation split...")
+@st.cache_resource(max_entries=3, show_spinner="Loading the model; the first time, measuring its training and validation pictures...")
 def predictor(run_dir: str, stamp: float) -> Predictor:
     return Predictor.from_run(run_dir)
 
@@ -65,6 +65,9 @@ cal = model.calibration
 
 def answer_line(p) -> str:
     best, prob = p.top[0]
+    if p.unfamiliar:
+        return (f"**Unsure — {NONE_OF_THESE}** (unlike every training picture: distance {p.distance:.2f}, validation "
+                f"pictures lie within {p.familiar_within:.2f}; the classes alone would say {best} {percent(prob)})")
     if p.answer(threshold) == UNSURE:
         return f"**Unsure / none of these** (best guess {plain(best)}, {percent(prob)}: below {percent(threshold)})"
     return f"**{plain(best)}** ({percent(prob)})"
@@ -89,8 +92,7 @@ threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(
                      format="percent", help="Default from the validation split: 95% of right answers there are more confident.")
 show_cam = c.toggle("Grad-CAM", True, key="show_cam", help="Colour where the evidence for the answer is (red: strong).")
 if cal:
-    st.caption(f"Confidences are calibrated (temperature {cal.temperature:.2f}, fitted on {cal.images} validation images): "
-               f"calibration error {percent(cal.ece)} before, {percent(cal.ece_calibrated)} after.")
+    st.caption(cal.sentence())
 
 tab_predict, tab_batch, tab_eval = st.tabs(["Classify images", "Folder or zip", "Evaluate the run"])
 with tab_predict:
@@ -159,10 +161,9 @@ with tab_eval:
         ev = evaluation(str(run.dir), stamp)
         m1, m2 = st.columns(2)
         m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)} images",
-                  delta_color="off", delta_arrow="off")
-        m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} before temperature scaling",
-                  delta_color="off", delta_arrow="off",
-                  help="Average gap between confidence and accuracy; temperature fitted on this split.")
+                  delta_color="off", delta_arrow="off", help=f"{ev.accuracy_label}: the figure the run picker shows.")
+        m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} raw", delta_color="off",
+                  delta_arrow="off", help=f"Average gap between confidence and accuracy. {ev.calibration}")
         clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",
                                   selection_mode="points", width="content", config={"displayModeBar": False})
         cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]

@@ -51,7 +51,7 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
         meta = json.loads(zf.read("model.json"))
         readme = zf.read("MODEL_CARD.md").decode()
         zf.extractall(tmp_path / "unpacked")
-    assert names == {meta["file"], "model.json", "MODEL_CARD.md"} and meta["classes"] == ["ants", "bees"]
+    assert names == {meta["file"], "model.json", "MODEL_CARD.md", meta["familiarity"]["file"]} and meta["classes"] == ["ants", "bees"]
     # the file alone, on other images, against TL Studio's own predictions
     files = bees_val_files(8)
     predictor = Predictor.from_run(bees_run, "cpu")

@@ -16,8 +16,9 @@ from tl_core.features.health import health_from_embeddings
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, real_weights):
     """A copy of ants vs bees with 10 ants filed as bees, 10 bees as ants, 5 shrunk, re-encoded copies of
-    training ants in val and 3 pictures of neither (noise, a gradient, a document); `issues --json` run on it once
-    (its embeddings are cached for the session)."""
+    training ants in val (70%, JPEG 70) and 5 more (80%, JPEG 80), a training bee's file in val/ants, and 3 pictures
+    of neither (noise, a gradient, a document); `issues --json` run on it once (its embeddings are cached for the
+    session)."""
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent")
     root = tmp_path_factory.mktemp("planted") / "hymenoptera"
@@ -32,6 +33,13 @@ def planted(tmp_path_factory, real_weights):
         im = Image.open(f).convert("RGB")
         im.resize((int(im.width * 0.7), int(im.height * 0.7))).save(root / "val" / "ants" / f"copy_{i}.jpg", quality=70)
         copies.append(str(root / "val" / "ants" / f"copy_{i}.jpg"))
+    for i, f in enumerate(sorted((root / "train" / "ants").glob("*.jpg"))[3::23][:5]):
+        im = Image.open(f).convert("RGB")
+        im.resize((int(im.width * 0.8), int(im.height * 0.8))).save(root / "val" / "ants" / f"copy80_{i}.jpg", quality=80)
+        copies.append(str(root / "val" / "ants" / f"copy80_{i}.jpg"))
+    bee = sorted((root / "train" / "bees").glob("*.jpg"))[5]
+    shutil.copyfile(bee, root / "val" / "ants" / "same_file.jpg")
+    copies.append((str(bee), str(root / "val" / "ants" / "same_file.jpg")))
     off_domain = plant_off_domain(root)
     out = cli("issues", str(root), "--json", env={"TORCH_HOME": str(real_weights)})
     assert out.returncode == 0, out.stderr
@@ -62,9 +70,14 @@ def test_label_swaps_are_among_the_top_suggestions(planted):
 
 def test_near_copies_in_val_are_flagged_as_cross_split_duplicates(planted):
     report, moved, copies, _ = planted
+    *shrunk, (bee, same_file) = copies
     leaks = [p for p in report["duplicates"] if p["cross_split"]]
-    assert all(any(c in (p["a"], p["b"]) for p in leaks) for c in copies)
-    assert len(report["duplicates"]) < 20  # distinct photos are not reported as duplicates
+    assert len(shrunk) == 10 and all(any(c in (p["a"], p["b"]) for p in leaks) for c in shrunk)
+    assert sum(any(c in (p["a"], p["b"]) for p in leaks) for c in shrunk[5:]) == 5  # 80%, JPEG 80: 5 of 5
+    exact = [p for p in report["duplicates"] if {p["a"], p["b"]} == {bee, same_file}]
+    assert exact and exact[0]["exact"] and exact[0]["cross_class"] and exact[0]["found_by"] == "identical files"
+    assert not any(p["exact"] for p in report["duplicates"] if p is not exact[0])
+    assert len(report["duplicates"]) < 25  # distinct photos are not reported as duplicates
     assert report["balance"]["counts"] == {"ants": 123 + 1 + 10 - 10 + 1, "bees": 121 + 1}
 
 
@@ -89,3 +102,44 @@ def test_outliers_balance_and_map_on_synthetic_embeddings():
     assert report.balance.counts == {"big": 67, "small": 23} and report.balance.ratio == pytest.approx(67 / 23)
     assert "3.0x" in report.balance.note or "2.9x" in report.balance.note
     assert len(report.points) == 120 and report.projection == "t-SNE"
+
+
+def smooth_picture(seed: int) -> Image.Image:
+    """Photo-like: smooth shapes of colour (upscaled noise) with fine grain on top."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((400, 300), Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 8, (300, 400, 3))
+    return Image.fromarray(np.clip(np.asarray(base, dtype=float) + grain, 0, 255).astype(np.uint8))
+
+
+
+def test_perceptual_hash_finds_every_shrunk_copy_and_names_identical_files(tmp_path):
+    from tl_core.features.health import HASH_BITS, hash_duplicates, perceptual_hash
+
+    samples, copies = [], []
+    for i in range(8):
+        original = tmp_path / "train" / "ab"[i % 2] / f"{i}.png"
+        original.parent.mkdir(parents=True, exist_ok=True)
+        im = smooth_picture(i)
+        im.save(original)
+        copy = tmp_path / "val" / "ab"[i % 2] / f"{i}.jpg"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        im.resize((320, 240)).save(copy, quality=80)
+        samples += [Sample(str(original), i % 2, "train"), Sample(str(copy), i % 2, "val")]
+        copies.append({str(original), str(copy)})
+    same = tmp_path / "train" / "b" / "same.png"
+    shutil.copyfile(samples[0].path, same)  # class a's picture, filed under b too
+    samples.append(Sample(str(same), 1, "train"))
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    samples.append(Sample(str(tmp_path / "broken.jpg"), 0, "train"))
+    assert perceptual_hash(str(tmp_path / "broken.jpg")) is None
+
+    found = {frozenset((p.a, p.b)): p for p in hash_duplicates(samples, ["a", "b"])}
+    assert all(frozenset(c) in found for c in copies)  # 8 of 8
+    exact = found[frozenset((samples[0].path, str(same)))]
+    assert exact.exact and exact.cross_class and not exact.cross_split
+    assert not any(found[frozenset(c)].exact for c in copies)
+    unrelated = [k for k in found if k not in {frozenset(c) for c in copies} and str(same) not in k]
+    assert unrelated == [], [sorted(k) for k in unrelated]  # different pictures are not copies
+    assert all(found[frozenset(c)].similarity >= 1 - HASH_BITS / 64 for c in copies)
+

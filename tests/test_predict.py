@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import bees_val_files, cli_out, png_bytes
-from PIL import Image
+import streamlit as st
+import torch
+from helpers import HYMENOPTERA, bees_val_files, cli_out, png_bytes
+from PIL import Image, ImageDraw
+from test_app import ui  # noqa: F401  (fixture: fresh runs folder and home)
 
+from tl_core.cli.main import main
+from tl_core.config import TrainConfig
+from tl_core.data.pipeline import decode_square
 from tl_core.data.scan import load_dataset
-from tl_core.use.predict import Predictor, evaluate
+from tl_core.train.runs import CHECKED, history_rows, load_run
+from tl_core.train.trainer import train
+from tl_core.use import calibration, familiarity
+from tl_core.use.export import export, load_export
+from tl_core.use.predict import NONE_OF_THESE, UNSURE, Predictor, evaluate
 
 
 def test_predict_files_pil_and_uploads_top_k(demo_run, tmp_path):
@@ -93,3 +106,172 @@ def test_an_uploaded_zip_is_unpacked_under_generated_names_and_reruns_leave_noth
     uploads = tmp_path / "home" / "predict-uploads"
     assert [p.name for p in uploads.iterdir()] == [Path(found[0]).parents[1].name]  # one unpacked folder, no zip copies
     assert [Path(f).name for f in found] == ["1.png"]
+
+
+@pytest.fixture(scope="module")
+def bees_features_run(tmp_path_factory, real_weights) -> Path:
+    """A fitted-head run (frozen MobileNetV2, real ImageNet weights) on ants vs bees, at 128 px to stay quick."""
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent: no ants vs bees photos here")
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        result = train(str(HYMENOPTERA), TrainConfig(strategy="features", image_size=128), tmp_path_factory.mktemp("bees"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+    assert result.best_val_accuracy > 0.85
+    return Path(result.run_dir)
+
+
+def neither_class(folder: Path) -> list[Path]:
+    """Plain blue, plain white, random noise, a drawn face and an unrelated generated picture (a demo star)."""
+    from tl_core.data.demo import draw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    face = Image.new("RGB", (240, 240), (250, 225, 170))
+    d = ImageDraw.Draw(face)
+    d.ellipse((30, 30, 210, 210), fill=(245, 200, 140), outline="black", width=5)
+    d.ellipse((80, 90, 100, 110), fill="black")
+    d.ellipse((140, 90, 160, 110), fill="black")
+    d.arc((75, 110, 165, 175), 20, 160, fill="black", width=5)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 240, 3), dtype=np.uint8))
+    pictures = {"blue": Image.new("RGB", (240, 180), (0, 0, 255)), "white": Image.new("RGB", (240, 180), "white"),
+                "noise": noise, "face": face, "star": draw("star", np.random.default_rng(1), 128).convert("RGB")}
+    for name, im in pictures.items():
+        im.save(folder / f"{name}.png")
+    return [folder / f"{name}.png" for name in pictures]
+
+
+def val_pictures(run_dir: Path) -> tuple[list[str], list[str]]:
+    run = load_run(run_dir)
+    items = run.split("val")
+    return [p for p, _ in items], [run.classes[y] for _, y in items]
+
+
+def test_pictures_of_neither_class_are_answered_unsure(bees_features_run, tmp_path, capsys):
+    files = neither_class(tmp_path / "neither")
+    out = tmp_path / "answers.csv"
+    assert main(["predict", str(bees_features_run), *map(str, files), "--json", "--csv", str(out)]) == 0
+    answers = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    unsure = [a["file"] for a in answers if a["answer"] == UNSURE and a["reason"].startswith(NONE_OF_THESE)]
+    assert len(unsure) >= 4, answers
+    rows = {r["file"]: r for r in csv.DictReader(out.open())}
+    assert all(rows[f]["answer"] == UNSURE and rows[f]["why_unsure"].startswith(NONE_OF_THESE) for f in unsure)
+
+    predictor = Predictor.from_run(bees_features_run)
+    files, truth = val_pictures(bees_features_run)
+    preds = predictor.predict_many(files, top_k=1)
+    assert np.mean([not p.unfamiliar for p in preds]) >= 0.9  # validation pictures keep their class
+    answered = [p.answer(predictor.threshold) for p in preds]
+    assert np.mean([a == t for a, t in zip(answered, truth)]) >= 0.8  # and most are answered, and rightly
+
+
+def test_the_familiarity_check_uses_the_runs_own_features_and_is_kept_beside_it(bees_features_run):
+    predictor = Predictor.from_run(bees_features_run)
+    fam = predictor.familiarity
+    saved = familiarity.load(bees_features_run / familiarity.FILE, (bees_features_run / "best.safetensors").stat().st_mtime)
+    assert saved is not None and saved.threshold == fam.threshold and len(fam.reference) == len(load_run(bees_features_run).split("train"))
+    first = load_run(bees_features_run).split("train")[0][0]
+    u8 = torch.from_numpy(decode_square(first, predictor.prep.resize)[None]).permute(0, 3, 1, 2)
+    _, features = predictor.outputs(u8)
+    assert features.shape == (1, 1280)  # MobileNetV2's penultimate layer: the head's input
+    nearest = (torch.nn.functional.normalize(features, dim=1) @ fam.reference.T).max()
+    assert float(nearest) > 0.99  # a training picture is its own nearest neighbour: same weights, same features
+
+
+def test_export_carries_the_familiarity_check(bees_features_run, tmp_path):
+    path = export(bees_features_run, tmp_path / "model.zip")
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("model.json"))
+        readme = zf.read("README.md").decode()
+    threshold = Predictor.from_run(bees_features_run).familiarity.threshold
+    assert meta["familiarity"]["unsure_beyond"] == threshold and meta["familiarity"]["file"] in zipfile.ZipFile(path).namelist()
+    assert "none of the classes" in readme
+    blue, *_ = neither_class(tmp_path / "neither")
+    files = [str(blue), *val_pictures(bees_features_run)[0][::15]]
+    here = Predictor.from_run(bees_features_run).predict(files)
+    there = load_export(path).predict(files)
+    assert there[0].unfamiliar and sum(not p.unfamiliar for p in there[1:]) >= 0.8 * (len(files) - 1)
+    assert [p.unfamiliar for p in there] == [p.unfamiliar for p in here]
+
+
+def test_the_run_picker_runs_and_evaluate_show_one_labelled_accuracy(bees_features_run, capsys):
+    run = load_run(bees_features_run)
+    (run.dir / CHECKED).unlink(missing_ok=True)
+    before = run.accuracy()
+    assert not before.checked and before.value == run.summary["best_val_accuracy"]
+    assert "on val, best checkpoint (epoch 1), measured while training" in before.label()
+
+    assert main(["evaluate", str(run.dir)]) == 0
+    printed = capsys.readouterr().out
+    ev = evaluate(run)
+    after = run.accuracy()
+    assert after.checked and after.value == ev.accuracy and after.label() == ev.accuracy_label
+    assert f"accuracy: {after.label()}" in printed
+    assert main(["runs", "--runs-dir", str(run.dir.parent), "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["id"] == run.id)
+    assert row["best_val_accuracy"] == ev.accuracy and row["accuracy"] == after.label() and row["accuracy_checked"]
+    assert history_rows([run])[0]["best val acc"] == ev.accuracy
+
+
+def test_predict_page_says_unsure_for_none_of_the_classes_and_how_confidences_were_treated(
+        ui, bees_features_run, monkeypatch, tmp_path):  # noqa: F811
+    from test_app import open_page
+
+    monkeypatch.setenv("TL_STUDIO_RUNS", str(bees_features_run.parent))
+    run = load_run(bees_features_run)
+    cal = Predictor.from_run(run).calibration
+    at = open_page("app_pages/4_Predict.py")
+    assert not at.exception, at.exception
+    assert run.accuracy().label() in at.selectbox(key="predict_run").options[0]
+    assert cal.sentence() in [c.value for c in at.caption]
+    blue, white, *_ = neither_class(tmp_path / "neither")
+    files, truth = val_pictures(bees_features_run)
+    predictor = Predictor.from_run(run)
+    ant = next(f for f, t in zip(files, truth) if t == "ants" and predictor.predict([f])[0].answer(predictor.threshold) == "ants")
+    at.toggle(key="show_cam").set_value(False).run()
+    at.file_uploader(key="predict_upload").set_value(
+        [(p.name, Path(p).read_bytes(), "image/png") for p in (blue, white, Path(ant))]).run()
+    assert not at.exception, at.exception
+    answers = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert answers[0].startswith("**Unsure — looks like none of the classes**")
+    assert answers[1].startswith("**Unsure — looks like none of the classes**")
+    assert answers[2].startswith("**ants**")
+
+    kept = calibration.calibrate(*calibration_not_helped(), cal.checkpoint)  # a record where scaling did not help
+    assert not kept.applied
+    calibration.save(run.dir, kept)
+    try:
+        st.cache_resource.clear()  # the page keeps the loaded model (with its calibration) per checkpoint
+        at = open_page("app_pages/4_Predict.py")
+        captions = [c.value for c in at.caption]
+        assert kept.sentence() in captions and not any(c.startswith("Confidences are calibrated") for c in captions)
+    finally:
+        calibration.save(run.dir, cal)
+
+
+def calibration_not_helped():
+    """Validation logits that are calibrated already: temperature scaling does not lower their held-out error."""
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        logits = torch.randn(60, 2, generator=g) * 3
+        labels = torch.multinomial(logits.softmax(1), 1, generator=g).squeeze(1)
+        if not calibration.calibrate(logits, labels).applied:
+            return logits, labels
+    raise AssertionError("no calibrated sample found")
+
+
+def test_a_fine_tuned_run_tells_pictures_of_neither_class_by_its_own_features(bees_run, tmp_path):
+    from test_predict import neither_class
+
+    from tl_core.data.pipeline import decode_square
+    from tl_core.train.runs import load_run
+
+    predictor = Predictor.from_run(bees_run)
+    preds = predictor.predict(neither_class(tmp_path), top_k=1)
+    assert sum(p.answer(predictor.threshold) == UNSURE and p.unfamiliar for p in preds) >= 4
+    first = load_run(bees_run).split("train")[0][0]
+    _, features = predictor.outputs(torch.from_numpy(decode_square(first, predictor.prep.resize)[None]).permute(0, 3, 1, 2))
+    reference = predictor.familiarity.reference[0]  # made with the fine-tuned weights, not the ImageNet ones
+    assert float(torch.nn.functional.normalize(features, dim=1)[0] @ reference) > 0.99
+

@@ -91,10 +91,12 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
 def duplicates_and_outliers(ds: ImageDataset, report: HealthReport) -> None:
     decided = {o.path: o for o in load_overrides(ds)}
     if report.duplicates:
-        st.markdown("**Near-duplicates** (similar embeddings; across splits they inflate the validation score)")
-        st.dataframe(pd.DataFrame([{"similarity": p.similarity, "a": p.a, "b": p.b, "splits": f"{p.split_a} / {p.split_b}",
-                                    "classes": f"{p.class_a} / {p.class_b}", "leakage": p.cross_split,
-                                    "different classes": p.cross_class} for p in report.duplicates]),
+        st.markdown("**Near-duplicates** (similar embeddings, or copies found by their perceptual hash; across splits "
+                    "they inflate the validation score, under two classes one label is wrong)")
+        st.dataframe(pd.DataFrame([{"similarity": p.similarity, "found by": p.found_by, "a": p.a, "b": p.b,
+                                    "splits": f"{p.split_a} / {p.split_b}", "classes": f"{p.class_a} / {p.class_b}",
+                                    "leakage": p.cross_split, "different classes": p.cross_class,
+                                    "identical files": p.exact} for p in report.duplicates]),
                      hide_index=True, key="dup_table")
     if report.outliers:
         st.markdown("**Outliers**: pictures far from every other image (another subject, a placeholder, a scan), "

@@ -147,11 +147,13 @@ def cmd_predict(args) -> int:
     if args.csv:
         write_csv(predictions, args.csv, threshold)
     if args.json:
-        print(json.dumps([{**p.to_dict(), "answer": p.answer(threshold)} for p in predictions]))
+        print(json.dumps([{**p.to_dict(), "answer": p.answer(threshold), "reason": p.reason(threshold)} for p in predictions]))
     else:
         for p in predictions:
+            why = p.reason(threshold)
             print(f"{p.file}: " + (f"error: {p.error}" if p.error else
-                                   f"{p.answer(threshold)}  (" + ", ".join(f"{c} {percent(v)}" for c, v in p.top) + ")"))
+                                   f"{p.answer(threshold)}  (" + ", ".join(f"{c} {percent(v)}" for c, v in p.top) + ")"
+                                   + (f"  [{why}]" if why else "")))
     return 0
 
 
@@ -195,9 +197,12 @@ def cmd_evaluate(args) -> int:
         d.pop("predictions")
         print(json.dumps(d))
         return 0
-    print(f"accuracy on {args.split}: {percent(ev.accuracy)}")
-    print(f"expected calibration error: {percent(ev.ece)} -> {percent(ev.ece_calibrated)} after temperature scaling "
-          f"(T = {ev.temperature:.3f}, fitted on the validation split)")
+    print(f"accuracy: {ev.accuracy_label}")
+    if ev.calibration:
+        print(ev.calibration)
+    if args.split != "val":
+        print(f"expected calibration error on {args.split}: {percent(ev.ece)} raw, {percent(ev.ece_calibrated)} as predicted "
+              f"(T = {ev.temperature:.3f})")
     print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"], dict.fromkeys(("precision", "recall", "f1"), percent))
     print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
                 ["true", *ev.classes], title="confusion matrix (rows: true, columns: predicted)")
@@ -224,8 +229,7 @@ def cmd_runs(args) -> int:
     if args.json:
         print(json.dumps(rows))
     elif rows:
-        print_table(rows, ["id", "status", "best_val_accuracy", "epochs_completed", "backbone", "strategy"],
-                    {"best_val_accuracy": percent})
+        print_table(rows, ["id", "status", "accuracy", "epochs_completed", "backbone", "strategy"])
         for row in rows:
             if "error" in row:
                 print(f"{row['id']}: {row['error']}")
@@ -240,7 +244,9 @@ def _run_row(run: Run) -> dict:
 
     if reason := run.broken:
         return {"id": run.id, "status": BROKEN, "error": reason}
-    return {"id": run.id, **{k: run.summary.get(k) for k in ("status", "best_val_accuracy", "epochs_completed")},
+    acc = run.accuracy()
+    return {"id": run.id, **{k: run.summary.get(k) for k in ("status", "epochs_completed")},
+            "best_val_accuracy": acc.value, "accuracy": acc.label(), "accuracy_checked": acc.checked,
             "backbone": run.info["config"]["backbone"], "strategy": run.info["config"]["strategy"]}
 
 
@@ -382,8 +388,9 @@ def cmd_issues(args) -> int:
                 {"quality": loss})
     print(f"\nnear-duplicates ({len(report.duplicates)}):")
     for p in report.duplicates[:30]:
-        flags = ", ".join(f for f, on in (("cross-split", p.cross_split), ("cross-class", p.cross_class)) if on)
-        print(f"  {p.similarity:.3f}  {p.a}  {p.b}" + (f"  [{flags}]" if flags else ""))
+        flags = ", ".join(f for f, on in (("identical files", p.exact), ("cross-split", p.cross_split),
+                                          ("cross-class", p.cross_class)) if on)
+        print(f"  {p.similarity:.3f} ({p.found_by})  {p.a}  {p.b}" + (f"  [{flags}]" if flags else ""))
     print(f"\noutliers ({len(report.outliers)}):")
     for o in report.outliers[:30]:
         print(f"  z {o.z:.1f}  {o.path}")

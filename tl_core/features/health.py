@@ -6,6 +6,8 @@ every image is judged by a head that never saw it. Near-duplicates use centred, 
 features every photo shares (ReLU outputs are all positive) do not make unrelated pictures look alike. Outliers use
 the raw directions instead: centring turns every weakly-activating picture (noise, a document, a placeholder) into
 "minus the mean", so off-domain images become each other's close neighbours and hide (measured on ants vs bees).
+Embeddings alone miss some shrunk, re-encoded copies (cosine just under the cut), so a 64-bit DCT perceptual hash
+of every picture runs beside them: a copy keeps its hash within a few bits, and identical files are named as such.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from tl_core import plan
 from tl_core.config import TrainConfig
+from tl_core.data.images import content_hash
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
 
 NEAR_DUPLICATE = 0.75  # cosine of centred embeddings (MobileNetV2, ants vs bees): resized + re-encoded copies
 #                        scored 0.77-0.89, the closest two distinct photos 0.65
+HASH_BITS = 8  # Hamming distance of 64-bit DCT hashes counted as a copy: shrunk (80% or 50%) and re-encoded (JPEG 80
+#              or 50) copies of 57 ants vs bees photos differed by 0-4 bits, the closest two distinct photos of its 396 by 12
 OUTLIER_Z = 3.5  # robust z-score of the neighbour similarity (the usual modified z-score cut-off)
 MAX_PAIRS = 500
 TSNE_MAX = 1000  # t-SNE keeps neighbourhoods better than PCA; past this many images it takes too long
@@ -50,7 +56,13 @@ class NearDuplicate:
     split_b: str
     class_a: str
     class_b: str
-    similarity: float
+    similarity: float  # cosine of the embeddings, or the share of equal hash bits when found by the hash
+    found_by: str = "embeddings"  # or "perceptual hash", "identical files"
+
+    @property
+    def exact(self) -> bool:
+        """The very same file twice (byte for byte)."""
+        return self.found_by == IDENTICAL
 
     @property
     def cross_split(self) -> bool:
@@ -121,7 +133,7 @@ class HealthReport:
 
     def to_dict(self, with_points: bool = False) -> dict:
         d = asdict(self)
-        d["duplicates"] = [{**asdict(p), "cross_split": p.cross_split, "cross_class": p.cross_class}
+        d["duplicates"] = [{**asdict(p), "cross_split": p.cross_split, "cross_class": p.cross_class, "exact": p.exact}
                            for p in self.duplicates]
         d["balance"]["note"] = self.balance.note
         if not with_points:
@@ -166,6 +178,60 @@ def near_duplicates(e: torch.Tensor, samples: list[Sample], classes: list[str],
     return [NearDuplicate(samples[i].path, samples[j].path, samples[i].split, samples[j].split,
                           classes[samples[i].label], classes[samples[j].label], round(s, 4))
             for s, i, j in found[:MAX_PAIRS]]
+
+
+IDENTICAL, HASHED = "identical files", "perceptual hash"
+_DCT = np.cos(np.pi / 32 * (np.arange(32)[None, :] + 0.5) * np.arange(32)[:, None])  # rows: DCT-II basis of length 32
+
+
+def perceptual_hash(path: str) -> int | None:
+    """64-bit pHash: grey 32 x 32, 2-D DCT, each of the 8 x 8 lowest frequencies above or below their median (the
+    constant term left out of the median). Resizing and JPEG re-encoding move few of these bits. None: unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.draft("L", (64, 64))  # JPEG: decode at reduced size, far faster than the full picture
+            grey = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    low = (_DCT @ grey @ _DCT.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hash_duplicates(samples: list[Sample], classes: list[str], max_bits: int = HASH_BITS,
+                    block: int = 1024) -> list[NearDuplicate]:
+    """Pairs whose perceptual hashes differ in at most `max_bits` bits; identical files (same bytes) say so."""
+    hashes = [perceptual_hash(s.path) for s in samples]
+    keep = [i for i, h in enumerate(hashes) if h is not None]
+    h = np.array([hashes[i] for i in keep], dtype=np.uint64)
+    found: list[NearDuplicate] = []
+    for start in range(0, len(h), block):
+        bits = np.bitwise_count(h[start : start + block, None] ^ h[None, :])
+        for r, c in zip(*np.nonzero(bits <= max_bits)):
+            i, j = keep[start + int(r)], keep[int(c)]
+            if i < j:
+                a, b = samples[i], samples[j]
+                same = bits[r, c] == 0 and content_hash(a.path) == content_hash(b.path)
+                found.append(NearDuplicate(a.path, b.path, a.split, b.split, classes[a.label], classes[b.label],
+                                           round(1 - int(bits[r, c]) / 64, 4), IDENTICAL if same else HASHED))
+    return found
+
+
+def merge_duplicates(*found: list[NearDuplicate]) -> list[NearDuplicate]:
+    """One entry per pair (identical files first, then the hash, then embeddings), most similar first."""
+    rank = {IDENTICAL: 0, HASHED: 1}
+    best: dict[frozenset[str], NearDuplicate] = {}
+    for p in (p for pairs in found for p in pairs):
+        key = frozenset((p.a, p.b))
+        if key not in best or rank.get(p.found_by, 2) < rank.get(best[key].found_by, 2):
+            best[key] = p
+    return sorted(best.values(), key=lambda p: (rank.get(p.found_by, 2), -p.similarity))[:MAX_PAIRS]
+
+
+def copies_and_near_duplicates(e: torch.Tensor, samples: list[Sample], classes: list[str]) -> list[NearDuplicate]:
+    """Both duplicate checks: embeddings find similar pictures, the perceptual hash finds every shrunk or
+    re-encoded copy and identical files."""
+    return merge_duplicates(hash_duplicates(samples, classes), near_duplicates(e, samples, classes))
 
 
 def neighbour_outliers(x: torch.Tensor, samples: list[Sample], classes: list[str], k: int = 5,
@@ -231,7 +297,7 @@ def health_from_embeddings(x: torch.Tensor, samples: list[Sample], classes: list
     flagged, far = {s.path for s in suspects}, {o.path for o in outliers}
     points = [MapPoint(s.path, s.split, classes[s.label], float(cx), float(cy), s.path in flagged, s.path in far)
               for s, (cx, cy) in zip(samples, coords)]
-    return HealthReport(backbone, classes, len(samples), suspects, near_duplicates(e, samples, classes),
+    return HealthReport(backbone, classes, len(samples), suspects, copies_and_near_duplicates(e, samples, classes),
                         outliers, class_balance(proba, labels, samples, classes),
                         points, projection, l2, time.perf_counter() - t0)
 

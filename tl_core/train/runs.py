@@ -29,6 +29,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
     import msvcrt
+from tl_core.formats import percent
 
 
 class RunStatus(StrEnum):
@@ -46,6 +47,7 @@ FINISHED, STOPPED, FAILED, RUNNING, INTERRUPTED = (RunStatus.FINISHED, RunStatus
                                                    RunStatus.INTERRUPTED)
 BROKEN = RunStatus.BROKEN
 TRAINER_STATE = "trainer_state.pt"
+CHECKED = "checked.json"  # the best checkpoint's validation accuracy as the predictor measures it
 LOCK = "writer.lock"
 
 
@@ -311,6 +313,26 @@ def _info_problem(info: dict) -> str | None:
     if not isinstance(info.get("dataset", {}), dict):
         return "dataset is not a description"
     return None
+@dataclass(frozen=True)
+class RunAccuracy:
+    """A run's one accuracy figure and what it is. Training measures validation on its own fast path (embeddings
+    cached in bf16, BatchNorm folded); `evaluate` and the Predict page run the predictor, which can differ on a
+    borderline image. Once the predictor has measured the best checkpoint, that figure is the run's everywhere."""
+
+    value: float | None
+    epoch: int | None  # the best checkpoint's epoch
+    checked: bool  # measured by the predictor (what `evaluate` reports), not while training
+    split: str = "val"
+
+    def label(self) -> str:
+        """95.4% on val, best checkpoint (epoch 3): the same words wherever a run's accuracy is shown."""
+        return (f"{percent(self.value)} on {self.split}, best checkpoint" + (f" (epoch {self.epoch})" if self.epoch else "")
+                + ("" if self.checked else ", measured while training"))
+
+
+def record_checked_accuracy(run: Run, accuracy: float, checkpoint: float) -> None:
+    """Keep the predictor's validation accuracy of the best checkpoint (`checkpoint`: its mtime)."""
+    write_json(run.dir / CHECKED, {"split": "val", "checkpoint": checkpoint, "accuracy": accuracy})
 
 
 @dataclass
@@ -399,6 +421,18 @@ class Run:
     def has_checkpoint(self) -> bool:
         return (self.dir / "best.safetensors").exists()
 
+    def accuracy(self) -> RunAccuracy:
+        """The validation accuracy of the best checkpoint: the predictor's when it has measured this checkpoint,
+        else the training figure (labelled so)."""
+        s = self.summary
+        try:
+            checked = json.loads((self.dir / CHECKED).read_text())
+            if checked["checkpoint"] == (self.dir / "best.safetensors").stat().st_mtime:
+                return RunAccuracy(float(checked["accuracy"]), s.get("best_epoch"), True)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return RunAccuracy(s.get("best_val_accuracy"), s.get("best_epoch"), False)
+
     # -- writing
 
     def append_metrics(self, row: dict) -> None:
@@ -458,10 +492,11 @@ def history_rows(runs: list[Run]) -> list[dict]:
         if r.broken:
             rows.append({"run": r.id, "status": BROKEN, "why": r.broken})
             continue
-        s, cfg = r.summary, r.info.get("config", {})
+        s, cfg, acc = r.summary, r.info.get("config", {}), r.accuracy()
         lr = cfg.get("lr")
         rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error") or "",
-                     "best val acc": s.get("best_val_accuracy"), "epochs": s.get("epochs_completed"),
+                     "best val acc": acc.value, "measured": "by the predictor" if acc.checked else "while training",
+                     "epochs": s.get("epochs_completed"),
                      "backbone": cfg.get("backbone"), "strategy": cfg.get("strategy"),
                      "lr": "automatic" if lr is None else f"{lr:g}",
                      "batch": cfg.get("batch_size"), "dataset": r.info.get("dataset", {}).get("name"),

@@ -5,6 +5,8 @@ The ONNX files take the decoded picture (uint8 N x H x W x 3, any size) and hold
 normalisation (`onnx_pictures`); safetensors and TorchScript map a normalised N x 3 x crop x crop float batch.
 All output calibrated probabilities (softmax(logits / T), T fitted on the validation split), exactly what the
 Predict page shows.
+When the run has a familiarity reference (tl_core.use.familiarity), the zip carries it too, with its threshold
+in model.json, so a picture of none of the classes can be answered "unsure" outside TL Studio as well.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tl_core.data.sources import Sample
 from tl_core.devices import pick_device
 from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import Run, load_run
-from tl_core.use import model_card, onnx_pictures
+from tl_core.use import familiarity, model_card, onnx_pictures
 from tl_core.use.calibration import Calibration
 from tl_core.use.predict import Predictor, build_model
 
@@ -132,6 +134,8 @@ def export(run: Run | str | Path, dest: str | Path, fmt: str = "safetensors") ->
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.write(model_file, MODEL_FILES[fmt])
             zf.writestr("model.json", json.dumps(meta, indent=1))
+            if predictor.familiarity is not None:
+                zf.writestr(familiarity.FILE, predictor.familiarity.to_bytes())
             zf.writestr("MODEL_CARD.md", card)
         tmp.replace(dest)
     except Exception as e:
@@ -153,7 +157,17 @@ def _meta(run: Run, predictor: Predictor, fmt: str) -> dict:
             "output": "probabilities N x classes (temperature-calibrated softmax)",
             "temperature": predictor.temperature, "unsure_below": predictor.threshold, "run": run.id,
             "calibration": predictor.calibration.to_dict() if predictor.calibration else None,
-            "best_val_accuracy": run.summary.get("best_val_accuracy")}
+            "familiarity": _familiarity_meta(predictor), "best_val_accuracy": run.accuracy().value}
+
+
+def _familiarity_meta(predictor: Predictor) -> dict | None:
+    """How to tell a picture of none of the classes: what the reference file holds and the distance threshold."""
+    fam = predictor.familiarity
+    if fam is None:
+        return None
+    return {"file": familiarity.FILE, "head": predictor.head, "k": familiarity.K, "unsure_beyond": fam.threshold,
+            "how": "features = the input of the head module; distance = 1 - mean cosine similarity to the k nearest "
+                   "rows of `reference` (unit-length training embeddings); beyond `unsure_beyond` the answer is unsure"}
 
 
 def _check_batch(run: Run, predictor: Predictor) -> torch.Tensor:
@@ -314,9 +328,11 @@ def load_export(path: str | Path, device: str | None = None) -> Predictor:
         if meta.get("format") != FORMAT_TAG or meta.get("file", MODEL_FILES["safetensors"]) != MODEL_FILES["safetensors"]:
             raise ValueError(f"{path} is not a TL Studio safetensors export.")
         state = load(zf.read("model.safetensors"))
+        fam = familiarity.from_bytes(zf.read(familiarity.FILE)) if meta.get("familiarity") else None
     model = build_model(meta["backbone"], len(meta["classes"]), meta["head"], state)
     cal = Calibration(**meta["calibration"]) if meta.get("calibration") else None
-    return Predictor(model, meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), pick_device(device), meta["backbone"], cal)
+    return Predictor(model, meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), pick_device(device), meta["backbone"], cal,
+                     meta["head"], fam)
 
 
 # ---------------------------------------------------------------- the card's file section and examples
@@ -368,4 +384,13 @@ def file_section(meta: dict) -> str:
     return f"""- `{meta["file"]}`: the network. Input: {meta["input"]}. Output `probabilities`: {meta["output"]},
   temperature {meta["temperature"]:.4f}.
 - `model.json`: classes (output order), preprocessing, temperature, unsure threshold, this check.
-- Checked after writing: {describe_check(meta)}."""
+{_familiarity_readme(meta)}- Checked after writing: {describe_check(meta)}."""
+
+
+def _familiarity_readme(meta: dict) -> str:
+    fam = meta.get("familiarity")
+    if not fam:
+        return ""
+    return (f"- `{fam['file']}`: training embeddings (`reference`); a picture whose features (the input of "
+            f"`{fam['head']}`) are at mean cosine distance over {fam['unsure_beyond']:.3f} from their {fam['k']} nearest "
+            "rows looks like none of the classes: answer \"unsure\".\n")

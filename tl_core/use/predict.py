@@ -6,7 +6,8 @@ import csv
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -21,14 +22,17 @@ from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hid
 from tl_core.data.pipeline import Batcher, decode_square, square
 from tl_core.data.sources import safe_extract
 from tl_core.devices import fast_dtype, inference_batch, pick_device
+from tl_core.formats import percent
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
-from tl_core.train.runs import Run, load_run
-from tl_core.use import calibration
+from tl_core.train.runs import Run, load_run, record_checked_accuracy
+from tl_core.use import calibration, familiarity
 from tl_core.use.calibration import Calibration
+from tl_core.use.familiarity import Familiarity
 
 ImageInput = str | Path | Image.Image | BinaryIO
 UNSURE = "unsure / none of these"
+NONE_OF_THESE = "looks like none of the classes"
 
 
 @dataclass
@@ -36,15 +40,36 @@ class Prediction:
     file: str
     top: list[tuple[str, float]]
     error: str | None = None
+    distance: float | None = None  # from the training pictures (tl_core.use.familiarity); None: not measured
+    familiar_within: float | None = None  # the run's threshold on that distance
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {})}
+        return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {}),
+                **({"distance": self.distance, "familiar_within": self.familiar_within} if self.distance is not None else {})}
+
+    @property
+    def unfamiliar(self) -> bool:
+        """Further from the training pictures than the run's validation pictures are: of none of the classes."""
+        return self.distance is not None and self.familiar_within is not None and self.distance > self.familiar_within
 
     def answer(self, threshold: float) -> str:
-        """The top class, or UNSURE when even it is below `threshold` (calibrated confidence)."""
+        """The top class, or UNSURE when the picture is unlike the training pictures or even the top class is below
+        `threshold` (calibrated confidence)."""
         if not self.top:
             return ""
-        return self.top[0][0] if self.top[0][1] >= threshold else UNSURE
+        return UNSURE if self.reason(threshold) else self.top[0][0]
+
+    def reason(self, threshold: float) -> str:
+        """Why the answer is UNSURE, in words; "" when it is a class."""
+        if not self.top:
+            return ""
+        best, prob = self.top[0]
+        if self.unfamiliar:
+            return (f"{NONE_OF_THESE}: unlike every training picture (distance {self.distance:.2f}, validation pictures "
+                    f"lie within {self.familiar_within:.2f}); the softmax alone would say {best} {percent(prob)}")
+        if prob < threshold:
+            return f"not sure which class: best guess {best} at {percent(prob)}, below {percent(threshold)}"
+        return ""
 
 
 def build_model(backbone: str, num_classes: int, head: str, state: dict[str, torch.Tensor],
@@ -65,15 +90,18 @@ def build_model(backbone: str, num_classes: int, head: str, state: dict[str, tor
 
 
 class Predictor:
-    """A trained model ready to classify: probabilities are softmax(logits / temperature), i.e. calibrated."""
+    """A trained model ready to classify: probabilities are softmax(logits / temperature), i.e. calibrated, and
+    with `familiarity` each picture's distance from the training pictures (read from the head's input)."""
 
     def __init__(self, model: nn.Module, classes: list[str], prep: Preprocessing, device: torch.device,
-                 backbone: str | None = None, calibration: Calibration | None = None):
+                 backbone: str | None = None, calibration: Calibration | None = None, head: str | None = None,
+                 familiarity: Familiarity | None = None):
         self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.classes, self.prep, self.device, self.backbone = classes, prep, device, backbone
+        self.classes, self.prep, self.device, self.backbone, self.head = classes, prep, device, backbone, head
         self.batcher = Batcher(prep, device, "none")
         self.dtype = fast_dtype(device)
         self.calibration = calibration
+        self.familiarity = familiarity
 
     @property
     def temperature(self) -> float:
@@ -87,20 +115,36 @@ class Predictor:
     @classmethod
     def from_run(cls, run: Run | str | Path, device: str | None = None, which: str = "best") -> Predictor:
         run = run if isinstance(run, Run) else load_run(run)
-        predictor = cls(*model_parts(run, which), pick_device(device), run.info["config"]["backbone"])
+        predictor = cls(*model_parts(run, which), pick_device(device), run.info["config"]["backbone"], head=run.info["head"])
         if which == "best":
-            predictor.calibration = calibration_of(run, predictor)
+            predictor.calibration, predictor.familiarity = held_out_records(run, predictor)
         return predictor
 
-    def logits(self, u8: torch.Tensor) -> torch.Tensor:
+    @contextmanager
+    def _head_input(self) -> Iterator[list[torch.Tensor]]:
+        """Collects what the head receives on each forward pass (the penultimate features), while inside."""
+        caught: list[torch.Tensor] = []
+        if self.head is None:
+            yield caught
+            return
+        hook = self.model.get_submodule(self.head).register_forward_hook(lambda m, i, o: caught.append(pooled(i[0])))
+        try:
+            yield caught
+        finally:
+            hook.remove()
+
+    def outputs(self, u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, C], penultimate features [N, D]) in one pass; features are [N, 0] when the head is unknown."""
         out, batch_size = [], inference_batch(self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with (self._head_input() as caught, torch.inference_mode(),
+              torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)):
             for i in range(0, len(u8), batch_size):
                 out.append(self.model(self.batcher.eval(u8[i : i + batch_size])).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+        logits = torch.cat(out) if out else torch.empty(0, len(self.classes))
+        return logits, torch.cat(caught) if caught else torch.empty(len(logits), 0)
 
     def probabilities(self, u8: torch.Tensor) -> torch.Tensor:
-        return (self.logits(u8) / self.temperature).softmax(1)
+        return (self.outputs(u8)[0] / self.temperature).softmax(1)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) per image; an unreadable image gets its reason, not an exception."""
@@ -114,16 +158,20 @@ class Predictor:
             except BadImage as e:
                 errors[i] = str(e)
         u8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
-        probs = iter(self.probabilities(u8))
+        logits, features = self.outputs(u8)
+        fam = self.familiarity if self.familiarity is not None and features.shape[1] else None
+        distances = iter(fam.distance(features).tolist() if fam else [None] * len(logits))
+        probs = iter((logits / self.temperature).softmax(1))
         k = min(top_k, len(self.classes))
         results = []
         for i, name in enumerate(names):
             if i in errors:
                 results.append(Prediction(name, [], errors[i]))
                 continue
-            p = next(probs)
+            p, d = next(probs), next(distances)
             values, idx = p.topk(k)
-            results.append(Prediction(name, [(self.classes[j], round(float(v), 6)) for v, j in zip(values, idx)]))
+            results.append(Prediction(name, [(self.classes[j], round(float(v), 6)) for v, j in zip(values, idx)], None,
+                                      None if d is None else round(d, 6), fam.threshold if fam else None))
         return results
 
 
@@ -142,7 +190,8 @@ def prediction_rows(predictions: Sequence[Prediction], threshold: float) -> list
     """One flat row per image (the batch table and its CSV): answer, then every top-k class and probability."""
     rows = []
     for p in predictions:
-        row = {"file": p.file, "answer": p.answer(threshold), "confidence": p.top[0][1] if p.top else None}
+        row = {"file": p.file, "answer": p.answer(threshold), "why_unsure": p.reason(threshold),
+               "confidence": p.top[0][1] if p.top else None, "distance": p.distance}
         for i, (c, v) in enumerate(p.top, 1):
             row[f"top{i}"], row[f"top{i}_probability"] = c, v
         rows.append({**row, "error": p.error or ""})
@@ -232,12 +281,21 @@ class Evaluation:
     predictions: list[dict] = field(default_factory=list)  # every image: file, true, predicted, confidence
     skipped: list[dict] = field(default_factory=list)
     ece: float | None = None  # expected calibration error of the raw softmax on this split
-    ece_calibrated: float | None = None  # ... after temperature scaling (fitted on the validation split)
+    ece_calibrated: float | None = None  # ... of the confidences predictions use (held out; = ece when not applied)
     temperature: float = 1.0
     threshold: float | None = None  # default "unsure" confidence (from the validation split)
+    calibration: str = ""  # what was done to the confidences, in a sentence
+    checkpoint: str = "best"
+    epoch: int | None = None  # the epoch that checkpoint is from
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def accuracy_label(self) -> str:
+        """Which figure this is: split and checkpoint, as the run picker and `runs` label theirs."""
+        return f"{percent(self.accuracy)} on {self.split}, {self.checkpoint} checkpoint" + (
+            f" (epoch {self.epoch})" if self.epoch else "")
 
     def cell(self, true: str, predicted: str) -> list[dict]:
         """The images behind one confusion-matrix cell, most confident first."""
@@ -249,14 +307,31 @@ def checkpoint_stamp(run: Run) -> float:
     return (run.dir / "best.safetensors").stat().st_mtime
 
 
-def split_logits(run: Run, predictor: Predictor, split: str, progress: Callable[[int, int], None] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[dict]]:
-    """Raw logits of one of the run's own splits: (logits, labels, files, skipped files with reasons)."""
+@dataclass
+class SplitOutputs:
+    """One pass of the predictor over one of the run's own splits."""
+
+    logits: torch.Tensor
+    features: torch.Tensor  # penultimate features (the head's input); [N, 0] when the head is unknown
+    labels: torch.Tensor
+    files: list[str]
+    skipped: list[dict]  # files that could not be read, with why
+
+    @property
+    def accuracy(self) -> float:
+        return int((self.logits.argmax(1) == self.labels).sum()) / len(self.labels) if len(self.labels) else 0.0
+
+
+def split_outputs(run: Run, predictor: Predictor, split: str, progress: Callable[[int, int], None] | None = None,
+                  at_most: int | None = None) -> SplitOutputs:
+    """Logits and features of one of the run's splits (`at_most` images, evenly spaced, when given)."""
     items = run.split(split)
     if not items:
         raise ValueError(f"Run {run.id} has no {split!r} split.")
+    if at_most:
+        items = items[:: max(1, -(-len(items) // at_most))]
     size = predictor.prep.resize
-    logits, labels, files, skipped = [], [], [], []
+    logits, features, labels, files, skipped = [], [], [], [], []
     for start in range(0, len(items), 64):
         arrays = []
         for path, label in items[start : start + 64]:
@@ -267,41 +342,64 @@ def split_logits(run: Run, predictor: Predictor, split: str, progress: Callable[
             except (BadImage, OSError) as e:
                 skipped.append({"file": path, "reason": str(e)})
         if arrays:
-            logits.append(predictor.logits(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)))
+            lg, ft = predictor.outputs(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+            logits.append(lg)
+            features.append(ft)
         if progress:
             progress(min(start + 64, len(items)), len(items))
-    out = torch.cat(logits) if logits else torch.empty(0, len(run.classes))
-    return out, torch.tensor(labels, dtype=torch.long), files, skipped
+    return SplitOutputs(torch.cat(logits) if logits else torch.empty(0, len(run.classes)),
+                        torch.cat(features) if features else torch.empty(0, 0),
+                        torch.tensor(labels, dtype=torch.long), files, skipped)
 
 
-def calibration_of(run: Run, predictor: Predictor) -> Calibration | None:
-    """The run's calibration for its current best checkpoint, fitted on the validation split when missing."""
+def calibration_of(run: Run, predictor: Predictor, val: SplitOutputs | None = None) -> Calibration | None:
+    """The run's calibration for its current best checkpoint, fitted on the validation split when missing (from
+    `val` when that pass is already done); the checkpoint's validation accuracy is recorded with it."""
     stamp = checkpoint_stamp(run)
     cal = calibration.load(run.dir, stamp)
     if cal is None and run.split("val"):
-        logits, labels, _, _ = split_logits(run, predictor, "val")
-        cal = calibration.calibrate(logits, labels, stamp)
+        val = val or split_outputs(run, predictor, "val")
+        cal = calibration.calibrate(val.logits, val.labels, stamp)
         calibration.save(run.dir, cal)
+        record_checked_accuracy(run, val.accuracy, stamp)
     return cal
+
+
+def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = None) -> Familiarity | None:
+    """How far pictures may be from the training pictures, for the current best checkpoint's own features; measured
+    once (training and validation images) and kept beside the run. None without a validation split to set it on."""
+    stamp = checkpoint_stamp(run)
+    fam = familiarity.load(run.dir / familiarity.FILE, stamp)
+    if fam is None and predictor.head and run.split("val") and run.split("train"):
+        val = val or split_outputs(run, predictor, "val")
+        train = split_outputs(run, predictor, "train", at_most=familiarity.MAX_REFERENCE)
+        fam = familiarity.fit(train.features, val.features, stamp)
+        fam.save(run.dir)
+    return fam
+
+
+def held_out_records(run: Run, predictor: Predictor) -> tuple[Calibration | None, Familiarity | None]:
+    """Calibration and familiarity of the best checkpoint, sharing one validation pass when either is missing."""
+    stamp = checkpoint_stamp(run)
+    missing = calibration.load(run.dir, stamp) is None or familiarity.load(run.dir / familiarity.FILE, stamp) is None
+    val = split_outputs(run, predictor, "val") if missing and run.split("val") else None
+    return calibration_of(run, predictor, val), familiarity_of(run, predictor, val)
 
 
 def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
-    """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration on the run's own split.
-
-    Confidences are calibrated (temperature fitted on the validation split; evaluating "val" refits it).
-    """
+    """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of the best checkpoint
+    on one of the run's own splits. The validation accuracy is recorded, so the run picker and `runs` show it."""
     run = run if isinstance(run, Run) else load_run(run)
-    predictor = Predictor.from_run(run, device) if split != "val" else Predictor(
-        *model_parts(run), pick_device(device), run.info["config"]["backbone"])
-    logits, labels, files, skipped = split_logits(run, predictor, split, progress)
+    predictor = Predictor(*model_parts(run), pick_device(device), run.info["config"]["backbone"], head=run.info["head"])
+    out = split_outputs(run, predictor, split, progress)
+    predictor.calibration = cal = calibration_of(run, predictor, out if split == "val" else None)
     if split == "val":
-        predictor.calibration = calibration.calibrate(logits, labels, checkpoint_stamp(run))
-        calibration.save(run.dir, predictor.calibration)
-    probs = (logits / predictor.temperature).softmax(1)
+        record_checked_accuracy(run, out.accuracy, checkpoint_stamp(run))
+    logits, labels, probs = out.logits, out.labels, (out.logits / predictor.temperature).softmax(1)
     classes = run.classes
     preds = []
-    for path, label, p in zip(files, labels.tolist(), probs):
+    for path, label, p in zip(out.files, labels.tolist(), probs):
         j = int(p.argmax())
         preds.append({"file": path, "true": classes[label], "predicted": classes[j],
                       "confidence": round(float(p[j]), 6), "true_probability": round(float(p[label]), 6)})
@@ -319,9 +417,19 @@ def evaluate(run: Run | str | Path, split: str = "val", device: str | None = Non
                           "f1": round(float(f1), 4), "support": int(cm[i].sum())})
     mistakes = sorted((p for p in preds if p["true"] != p["predicted"]), key=lambda p: -p["confidence"])
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0
-    return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, skipped,
-                      round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6),
-                      predictor.temperature, predictor.threshold)
+    if split == "val" and cal is not None:  # the held-out figures the calibration decision was made on
+        ece_raw, ece_used = cal.ece, cal.ece_calibrated
+    else:
+        ece_raw, ece_used = round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6)
+    return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, out.skipped, ece_raw, ece_used,
+                      predictor.temperature, predictor.threshold, cal.sentence() if cal else "", "best",
+                      run.summary.get("best_epoch"))
+
+
+def pooled(x: torch.Tensor) -> torch.Tensor:
+    """The head's input as one vector per image (a convolutional head's input averaged over its positions)."""
+    x = x.detach().float()
+    return (x.mean(tuple(range(2, x.ndim))) if x.ndim > 2 else x).cpu()
 
 
 def model_parts(run: Run, which: str = "best") -> tuple[nn.Module, list[str], Preprocessing]:
