@@ -13,7 +13,7 @@ from tl_core.use.predict import UNSURE
 
 
 def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):  # noqa: F811
-    from test_app import open_page, st_home
+    from helpers import open_page, st_home
 
     home = Path(st_home())
     train("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", epochs=1, batch_size=16,

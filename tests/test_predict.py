@@ -15,7 +15,6 @@ import streamlit as st
 import torch
 from helpers import HYMENOPTERA, bees_val_files, cli_out, png_bytes
 from PIL import Image, ImageDraw
-from test_app import ui  # noqa: F401  (fixture: fresh runs folder and home)
 
 from tl_core.cli.main import main
 from tl_core.config import TrainConfig
@@ -216,7 +215,7 @@ def test_the_run_picker_runs_and_evaluate_show_one_labelled_accuracy(bees_featur
 
 def test_predict_page_says_unsure_for_none_of_the_classes_and_how_confidences_were_treated(
         ui, bees_features_run, monkeypatch, tmp_path):  # noqa: F811
-    from test_app import open_page
+    from helpers import open_page
 
     monkeypatch.setenv("TL_STUDIO_RUNS", str(bees_features_run.parent))
     run = load_run(bees_features_run)
@@ -262,8 +261,6 @@ def calibration_not_helped():
 
 
 def test_a_fine_tuned_run_tells_pictures_of_neither_class_by_its_own_features(bees_run, tmp_path):
-    from test_predict import neither_class
-
     from tl_core.data.pipeline import decode_square
     from tl_core.train.runs import load_run
 
