@@ -109,7 +109,7 @@ def preprocessing_only(prep: Preprocessing):
     graph = helper.make_graph(nodes, "prep", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", "h", "w", 3])],
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)], consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    return onnx_pictures.session(model.SerializeToString())
+    return onnx_pictures.inference(model.SerializeToString())
 
 
 @pytest.mark.parametrize("prep", [IMAGENET, Preprocessing(64, 64, IMAGENET.mean, IMAGENET.std)], ids=["crop", "whole"])

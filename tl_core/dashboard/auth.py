@@ -1,7 +1,7 @@
 """Who may use the dashboard: anyone on this machine; from elsewhere, only with the password (Jupyter's model).
 
 Pure logic, no Streamlit: `app_pages/ui/auth.py` renders the in-page gate and `tl_core/dashboard/gate.py` closes
-Streamlit's own HTTP routes and websocket; both ask this module, so one throttle and one session key serve both.
+Streamlit's own HTTP routes and websocket; both ask this module, so one throttle and one signing key serve both.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ THROTTLE = Throttle()  # one per server process: the page form and the HTTP sign
 
 
 def attempt(password: str | None, expected: str | None, address: str, *keys: str) -> float | None:
-    """One sign-in attempt from `address` (plus other keys such as the browser session): None when it is let in,
+    """One sign-in attempt from `address` (plus other keys such as the browser tab): None when it is let in,
     else the seconds to wait before the next try. Refused attempts are logged without the guess."""
     keys, throttle = (f"address:{address}", *keys), THROTTLE
     waiting = throttle.wait(*keys)
@@ -114,7 +114,7 @@ def _signature(expires: int, expected: str) -> str:
 
 
 def session_token(expected: str, now: float | None = None) -> str:
-    """The value of the session cookie a successful sign-in sets."""
+    """The value of the sign-in cookie a successful sign-in sets."""
     expires = int((time.time() if now is None else now) + SESSION_S)
     return f"{expires}.{_signature(expires, expected)}"
 

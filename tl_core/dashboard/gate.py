@@ -3,7 +3,7 @@
 The page form alone guards only what the app script draws: Streamlit's routes (uploads, media, metrics, host
 config) and the websocket's own messages (upload URLs, `clear_cache`, the script path in the first message) work
 for anyone who can connect. This ASGI middleware, given to `st.App` by `streamlit_app.py`, closes all of them: an
-exposed server answers a client without a valid signed session cookie with the sign-in page (401) for page routes,
+exposed server answers a client without a valid signed sign-in cookie with the sign-in page (401) for page routes,
 403 for every other route, and refuses the websocket before the handshake. Only the health check and the sign-in
 route stay open; a right password there sets the cookie. On localhost (the default) it passes everything through.
 """
@@ -98,7 +98,7 @@ class SignInGate:
         return morsel.value if morsel else None
 
     async def _answer(self, scope: Scope, receive: Receive, path: str, base: str, expected: str | None) -> Response:
-        """What a client without a session gets: the sign-in page, its answer, or a refusal."""
+        """What a client not signed in gets: the sign-in page, its answer, or a refusal."""
         if not expected:
             return PlainTextResponse(f"This server is reachable from other machines and no password is set: set "
                                      f"{auth.PASSWORD_ENV} and restart, or listen on localhost.", 403)

@@ -348,10 +348,10 @@ x = x.transpose(2, 0, 1)[None].astype(np.float32)
 
 _ONNX = """import zipfile, numpy as np, onnxruntime as ort
 from PIL import Image
-session = ort.InferenceSession(zipfile.ZipFile("model.zip").read("model.onnx"))
-classes = session.get_modelmeta().custom_metadata_map["classes"].split("\\n")
+model = ort.InferenceSession(zipfile.ZipFile("model.zip").read("model.onnx"))
+classes = model.get_modelmeta().custom_metadata_map["classes"].split("\\n")
 pixels = np.asarray(Image.open("photo.jpg").convert("RGB"))[None]  # any size: resize and crop are in the file
-probs = session.run(None, {"pixels": pixels})[0][0]
+probs = model.run(None, {"pixels": pixels})[0][0]
 print(classes[probs.argmax()], probs.max())
 """
 

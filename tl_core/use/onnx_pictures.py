@@ -119,7 +119,7 @@ def picture(path: str | Path) -> np.ndarray:
     return np.asarray(open_rgb(path))[None]
 
 
-def session(model: str | Path | bytes):
+def inference(model: str | Path | bytes):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -130,13 +130,13 @@ def session(model: str | Path | bytes):
 
 def probabilities(model: str | Path | bytes, pictures: Sequence[np.ndarray]) -> np.ndarray:
     """Probabilities of each picture (one run each: pictures differ in size)."""
-    s = session(model)
+    s = inference(model)
     return np.concatenate([s.run([OUTPUT], {INPUT: x})[0] for x in pictures])
 
 
 def seconds_per_picture(model: str | Path | bytes, pictures: Sequence[np.ndarray], repeats: int = 3) -> float:
     """Median over `repeats` passes of the mean time per picture, after one warm-up pass."""
-    s = session(model)
+    s = inference(model)
     for x in pictures[:2]:
         s.run([OUTPUT], {INPUT: x})
     passes = []
