@@ -1,3 +1,5 @@
+import time
+
 from tl_core.config import TrainConfig
 from tl_core.data.scan import scan
 from tl_core.data.sources import DatasetSpec
@@ -14,3 +16,18 @@ def test_measured_speed_is_cached_per_device_and_feeds_the_estimate():
     full = estimate(report, TrainConfig(backbone="mobilenet_v3_small", strategy="full", epochs=10), s)
     assert 0 < features.seconds < full.seconds  # embedding once is cheaper than training the network every epoch
     assert set(full.phases) >= {"decoding", "training", "validation"} and "embedding" in features.phases
+
+
+def test_warm_up_lasts_as_long_as_the_cold_start():
+    """A backbone that keeps getting faster for seven calls (kernel selection, weight packing) is timed once steady."""
+    import torch
+
+    calls = []
+
+    def cold_start():
+        calls.append(1)
+        time.sleep(0.2 / 1.6 ** (len(calls) - 1) if len(calls) <= 7 else 0.002)  # 200, 125, 78 ... 12 ms, then 2 ms
+
+    assert speed.median_seconds(cold_start, torch.device("cpu"), warmup=3, reps=5) < 0.008  # a fixed 3 gave 19 ms
+    assert len(calls) >= 7 + 3  # every cold call was a warm-up call, then at least three timed ones
+
