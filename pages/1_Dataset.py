@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages.ui.data_health import render_data_health
-from pages.ui.shared import choices, choose, dataset_label, page_setup, scan_report
+from pages.ui.shared import choices, choose, dataset_label, flash, page_setup, scan_report
 from tl_core import paths
 from tl_core.data import builder
 from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
@@ -21,6 +21,17 @@ def relative_name(path: str, root: str) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return Path(path).name
+
+
+
+def add_class(folder: Path) -> None:
+    """The Add class button's callback: create the class, then empty the field for the next name."""
+    try:
+        builder.add_class(folder, st.session_state.build_class)
+        st.session_state.build_class = ""
+    except DatasetError as e:
+        st.session_state.build_class_error = str(e)
+
 
 spec = choices().dataset
 
@@ -68,26 +79,32 @@ elif source == "Build in the browser":
         st.error(str(e))
         st.stop()
     a, b = st.columns([3, 1])
-    new_class = a.text_input("New class", key="build_class", placeholder="e.g. cats")
-    if b.button("Add class", key="build_add_class", disabled=not new_class):
-        try:
-            builder.add_class(folder, new_class)
-            st.rerun()
-        except DatasetError as e:
-            st.error(str(e))
+    a.text_input("New class", key="build_class", placeholder="e.g. cats")
+    b.button("Add class", key="build_add_class", on_click=add_class, args=(folder,),
+             disabled=not st.session_state.get("build_class"))
+    if st.session_state.get("build_class_error"):
+        st.error(st.session_state.pop("build_class_error"))
     counts = builder.class_counts(folder)
     if counts:
         target = st.selectbox("Add pictures to", list(counts), key="build_target")
+        batch = st.session_state.setdefault("build_batch", 0)  # a new uploader after each add: files never carry over
         files = st.file_uploader("Pictures", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
-                                 accept_multiple_files=True, key="build_files") or []
-        shot = st.camera_input("Or take a picture with the webcam", key="build_camera")
+                                 accept_multiple_files=True, key=f"build_files_{batch}") or []
+        shot = st.camera_input("Or take a picture with the webcam", key=f"build_camera_{batch}")
         if st.button(f"Add to {target}", key="build_add_images", disabled=not files and shot is None):
+            added, refused = 0, []
             for f in [*files, *([shot] if shot is not None else [])]:
                 try:
                     builder.add_image(folder, target, f.getvalue())
+                    added += 1
                 except DatasetError as e:
-                    st.error(f"{f.name}: {e}")
-            counts = builder.class_counts(folder)
+                    refused.append(f"{f.name}: {e}")
+            st.session_state.build_batch = batch + 1
+            st.session_state.build_refused = refused
+            flash(f"Added {added} picture(s) to {target}.")
+            st.rerun()
+        for line in st.session_state.get("build_refused", []):
+            st.error(line)
         st.dataframe(pd.DataFrame([{"class": c, "images": n} for c, n in counts.items()]), hide_index=True, key="build_counts")
         ready = sum(n >= 2 for n in counts.values()) >= 2
         if st.button("Use this dataset", key="build_use", type="primary", disabled=not ready,

@@ -265,18 +265,27 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
     for name in ("cats", "dogs"):
         at.text_input(key="build_class").set_value(name).run()
         at.button(key="build_add_class").click().run()
+        assert at.text_input(key="build_class").value == ""  # the field is ready for the next name
 
     def png(colour) -> bytes:
         buf = io.BytesIO()
         Image.new("RGB", (40, 40), colour).save(buf, "PNG")
         return buf.getvalue()
 
+    def uploader():
+        return next(u for u in at.get("file_uploader") if u.key and u.key.startswith("build_files"))
+
     for cls, colours in (("cats", [(200, 0, 0), (190, 10, 0)]), ("dogs", [(0, 0, 200), (0, 10, 190)])):
         at.selectbox(key="build_target").set_value(cls).run()
-        at.file_uploader(key="build_files").set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
-                                                      + [("junk.png", b"not an image", "image/png")]).run()
+        uploader().set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
+                             + [("junk.png", b"not an image", "image/png")]).run()
         at.button(key="build_add_images").click().run()
         assert any("junk.png" in e.value and "Not added" in e.value for e in at.error)
+        assert not uploader().value and at.button(key="build_add_images").disabled  # nothing carries over to the next class
+    at.selectbox(key="build_target").set_value("dogs").run()
+    uploader().set_value([("cats0-again.png", png((200, 0, 0)), "image/png")]).run()  # a cat picture offered as a dog
+    at.button(key="build_add_images").click().run()
+    assert any("cats0-again.png" in e.value and "already in 'cats'" in e.value for e in at.error)
     counts = next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "images"])
     assert dict(zip(counts["class"], counts["images"])) == {"cats": 2, "dogs": 2}
     at.button(key="build_use").click().run()
