@@ -20,7 +20,7 @@ spec, name = choices().dataset, chosen_backbone()
 info = next(r for r in backbone_rows() if r.name == name)
 jobs = job_manager()
 running = jobs.active()
-last = latest_finished(paths.runs_dir())
+last = latest_finished(paths.runs_dir(), spec.source)  # of this dataset: another's run is no answer here
 
 
 def step(column, number: int, title: str, done: bool, body: str, page: str, link: str) -> None:
@@ -44,8 +44,8 @@ if running:
     s = running.snapshot()
     train_text = f"Job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}."
 elif last:
-    train_text = (f"Last trained: **{last.id}**, best val accuracy {percent(last.summary.get('best_val_accuracy') or 0)}. "
-                  "Classify images, evaluate, download it.")
+    train_text = (f"Last trained on this dataset: **{last.id}**, best val accuracy "
+                  f"{percent(last.summary.get('best_val_accuracy') or 0)}. Classify images, evaluate, download it.")
 else:
     train_text = "No trained model yet."
 c1, c2, c3 = st.columns(3)

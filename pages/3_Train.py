@@ -176,7 +176,7 @@ else:
 
     st.markdown("**Manage a run**")
     a, b, c = st.columns([3, 1, 2])
-    target_id = a.selectbox("Run", [r.id for r in runs[:50]], key="manage_run")
+    target_id = a.selectbox("Run", [r.id for r in runs[:50]], key=f"manage_run_{runs[0].id}")  # a new run: it is the default
     target = next(r for r in runs if r.id == target_id)
     status = RunStatus.BROKEN if target.broken else target.summary.get("status")
     resumable = status in (RunStatus.STOPPED, RunStatus.INTERRUPTED, RunStatus.FAILED)
@@ -188,7 +188,8 @@ else:
             st.rerun()
         except (JobBusy, ValueError) as err:
             st.error(str(err))
-    sure = c.checkbox(f"Yes, delete {target.id}", key="run_delete_confirm", disabled=status == RunStatus.RUNNING)
+    sure = c.checkbox(f"Yes, delete {target.id}", key=f"run_delete_confirm_{target.id}",  # one run's, never the next's
+                      disabled=status == RunStatus.RUNNING)
     if c.button("Delete", key="run_delete", disabled=not sure):
         try:
             delete_run(target)

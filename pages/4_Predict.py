@@ -15,7 +15,7 @@ from tl_core import paths
 from tl_core.data.images import BadImage
 from tl_core.data.sources import DatasetError, resolve_in_root
 from tl_core.formats import TABLE_PERCENT, percent, points
-from tl_core.train.runs import latest_finished, list_runs
+from tl_core.train.runs import Run, latest_finished, list_runs
 from tl_core.use.explain import explain
 from tl_core.use.export import FORMATS, ExportError, export, load_check
 from tl_core.use.predict import UNSURE, Predictor, evaluate, expand_inputs, prediction_rows
@@ -26,12 +26,21 @@ if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")
     st.stop()
 
+
+
+def run_label(r: Run) -> str:
+    """Which data, which backbone, when, how good: runs of different datasets are never mistaken for each other."""
+    dataset = r.info.get("dataset") or {}
+    return (f"{dataset.get('name') or '?'} · {r.info['config'].get('backbone')} · {r.started} · "
+            f"best val acc {percent(r.summary.get('best_val_accuracy'))} ({r.id})")
+
+
 default = choices().run
 ids = [r.id for r in runs]
-latest = latest_finished(paths.runs_dir())
+latest = latest_finished(paths.runs_dir(), choices().dataset.source) or latest_finished(paths.runs_dir())
 index = ids.index(default) if default in ids else ids.index(latest.id) if latest and latest.id in ids else 0
-best_acc = {r.id: r.summary.get("best_val_accuracy") or 0.0 for r in runs}
-run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} (best val acc {percent(best_acc[i])})")
+labels = {r.id: run_label(r) for r in runs}
+run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=labels.get)
 if run_id != default:
     choose(run=run_id)
 run = next(r for r in runs if r.id == run_id)

@@ -333,16 +333,66 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     at = open_page("pages/3_Train.py")
     table = at.dataframe[0].value
     assert dict(zip(table.run, table.status))["broken-run"] == "broken"
-    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    manage_run(at).set_value(Path(first.run_dir).name).run()
     assert not at.exception, at.exception
     at.button(key="run_resume").click().run()
     wait_for(at, lambda a: any(": finished" in s.value for s in a.subheader), 120)
     assert next(r for r in list_runs(runs_dir) if r.id == Path(first.run_dir).name).summary["status"] == "finished"
-    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    manage_run(at).set_value(Path(first.run_dir).name).run()
     assert at.button(key="run_delete").disabled  # nothing is deleted without the confirmation
-    at.checkbox(key="run_delete_confirm").check().run()
+    at.checkbox(key=f"run_delete_confirm_{Path(first.run_dir).name}").check().run()
     at.button(key="run_delete").click().run()
     assert not Path(first.run_dir).exists() and any("Deleted" in s.value for s in at.success)
+
+
+def manage_run(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Run")
+
+
+def tiny_runs(runs_dir: Path, n: int, source: str = "demo") -> list[str]:
+    """`n` one-epoch runs of a tiny untrained network, oldest first (run ids are timestamps: a second apart)."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    tiny = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=32, epochs=1, patience=0)
+    ids = []
+    for i in range(n):
+        if i:
+            time.sleep(1.1)
+        ids.append(Path(train(source, tiny, runs_dir).run_dir).name)
+    return ids
+
+
+def test_manage_defaults_to_the_latest_run_and_a_confirmation_arms_one_run_only(ui):
+    old, new = tiny_runs(ui / "runs", 2)
+    at = open_page("pages/3_Train.py")
+    assert manage_run(at).value == new
+    at.checkbox(key=f"run_delete_confirm_{new}").check().run()
+    at.button(key="run_delete").click().run()
+    assert not (ui / "runs" / new).exists() and (ui / "runs" / old).exists()
+    assert manage_run(at).value == old
+    assert not at.checkbox(key=f"run_delete_confirm_{old}").value and at.button(key="run_delete").disabled
+    newest = tiny_runs(ui / "runs", 1)[0]
+    at.run()
+    assert manage_run(at).value == newest  # a run made since the page was opened becomes the default
+
+
+def test_home_and_predict_name_the_runs_dataset(ui, shapes_folder, monkeypatch):
+    """Step 3 speaks of the chosen dataset's runs only; the Predict picker tells runs apart by data, backbone, date."""
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    tiny_runs(ui / "runs", 1, str(shapes_folder))
+    at = open_page()
+    step3 = next(m.value for m in at.markdown if m.value.startswith("#### ") and "3. Train" in m.value)
+    assert "check_circle" not in step3 and any("No trained model yet" in m.value for m in at.markdown)  # demo: no run yet
+    demo_run = tiny_runs(ui / "runs", 1)[0]
+    at.run()
+    assert any(f"Last trained on this dataset: **{demo_run}**" in m.value for m in at.markdown)
+    at.switch_page("pages/4_Predict.py").run()
+    assert not at.exception, at.exception
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    shown = list(picker.options)  # as the browser shows them (format_func applied)
+    assert any(o.startswith(f"{shapes_folder.name} · mobilenet_v3_small · ") for o in shown), shown
+    assert any(o.startswith("demo") and demo_run in o for o in shown), shown
 
 
 def test_every_setting_has_a_one_line_help(ui):

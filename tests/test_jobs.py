@@ -159,3 +159,14 @@ def test_the_dashboards_stop_reaches_every_torchrun_worker(tmp_path):
     assert s.workers == 2 and s.result.stop_reason.startswith("stopped by request") and s.resumable
     run = load_run(s.run_dir)
     assert run.summary["status"] == "stopped" and run.info["processes"] == 2
+
+
+def test_a_job_whose_run_was_deleted_is_no_longer_shown(tmp_path, shapes_folder):
+    """The sidebar and the Train page show `current()`: after its run is deleted, an ended job is gone from both."""
+    import shutil
+
+    jobs = JobManager(tmp_path / "runs", home=tmp_path / "home")
+    job = jobs.start(str(shapes_folder), TrainConfig(**TINY, epochs=1))
+    assert jobs.wait(job, 120) == "finished" and jobs.current() is job
+    shutil.rmtree(job.snapshot().run_dir)
+    assert jobs.current() is None
