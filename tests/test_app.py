@@ -405,3 +405,23 @@ def test_every_setting_has_a_one_line_help(ui):
     at = open_page("pages/2_Backbones.py")
     for key in ("bb_family", "bb_size", "bb_acc", "bb_cached", "bb_sort"):
         assert next(w for w in at.main if getattr(w, "key", None) == key).help, key
+
+
+def test_a_refresh_keeps_this_tabs_dataset_whatever_another_tab_chose(ui, shapes_folder, monkeypatch):
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    first = open_page("pages/1_Dataset.py")
+    first.radio(key="dataset_kind").set_value("Folder on the server").run()
+    first.selectbox(key="server_folder").set_value(shapes_folder.name).run()
+    first.button(key="use_folder").click().run()
+    assert any(m.value == f"**{shapes_folder.name}**" for m in first.sidebar.markdown)
+    tab = first.query_params["tab"]
+    second = open_page("pages/1_Dataset.py")  # another tab: chooses the demo
+    assert second.query_params["tab"] != tab
+    second.radio(key="dataset_kind").set_value("Built-in demo").run()
+    second.button(key="use_demo").click().run()
+    assert any(m.value == "**demo (shapes)**" for m in second.sidebar.markdown)
+    refreshed = AppTest.from_file(APP, default_timeout=120)  # the first tab refreshed: a new session, the same URL
+    refreshed.query_params["tab"] = tab
+    refreshed.run()
+    assert any(m.value == f"**{shapes_folder.name}**" for m in refreshed.sidebar.markdown)
+    assert any(m.value == "**demo (shapes)**" for m in open_page().sidebar.markdown)  # a new tab: the last choice

@@ -8,6 +8,8 @@ sub-folders of `pages/`). Logic lives in tl_core; this module only caches and re
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 
 import streamlit as st
@@ -90,16 +92,31 @@ def speeds() -> dict[str, speed.Speed]:
     return speed.load_speeds(pick_device())
 
 
+TAB_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def tab_id() -> str:
+    """This browser tab's id, kept in its URL (`?tab=...`) so that a refresh finds the tab's own choices."""
+    tab = st.query_params.get("tab")
+    if not (isinstance(tab, str) and TAB_ID.match(tab)):
+        tab = st.session_state.get("tab_id") or secrets.token_hex(6)
+    if st.query_params.get("tab") != tab:
+        st.query_params["tab"] = tab  # put back after a page switch dropped it
+    st.session_state.tab_id = tab
+    return tab
+
+
 def choices() -> Choices:
-    """This browser session's dataset spec, backbone and run (the server's last choice is only the default)."""
+    """This browser tab's dataset spec, backbone and run (the server's last choice is only a new tab's default)."""
+    tab = tab_id()
     if "choices" not in st.session_state:
-        st.session_state.choices = prefs.load()
+        st.session_state.choices = prefs.load(tab)
     return st.session_state.choices
 
 
 def choose(message: str | None = None, **changes) -> None:
-    """Change this session's choices (saved as the server default too); rerun so every widget shows it at once."""
-    st.session_state.choices = prefs.save(choices().with_changes(**changes))
+    """Change this tab's choices (the server default for new tabs too); rerun so every widget shows it at once."""
+    st.session_state.choices = prefs.save(choices().with_changes(**changes), tab_id())
     if message:
         flash(message)
     st.rerun()
