@@ -21,13 +21,13 @@ from pages.ui.shared import (
 )
 from tl_core import paths, plan
 from tl_core.config import TrainConfig
-from tl_core.data.sources import DatasetError, DatasetSpec
+from tl_core.data.sources import DatasetError, DatasetSpec, describe_split
 from tl_core.devices import pick_device
 from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
 from tl_core.jobs.manager import KILL_GRACE_S, Job, JobBusy, JobSnapshot, usable_gpus
 from tl_core.measure import speed
 from tl_core.measure.estimate import Estimate, estimate
-from tl_core.train.runs import RunStatus, delete_run, history_rows, list_runs
+from tl_core.train.runs import RunBroken, RunStatus, delete_run, history_rows, list_runs, load_run
 
 page_setup("Train")
 jobs = job_manager()
@@ -90,6 +90,15 @@ def settings_form() -> None:
             st.error(str(err))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_split(run_dir: str) -> str | None:
+    """The run's own record of how it was split (run.json), read once per run, not on every refresh."""
+    try:
+        return load_run(run_dir).info["dataset"].get("split_source")
+    except (OSError, RunBroken, FileNotFoundError, AttributeError):
+        return None
+
+
 def live() -> None:
     job = jobs.current()
     if job is None:
@@ -101,8 +110,9 @@ def live() -> None:
     if s.active:
         st.session_state.seen_active = s.id
     st.subheader(f"Job {s.id}: {s.status_text}" + (f" ({s.run_name})" if s.run_name else ""))
-    st.caption(f"Dataset {dataset_label(s.dataset)} ({s.dataset.val_fraction:.0%} validation, split seed "
-               f"{s.dataset.split_seed} where randomly split), {s.config.backbone}, {s.config.strategy}, on {s.device}")
+    split = run_split(s.run_dir) if s.run_dir else None  # known once the run has scanned its data
+    st.caption(f"Dataset {dataset_label(s.dataset)}" + (f" ({describe_split(split)})" if split else "")
+               + f", {s.config.backbone}, {s.config.strategy}, on {s.device}")
     if s.active and not s.in_training_phase and s.progress[1]:
         st.progress(s.phase_fraction, text=s.progress_text)
     else:

@@ -93,8 +93,9 @@ def results_table(preds, key: str) -> None:
 
 
 a, b, c = st.columns([2, 2, 1])
-k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key="top_k")
-threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01, key="unsure_below",
+k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key=f"top_k_{run.id}")
+threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01,
+                     key=f"unsure_below_{run.id}",  # each run starts from its own threshold
                      format="percent", help="Default from the validation split: 95% of right answers there are more confident.")
 show_cam = c.toggle("Grad-CAM", True, key="show_cam", help="Colour where the evidence for the answer is (red: strong).")
 if cal:

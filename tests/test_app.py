@@ -168,7 +168,7 @@ def test_demo_flow_train_predict_evaluate(ui):
                                                       ("junk.png", b"not an image", "image/png")]).run()
     assert not at.exception
     assert any(m.value.startswith("**") and "%" in m.value for m in at.markdown)  # top class and probability
-    at.slider(key="top_k").set_value(3).run()
+    next(s for s in at.slider if s.label == "Top-k").set_value(3).run()
     bars = chart(at, '"orientation":"h"')["data"][0]
     assert len(bars["text"]) == 3 and all(re.fullmatch(r"\d+\.\d%", t) for t in bars["text"])  # every bar labelled
     assert any("not an image" in e.value for e in at.error)
@@ -425,3 +425,40 @@ def test_a_refresh_keeps_this_tabs_dataset_whatever_another_tab_chose(ui, shapes
     refreshed.run()
     assert any(m.value == f"**{shapes_folder.name}**" for m in refreshed.sidebar.markdown)
     assert any(m.value == "**demo (shapes)**" for m in open_page().sidebar.markdown)  # a new tab: the last choice
+
+
+def test_per_run_settings_follow_the_run(ui):
+    """The unsure slider starts at each run's own threshold; the job header names the split the run really used;
+    a run stopped in its first epoch says so in the words the sidebar uses."""
+    from pages.ui.shared import job_manager
+    from tl_core.config import TrainConfig
+    from tl_core.use.predict import Predictor
+
+    old, new = tiny_runs(ui / "runs", 2)
+    at = open_page("pages/4_Predict.py")
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    picker.set_value(old).run()
+    next(s for s in at.slider if s.label.startswith("Answer")).set_value(0.99).run()
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    picker.set_value(new).run()
+    assert not at.exception, at.exception
+    unsure = next(s for s in at.slider if s.label.startswith("Answer"))
+    assert unsure.value == round(Predictor.from_run(ui / "runs" / new).threshold, 2) != 0.99
+
+    jobs = job_manager()
+    job = jobs.start("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=32,
+                                         epochs=50, patience=0))
+    deadline = time.time() + 120
+    while not job.snapshot().run_dir and time.time() < deadline:
+        time.sleep(0.3)
+    jobs.stop(job)
+    assert jobs.wait(job, 60) == "stopped"
+    at = open_page("pages/3_Train.py")
+    header = next(c.value for c in at.caption if c.value.startswith("Dataset demo"))
+    assert "its own validation folder" in header and "seed" not in header  # the demo has a val/ folder
+    s = job.snapshot()
+    finished = len(s.history)
+    sidebar = next(m.value for m in at.sidebar.markdown if m.value.startswith(f"job {s.id}"))
+    assert f"{finished} of 50 epochs finished" in sidebar
+    assert s.result.stop_reason == (f"stopped by request after epoch {finished} of 50" if finished
+                                    else "stopped by request during epoch 1, before any epoch finished")

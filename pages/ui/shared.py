@@ -157,4 +157,5 @@ def job_status() -> None:
         return
     s = job.snapshot()
     best = f", best val acc {percent(s.best.val_acc)}" if s.best else ""
-    st.markdown(f"job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")
+    where = f"epoch {s.epoch}/{s.epochs}" if s.active else f"{len(s.history)} of {s.epochs} epochs finished"
+    st.markdown(f"job {s.id} on {dataset_label(s.dataset)}: **{s.status_text}**, {where}{best}")

@@ -29,6 +29,7 @@ from tl_core import paths, plan
 from tl_core.config import TrainConfig, to_arguments
 from tl_core.data.sources import DatasetSpec
 from tl_core.devices import pick_device
+from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import (
     EpochEnded,
     EpochRow,
@@ -321,8 +322,8 @@ class Job:
             self.history.append(e.row)
             self.epoch = e.row.epoch
             r = e.row
-            self._log(e, f"Epoch {r.epoch}/{e.epochs}: train acc {r.train_acc:.3f}, val acc {r.val_acc:.3f}, "
-                         f"val loss {r.val_loss:.3f}" + (" (best)" if e.improved else ""))
+            self._log(e, f"Epoch {r.epoch}/{e.epochs}: train acc {percent(r.train_acc)}, val acc {percent(r.val_acc)}, "
+                         f"val loss {loss(r.val_loss)}" + (" (best)" if e.improved else ""))
         elif isinstance(e, Logged):
             self._log(e, e.message)
         elif isinstance(e, RunFailed):
@@ -332,7 +333,8 @@ class Job:
         elif isinstance(e, RunEnded):
             self.result = e.result
             why = f" ({e.result.stop_reason})" if e.result.stop_reason else ""
-            self._log(e, f"Run {e.result.status}{why}: best val acc {e.result.best_val_accuracy:.3f} after {e.result.seconds:.1f}s")
+            self._log(e, f"Run {e.result.status}{why}: best val acc {percent(e.result.best_val_accuracy)} after "
+                         f"{seconds(e.result.seconds)}")
 
     def _ended(self) -> None:
         """The process is gone: its final event says how it ended; without one, its exit says why."""

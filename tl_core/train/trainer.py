@@ -68,6 +68,13 @@ from tl_core.train.runs import (
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
 
 
+
+def stopped_reason(finished: int, planned: int) -> str:
+    """A stop in words that agree with the sidebar's "epoch N/M": which epochs were finished, never "after epoch 0"."""
+    if not finished:
+        return "stopped by request during epoch 1, before any epoch finished"
+    return f"stopped by request after epoch {finished} of {planned}"
+
 class Stopped(Exception):
     """Raised inside the loop when a stop was requested; the run keeps what it has."""
 
@@ -557,7 +564,7 @@ class Trainer:
             try:
                 reason = self._loop(strategy, resume)
             except Stopped:
-                status, reason = RunStatus.STOPPED, f"stopped by request after epoch {self.epoch}"
+                status, reason = RunStatus.STOPPED, stopped_reason(self.epoch, self.epochs)
                 self.events.emit(Logged(f"Stopped after {self.epoch} epoch(s); best checkpoint kept."))
             except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
                 self.events.emit(RunEnded(self._result(RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(self.skipped)))
