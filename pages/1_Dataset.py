@@ -6,21 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui.data_health import render_data_health
+from pages.ui.data_health import relative_name, render_data_health
 from pages.ui.shared import choices, choose, dataset_label, flash, page_setup, scan_report
 from tl_core import paths
 from tl_core.data import builder
 from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 page_setup("Dataset")
-
-
-def relative_name(path: str, root: str) -> str:
-    """A file as the user knows it: inside the dataset (`train/cat/x.jpg`), not as a server path."""
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return Path(path).name
 
 
 

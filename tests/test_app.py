@@ -462,3 +462,26 @@ def test_per_run_settings_follow_the_run(ui):
     assert f"{finished} of 50 epochs finished" in sidebar
     assert s.result.stop_reason == (f"stopped by request after epoch {finished} of 50" if finished
                                     else "stopped by request during epoch 1, before any epoch finished")
+
+
+def test_a_dropped_outlier_can_be_undone_and_tables_name_files_not_paths(ui, shapes_folder, with_real_weights):
+    import numpy as np
+
+    from tl_core.dashboard import prefs
+    from tl_core.data.sources import DatasetSpec
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(shapes_folder / "circle" / "noise.png")
+    prefs.save(prefs.Choices(DatasetSpec(str(shapes_folder)), "mobilenet_v2"))
+    at = open_page("pages/1_Dataset.py")
+    at.number_input(key="health_size").set_value(64).run()
+    at.button(key="health_run").click().run()
+    assert not at.exception, at.exception
+    drop = next(b for b in at.button if b.key and b.key.startswith("drop_outlier_"))
+    path = drop.key.removeprefix("drop_outlier_")
+    table = next(d.value for d in at.dataframe if "z" in d.value.columns)  # the outlier table
+    assert not any(str(shapes_folder) in str(v) for v in table.file) and "path" not in table.columns
+    drop.click().run()
+    assert at.button(key=f"undo_outlier_{path}")  # the Problems row's "undo it there" holds
+    at.button(key=f"undo_outlier_{path}").click().run()
+    assert at.button(key=f"drop_outlier_{path}") and not at.exception
