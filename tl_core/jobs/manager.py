@@ -158,10 +158,10 @@ class JobSnapshot:
             rate = f", {self.phase_rate:.0f}/s" if self.phase_rate else ""
             return f"{self.phase}: {done}/{total}{rate}"
         step, steps = self.step
-        eta = f", about {self.eta:.0f} s left" if self.active and self.eta is not None else ""
+        eta = f", about {seconds(self.eta)} left" if self.active and self.eta is not None else ""
         rate = f", {self.images_per_s:.0f} training images/s" if self.images_per_s else ""
         if not self.active:
-            return f"{self.status_text}: {len(self.history)} of {self.epochs} epochs in {self.elapsed:.0f} s"
+            return f"{self.status_text}: {len(self.history)} of {self.epochs} epochs in {seconds(self.elapsed)}"
         return f"epoch {self.epoch}/{self.epochs}, step {step}/{steps}{rate}{eta}"
 
     @property

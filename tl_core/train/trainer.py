@@ -36,6 +36,7 @@ from tl_core.features import frozen as dataset_embeddings
 from tl_core.features.cache import EmbeddingCache, inference_copy
 from tl_core.features.frozen import Embedded, FrozenBackbone
 from tl_core.features.probe import ProbeResult, fit_head
+from tl_core.formats import percent, seconds
 from tl_core.models import backbones
 from tl_core.train import distributed
 from tl_core.train.events import (
@@ -96,7 +97,7 @@ def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = Fals
     if isinstance(exc, backbones.WeightsUnavailable):
         return str(exc), "Choose a backbone marked 'cached', add the weight file, or train from scratch."
     if isinstance(exc, DatasetError):
-        return str(exc), "Check the Dataset page's problems table and fix the folder layout."
+        return str(exc), "Check the dataset's problems (`python -m tl_core scan DATA` lists them) and fix the folder layout."
     if isinstance(exc, RunBusy):
         return str(exc), "Wait for that process to finish, or stop it first."
     if isinstance(exc, ValueError):
@@ -362,8 +363,8 @@ class FittedHead(Strategy):
                       "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
         t.run.write_summary(head_fit=t.head_fit)  # how the head was fitted, shown with the run
         t.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV accuracy "
-                             f"{fit.cv_accuracy:.3f}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
-                             f"{fit.iterations} L-BFGS iterations in {fit.seconds:.1f} s."))
+                             f"{percent(fit.cv_accuracy)}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
+                             f"{fit.iterations} L-BFGS iterations in {seconds(fit.seconds)}."))
         return fit
 
     def param_groups(self) -> list[dict]:
@@ -612,7 +613,7 @@ class Trainer:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.events.emit(Logged(f"Resuming after epoch {state['epoch']} (best {self.best_acc:.3f})."))
+        self.events.emit(Logged(f"Resuming after epoch {state['epoch']} (best {percent(self.best_acc)})."))
         return int(state["epoch"])
 
     def _loop(self, strategy: Strategy, resume: bool) -> str | None:
