@@ -90,6 +90,10 @@ def settings_form() -> None:
             st.error(str(err))
 
 
+LIVE_EVERY_S = 2.0  # status, progress and log: cheap to redraw
+CURVES_EVERY_S = 5.0  # the chart: a new point every few seconds is plenty to watch a run learn
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_split(run_dir: str) -> str | None:
     """The run's own record of how it was split (run.json), read once per run, not on every refresh."""
@@ -125,16 +129,27 @@ def live() -> None:
         m[0].metric("Best val accuracy", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
         m[1].metric("Last val loss", loss(s.history[-1].val_loss))
         m[2].metric("Elapsed", seconds(s.elapsed))
-    fig = training_curves(s.history, s.step_losses, s.epochs)
+    job_controls(job, s)
+    with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
+        st.code("\n".join(s.log[-40:]) or "...", language=None)
+
+
+def curves() -> None:
+    """The live chart, redrawn only when a step or an epoch was added: building a figure is most of a refresh's work."""
+    job = jobs.current()
+    if job is None:
+        return
+    s = job.snapshot()
+    version = (s.id, len(s.step_losses), len(s.history), s.status)
+    last = st.session_state.get("live_curves_figure")
+    fig = last[1] if last and last[0] == version else training_curves(s.history, s.step_losses, s.epochs)
+    st.session_state.live_curves_figure = (version, fig)
     if fig:
         st.plotly_chart(fig, key="live_curves")
     elif s.active:
         st.caption("The loss and accuracy curves appear with the first training step.")
     elif s.status != "failed":
         st.caption("This job ended before its first training step: there is no curve to draw.")
-    job_controls(job, s)
-    with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
-        st.code("\n".join(s.log[-40:]) or "...", language=None)
 
 
 def job_controls(job: Job, s: JobSnapshot) -> None:
@@ -164,7 +179,8 @@ if active:
         settings_form()  # starting here while the job runs gets a clear "busy" answer
 else:
     settings_form()
-st.fragment(live, run_every=1.5 if active else None)()
+st.fragment(live, run_every=LIVE_EVERY_S if active else None)()
+st.fragment(curves, run_every=CURVES_EVERY_S if active else None)()
 
 st.subheader("Run history")
 runs = list_runs(paths.runs_dir())

@@ -71,7 +71,7 @@ def _store(device: torch.device, speed: Speed) -> None:
 STEADY = 1.5  # warm-up goes on while each call is over this many times faster than the one before
 
 
-def warm_up(fn: Callable[[], object], device: torch.device, calls: int = 3, most: int = 12, budget: float = 6.0) -> int:
+def warm_up(fn: Callable[[], object], device: torch.device, calls: int = 3, most: int = 10, budget: float = 2.0) -> int:
     """Run `fn` until it stops getting faster: at least `calls` times, then until a call is less than STEADY x faster
     than the one before (at most `most` calls or `budget` seconds). The first calls of a backbone pay for kernel
     selection, weight packing and allocation, hundreds of ms that a fixed few warm-up calls can leave in the figure
