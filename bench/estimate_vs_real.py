@@ -7,7 +7,8 @@ itself, never inside the timed run) and the shared MobileNetV2 ImageNet weights 
     python3 bench/estimate_vs_real.py [--data demo ../shared/data/datasets/hymenoptera_data] [--strategies features full]
                                       [--epochs 5] [--backbone mobilenet_v2] [--json]
 
-Prints one row per (dataset, strategy): estimated seconds, real seconds and real / estimated (target 0.5-2).
+Prints one row per (dataset, strategy) as each finishes (with --json, one JSON line each): estimated seconds,
+real seconds and real / estimated (target 0.5-2).
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ def main() -> None:
     a = p.parse_args()
     torch_home = os.environ.get("TORCH_HOME") or str(Path(tempfile.gettempdir()) / "tl_studio_torch_home")
     link_shared_weights(Path(torch_home))
-    cases = [run_case(d, s, a.epochs, a.backbone, torch_home) for d in a.data for s in a.strategies]
-    if a.json:
-        print(json.dumps([{**asdict(c), "ratio": round(c.ratio, 2)} for c in cases]))
-        return
-    print("| data | strategy | estimated (s) | real, launch to exit (s) | real / estimated |")
-    print("|---|---|---:|---:|---:|")
-    for c in cases:
-        print(f"| {Path(c.data).name} | {c.strategy} | {c.estimated:.1f} | {c.real:.1f} | {c.ratio:.2f} |")
+    if not a.json:
+        print("| data | strategy | estimated (s) | real, launch to exit (s) | real / estimated |")
+        print("|---|---|---:|---:|---:|")
+    for d in a.data:
+        for s in a.strategies:  # each case as soon as it is done: a long run's earlier figures are never lost
+            c = run_case(d, s, a.epochs, a.backbone, torch_home)
+            if a.json:
+                print(json.dumps({**asdict(c), "ratio": round(c.ratio, 2)}), flush=True)
+            else:
+                print(f"| {Path(c.data).name} | {c.strategy} | {c.estimated:.1f} | {c.real:.1f} | {c.ratio:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

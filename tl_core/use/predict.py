@@ -167,16 +167,23 @@ def unpack_zip(archive: str | Path) -> Path:
 
 def expand_inputs(items: Sequence[str]) -> list[str]:
     """Files as given; folders and .zip files become their image files (recursively, hidden ones skipped)."""
+    return [path for path, _ in named_inputs(items)]
+
+
+def named_inputs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """(path to read, name to show) of every input image: a zip's images are named `x.zip/member`, never by the
+    temporary folder they were unpacked into; a folder's as the path given plus the file inside it."""
     out = []
     for item in items:
         p = Path(item)
+        shown = Path(item)
         if p.suffix.lower() == ".zip" and p.is_file():
-            p = unpack_zip(p)
+            shown, p = Path(p.name), unpack_zip(p)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+            out += sorted((str(f), str(shown / f.relative_to(p))) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
                           and not any(is_hidden(x) for x in f.relative_to(p).parts))
         elif p.exists():
-            out.append(str(p))
+            out.append((str(p), item))
         else:
             raise FileNotFoundError(f"{item} does not exist.")
     return out
