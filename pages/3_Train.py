@@ -90,8 +90,8 @@ def settings_form() -> None:
             st.error(str(err))
 
 
-LIVE_EVERY_S = 2.0  # status, progress and log: cheap to redraw
-CURVES_EVERY_S = 5.0  # the chart: a new point every few seconds is plenty to watch a run learn
+LIVE_EVERY_S = 3.0  # status, progress and log
+CURVES_EVERY_S = 6.0  # the chart: a new point every few seconds is plenty to watch a run learn
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -133,6 +133,9 @@ def dataset_label(spec: DatasetSpec) -> str:
     return spec.source.split(":", 1)[1] if spec.source.startswith("torchvision:") else Path(spec.source).name
 
 
+SIDEBAR_EVERY_S = 5.0  # the sidebar's job line: each refresh costs the server a script run, so not too often
+
+
 def sidebar() -> None:
     c = choices()
     with st.sidebar:
@@ -144,7 +147,7 @@ def sidebar() -> None:
         st.caption("Backbone")
         st.markdown(f"**{chosen_backbone()}**")
         st.caption("Training")
-        st.fragment(job_status, run_every=2 if job_manager().active() else None)()
+        st.fragment(job_status, run_every=SIDEBAR_EVERY_S if job_manager().active() else None)()
         st.caption(device_text())
 
 
