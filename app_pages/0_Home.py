@@ -17,7 +17,7 @@ spec, name = choices().dataset, chosen_backbone()
 info = next(r for r in backbone_rows() if r.name == name)
 jobs = job_manager()
 running = jobs.active()
-last = latest_finished(paths.runs_dir())
+last = latest_finished(paths.runs_dir(), spec.source)  # of this dataset: another's run is no answer here
 
 
 def step(column, number: int, title: str, done: bool, body: str, page: str, link: str) -> None:
@@ -41,7 +41,7 @@ if running:
     s = running.snapshot()
     train_text = f"Job {s.id} on {plain(dataset_label(s.dataset))}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}."
 elif last:
-    train_text = (f"Last trained: **{plain(last.id)}**, {last.accuracy().label()}. "
+    train_text = (f"Last trained on this dataset: **{plain(last.id)}**, {last.accuracy().label()}. "
                   "Classify images, evaluate, download it.")
 else:
     train_text = "No trained model yet."

@@ -6,19 +6,21 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_pages.ui.data_health import render_data_health
-from app_pages.ui.shared import choices, choose, dataset_label, plain, scan_report
+from app_pages.ui.data_health import relative_name, render_data_health
+from app_pages.ui.shared import choices, choose, dataset_label, flash, plain, scan_report
 from tl_core import paths
 from tl_core.data import builder
 from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
 
 
-def relative_name(path: str, root: str) -> str:
-    """A file as the user knows it: inside the dataset (`train/cat/x.jpg`), not as a server path."""
+def add_class(folder: Path) -> None:
+    """The Add class button's callback: create the class, then empty the field for the next name."""
     try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return Path(path).name
+        builder.add_class(folder, st.session_state.build_class)
+        st.session_state.build_class = ""
+    except DatasetError as e:
+        st.session_state.build_class_error = str(e)
+
 
 spec = choices().dataset
 
@@ -66,26 +68,32 @@ elif source == "Build in the browser":
         st.error(plain(e))
         st.stop()
     a, b = st.columns([3, 1])
-    new_class = a.text_input("New class", key="build_class", placeholder="e.g. cats")
-    if b.button("Add class", key="build_add_class", disabled=not new_class):
-        try:
-            builder.add_class(folder, new_class)
-            st.rerun()
-        except DatasetError as e:
-            st.error(plain(e))
+    a.text_input("New class", key="build_class", placeholder="e.g. cats")
+    b.button("Add class", key="build_add_class", on_click=add_class, args=(folder,),
+             disabled=not st.session_state.get("build_class"))
+    if st.session_state.get("build_class_error"):
+        st.error(plain(st.session_state.pop("build_class_error")))
     counts = builder.class_counts(folder)
     if counts:
         target = st.selectbox("Add pictures to", list(counts), key="build_target")
+        batch = st.session_state.setdefault("build_batch", 0)  # a new uploader after each add: files never carry over
         files = st.file_uploader("Pictures", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
-                                 accept_multiple_files=True, key="build_files") or []
-        shot = st.camera_input("Or take a picture with the webcam", key="build_camera")
+                                 accept_multiple_files=True, key=f"build_files_{batch}") or []
+        shot = st.camera_input("Or take a picture with the webcam", key=f"build_camera_{batch}")
         if st.button(f"Add to {plain(target)}", key="build_add_images", disabled=not files and shot is None):
+            added, refused = 0, []
             for f in [*files, *([shot] if shot is not None else [])]:
                 try:
                     builder.add_image(folder, target, f.getvalue())
+                    added += 1
                 except DatasetError as e:
-                    st.error(f"{plain(f.name)}: {plain(e)}")
-            counts = builder.class_counts(folder)
+                    refused.append(f"{f.name}: {e}")
+            st.session_state.build_batch = batch + 1
+            st.session_state.build_refused = refused
+            flash(f"Added {added} picture(s) to {plain(target)}.")
+            st.rerun()
+        for line in st.session_state.get("build_refused", []):
+            st.error(plain(line))
         st.dataframe(pd.DataFrame([{"class": c, "images": n} for c, n in counts.items()]), hide_index=True, key="build_counts")
         ready = sum(n >= 2 for n in counts.values()) >= 2
         if st.button("Use this dataset", key="build_use", type="primary", disabled=not ready,

@@ -10,7 +10,7 @@ from app_pages.ui.compare import render_compare
 from app_pages.ui.shared import backbone_rows, choices, choose, device_text, speeds
 from tl_core import paths
 from tl_core.devices import pick_device
-from tl_core.formats import TABLE_PERCENT
+from tl_core.formats import TABLE_PERCENT, count
 from tl_core.measure import speed
 from tl_core.models.backbones import recommend
 
@@ -46,16 +46,20 @@ sort_by = st.selectbox("Sort by", ["acc1", "ms_per_image", "size_mb", "gflops", 
 view = view.sort_values(sort_by, ascending=sort_by in ("ms_per_image", "size_mb", "gflops", "params_m", "name"))
 
 columns = ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "ms_per_image", "images_per_s", "cached"]
-st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
-    "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
-    "acc1": st.column_config.NumberColumn("acc@1", format=TABLE_PERCENT, help="ImageNet top-1 accuracy (torchvision's figure)"),
-    "acc5": st.column_config.NumberColumn("acc@5", format=TABLE_PERCENT),
-    "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)", format="%.1f", help="Measured on this device"),
-    "images_per_s": st.column_config.NumberColumn("images/s (batch)", format="%.0f"),
-    "cached": st.column_config.CheckboxColumn("weights offline")})
+if view.empty:
+    st.info("No backbone matches these filters" + (": no backbone's weight file is on this machine yet (untick "
+            "*Offline weights only*, or put a weight file into " f"`{paths.torch_checkpoints()}`)." if cached_only else "."))
+else:
+    st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
+        "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
+        "acc1": st.column_config.NumberColumn("acc@1", format=TABLE_PERCENT, help="ImageNet top-1 accuracy (torchvision's figure)"),
+        "acc5": st.column_config.NumberColumn("acc@5", format=TABLE_PERCENT),
+        "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)", format="%.1f", help="Measured on this device"),
+        "images_per_s": st.column_config.NumberColumn("images/s (batch)", format="%.0f"),
+        "cached": st.column_config.CheckboxColumn("weights offline")})
 
 to_measure = [n for n in view.name if n in speed.SHORTLIST or len(view) <= 12][:12] or list(speed.SHORTLIST)
-if st.button(f"Measure on this device ({len(to_measure)} backbones)", key="bb_measure"):
+if st.button(f"Measure on this device ({count(len(to_measure), 'backbone')})", key="bb_measure"):
     bar = st.progress(0.0)
     speed.measure_many(to_measure, pick_device(),
                        lambda i, n, name: bar.progress(i / n, text=f"Measuring {name} ({i + 1}/{n})" if name else "Done"))

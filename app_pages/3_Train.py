@@ -21,14 +21,14 @@ from app_pages.ui.shared import (
 )
 from tl_core import paths, plan
 from tl_core.config import TrainConfig
-from tl_core.data.sources import DatasetError, DatasetSpec
+from tl_core.data.sources import DatasetError, DatasetSpec, describe_split
 from tl_core.devices import pick_device
 from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
 from tl_core.jobs.manager import Job, JobBusy, usable_gpus
 from tl_core.jobs.state import KILL_GRACE_S, JobSnapshot
 from tl_core.measure import speed
 from tl_core.measure.estimate import Estimate, estimate
-from tl_core.train.runs import RunStatus, delete_run, history_rows, list_runs
+from tl_core.train.runs import RunBroken, RunStatus, delete_run, history_rows, list_runs, load_run
 
 jobs = job_manager()
 spec = choices().dataset
@@ -90,6 +90,19 @@ def settings_form() -> None:
             st.error(plain(err))
 
 
+LIVE_EVERY_S = 3.0  # status, progress and log
+CURVES_EVERY_S = 6.0  # the chart: a new point every few seconds is plenty to watch a run learn
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_split(run_dir: str) -> str | None:
+    """The run's own record of how it was split (run.json), read once per run, not on every refresh."""
+    try:
+        return load_run(run_dir).info["dataset"].get("split_source")
+    except (OSError, RunBroken, FileNotFoundError, AttributeError):
+        return None
+
+
 def live() -> None:
     job = jobs.current()
     if job is None:
@@ -101,8 +114,9 @@ def live() -> None:
     if s.active:
         st.session_state.seen_active = s.id
     st.subheader(f"Job {s.id}: {s.status_text}" + (f" ({plain(s.run_name)})" if s.run_name else ""))
-    st.caption(f"Dataset {plain(dataset_label(s.dataset))} ({s.dataset.val_fraction:.0%} validation, split seed "
-               f"{s.dataset.split_seed} where randomly split), {s.config.backbone}, {s.config.strategy}, on {s.device}")
+    split = run_split(s.run_dir) if s.run_dir else None  # known once the run has scanned its data
+    st.caption(f"Dataset {plain(dataset_label(s.dataset))}" + (f" ({describe_split(split)})" if split else "")
+               + f", {s.config.backbone}, {s.config.strategy}, on {s.device}")
     if s.active and not s.in_training_phase and s.progress[1]:
         st.progress(s.phase_fraction, text=s.progress_text)
     else:
@@ -115,16 +129,27 @@ def live() -> None:
         m[0].metric("Best val accuracy", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
         m[1].metric("Last val loss", loss(s.history[-1].val_loss))
         m[2].metric("Elapsed", seconds(s.elapsed))
-    fig = training_curves(s.history, s.step_losses, s.epochs)
+    job_controls(job, s)
+    with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
+        st.code("\n".join(s.log[-40:]) or "...", language=None)
+
+
+def curves() -> None:
+    """The live chart, redrawn only when a step or an epoch was added: building a figure is most of a refresh's work."""
+    job = jobs.current()
+    if job is None:
+        return
+    s = job.snapshot()
+    version = (s.id, len(s.step_losses), len(s.history), s.status)
+    last = st.session_state.get("live_curves_figure")
+    fig = last[1] if last and last[0] == version else training_curves(s.history, s.step_losses, s.epochs)
+    st.session_state.live_curves_figure = (version, fig)
     if fig:
         st.plotly_chart(fig, key="live_curves")
     elif s.active:
         st.caption("The loss and accuracy curves appear with the first training step.")
     elif s.status != "failed":
         st.caption("This job ended before its first training step: there is no curve to draw.")
-    job_controls(job, s)
-    with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
-        st.code("\n".join(s.log[-40:]) or "...", language=None)
 
 
 def job_controls(job: Job, s: JobSnapshot) -> None:
@@ -154,7 +179,8 @@ if active:
         settings_form()  # starting here while the job runs gets a clear "busy" answer
 else:
     settings_form()
-st.fragment(live, run_every=1.5 if active else None)()
+st.fragment(live, run_every=LIVE_EVERY_S if active else None)()
+st.fragment(curves, run_every=CURVES_EVERY_S if active else None)()
 
 st.subheader("Run history")
 runs = list_runs(paths.runs_dir())
@@ -179,7 +205,7 @@ else:
 
     st.markdown("**Manage a run**")
     a, b, c = st.columns([3, 1, 2])
-    target_id = a.selectbox("Run", [r.id for r in runs[:50]], key="manage_run")
+    target_id = a.selectbox("Run", [r.id for r in runs[:50]], key=f"manage_run_{runs[0].id}")  # a new run: it is the default
     target = next(r for r in runs if r.id == target_id)
     status = RunStatus.BROKEN if target.broken else target.summary.get("status")
     resumable = status in (RunStatus.STOPPED, RunStatus.INTERRUPTED, RunStatus.FAILED)
@@ -191,7 +217,8 @@ else:
             st.rerun()
         except (JobBusy, ValueError) as err:
             st.error(plain(err))
-    sure = c.checkbox(f"Yes, delete {plain(target.id)}", key="run_delete_confirm", disabled=status == RunStatus.RUNNING)
+    sure = c.checkbox(f"Yes, delete {plain(target.id)}", key=f"run_delete_confirm_{target.id}",  # one run's, never the next's
+                      disabled=status == RunStatus.RUNNING)
     if c.button("Delete", key="run_delete", disabled=not sure):
         try:
             delete_run(target)

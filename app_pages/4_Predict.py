@@ -16,7 +16,7 @@ from tl_core import paths
 from tl_core.data.images import BadImage
 from tl_core.data.sources import DatasetError, resolve_in_root
 from tl_core.formats import TABLE_PERCENT, percent, points
-from tl_core.train.runs import latest_finished, list_runs
+from tl_core.train.runs import Run, latest_finished, list_runs
 from tl_core.use.explain import explain
 from tl_core.use.export import FORMATS, ExportError, describe_check, export, load_card, load_meta
 from tl_core.use.predict import NONE_OF_THESE, UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
@@ -26,12 +26,21 @@ if not runs:
     st.info("No trained run yet: train one on the **Train** page first.")
     st.stop()
 
+
+
+def run_label(r: Run) -> str:
+    """Which data, which backbone, when, how good: runs of different datasets are never mistaken for each other."""
+    dataset = r.info.get("dataset") or {}
+    return (f"{dataset.get('name') or '?'} · {r.info['config'].get('backbone')} · {r.started} · "
+            f"{r.accuracy().label()} ({r.id})")
+
+
 default = choices().run
 ids = [r.id for r in runs]
-latest = latest_finished(paths.runs_dir())
+latest = latest_finished(paths.runs_dir(), choices().dataset.source) or latest_finished(paths.runs_dir())
 index = ids.index(default) if default in ids else ids.index(latest.id) if latest and latest.id in ids else 0
-accuracy = {r.id: r.accuracy().label() for r in runs}
-run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=lambda i: f"{i} ({accuracy[i]})")
+labels = {r.id: run_label(r) for r in runs}
+run_id = st.selectbox("Run", ids, index=index, key="predict_run", format_func=labels.get)
 if run_id != default:
     choose(run=run_id)
 run = next(r for r in runs if r.id == run_id)
@@ -87,8 +96,9 @@ def results_table(preds, key: str) -> None:
 
 
 a, b, c = st.columns([2, 2, 1])
-k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key="top_k")
-threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01, key="unsure_below",
+k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key=f"top_k_{run.id}")
+threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01,
+                     key=f"unsure_below_{run.id}",  # each run starts from its own threshold
                      format="percent", help="Default from the validation split: 95% of right answers there are more confident.")
 show_cam = c.toggle("Grad-CAM", True, key="show_cam", help="Colour where the evidence for the answer is (red: strong).")
 if cal:

@@ -173,3 +173,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_runs(runs_dir: Path, n: int, source: str = "demo") -> list[str]:
+    """`n` one-epoch runs of a tiny untrained network, oldest first (run ids are timestamps: a second apart)."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    tiny = TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=32, epochs=1, patience=0)
+    ids = []
+    for i in range(n):
+        if i:
+            time.sleep(1.1)
+        ids.append(Path(train(source, tiny, runs_dir).run_dir).name)
+    return ids

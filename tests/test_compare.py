@@ -48,3 +48,10 @@ def test_compare_reads_the_embeddings_a_feature_extraction_run_cached(with_real_
                    lambda p, d, n: phases.append(p))
     assert rows[0].val_accuracy > 0.5 and rows[0].views in (1, 2)
     assert phases and not any("embedding" in p for p in phases)
+
+
+def test_the_compare_chart_keeps_accuracy_within_0_to_100_percent():
+    from app_pages.ui.compare import accuracy_latency_figure
+
+    fig, _ = accuracy_latency_figure([row("big", 0.99, 40.0), row("small", 0.98, 3.0)])
+    assert tuple(fig.layout.yaxis.range) == (0, 1.05) and fig.layout.yaxis.tickformat.endswith("%")

@@ -138,3 +138,14 @@ def test_training_children_do_not_get_the_dashboard_password(monkeypatch):
     env = child_environment()
     assert "TL_STUDIO_PASSWORD" not in env and "STREAMLIT_SERVER_COOKIE_SECRET" not in env
     assert "s3cret" not in env.values() and env["PATH"] == os.environ["PATH"] and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_a_job_whose_run_was_deleted_is_no_longer_shown(tmp_path, shapes_folder):
+    """The sidebar and the Train page show `current()`: after its run is deleted, an ended job is gone from both."""
+    import shutil
+
+    jobs = JobManager(tmp_path / "runs", home=tmp_path / "home")
+    job = jobs.start(str(shapes_folder), TrainConfig(**TINY, epochs=1))
+    assert jobs.wait(job, 120) == "finished" and jobs.current() is job
+    shutil.rmtree(job.snapshot().run_dir)
+    assert jobs.current() is None

@@ -12,6 +12,12 @@ def test_backbones_page_table_filters_and_choice(ui):
     assert "Recommended" in at.success[0].value
     at.multiselect(key="bb_family").set_value(["resnet"]).run()
     assert set(at.dataframe[0].value.family) == {"resnet"}
+    at.multiselect(key="bb_family").set_value(["mobilenetv2"]).run()
+    assert at.button(key="bb_measure").label == "Measure on this device (1 backbone)"
+    at.multiselect(key="bb_family").set_value([]).run()
+    at.checkbox(key="bb_cached").check().run()  # no weight file on this machine: a sentence, not an empty table
+    assert not at.dataframe and any("Offline weights only" in i.value for i in at.info)
+    at.checkbox(key="bb_cached").uncheck().run()
     at.selectbox(key="bb_pick").set_value("mobilenet_v3_small").run()
     at.button(key="bb_use").click().run()
     assert any("mobilenet_v3_small selected" in s.value for s in at.success)

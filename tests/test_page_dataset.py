@@ -61,18 +61,27 @@ def test_build_a_dataset_in_the_browser(ui, tmp_path, monkeypatch):
     for name in ("cats", "dogs"):
         at.text_input(key="build_class").set_value(name).run()
         at.button(key="build_add_class").click().run()
+        assert at.text_input(key="build_class").value == ""  # the field is ready for the next name
 
     def png(colour) -> bytes:
         buf = io.BytesIO()
         Image.new("RGB", (40, 40), colour).save(buf, "PNG")
         return buf.getvalue()
 
+    def uploader():
+        return next(u for u in at.get("file_uploader") if u.key and u.key.startswith("build_files"))
+
     for cls, colours in (("cats", [(200, 0, 0), (190, 10, 0)]), ("dogs", [(0, 0, 200), (0, 10, 190)])):
         at.selectbox(key="build_target").set_value(cls).run()
-        at.file_uploader(key="build_files").set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
-                                                      + [("junk.png", b"not an image", "image/png")]).run()
+        uploader().set_value([(f"{cls}{i}.png", png(c), "image/png") for i, c in enumerate(colours)]
+                             + [("junk.png", b"not an image", "image/png")]).run()
         at.button(key="build_add_images").click().run()
         assert any(r"junk\.png" in e.value and "Not added" in e.value for e in at.error)  # the name as literal text
+        assert not uploader().value and at.button(key="build_add_images").disabled  # nothing carries over to the next class
+    at.selectbox(key="build_target").set_value("dogs").run()
+    uploader().set_value([("cats0-again.png", png((200, 0, 0)), "image/png")]).run()  # a cat picture offered as a dog
+    at.button(key="build_add_images").click().run()
+    assert any(r"cats0\-again\.png" in e.value and "already in 'cats'" in e.value for e in at.error)
     counts = next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "images"])
     assert dict(zip(counts["class"], counts["images"])) == {"cats": 2, "dogs": 2}
     at.button(key="build_use").click().run()
@@ -96,3 +105,27 @@ def test_dataset_page_keys_uploads_by_content(tmp_path, monkeypatch, home):
         at.button(key="use_zip").click().run()
         assert not at.exception, at.exception
         assert {m.label: m.value for m in at.metric}["Classes"] == str(len(classes))
+
+
+def test_a_dropped_outlier_can_be_undone_and_tables_name_files_not_paths(ui, shapes_folder, with_real_weights):
+    import numpy as np
+
+    from tl_core.dashboard import prefs
+    from tl_core.data.sources import DatasetSpec
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(shapes_folder / "circle" / "noise.png")
+    prefs.save(prefs.Choices(DatasetSpec(str(shapes_folder)), "mobilenet_v2"))
+    at = open_page("app_pages/1_Dataset.py")
+    at.number_input(key="health_size").set_value(64).run()
+    at.button(key="health_run").click().run()
+    assert not at.exception, at.exception
+    drop = next(b for b in at.button if b.key and b.key.startswith("drop_outlier_"))
+    path = drop.key.removeprefix("drop_outlier_")
+    table = next(d.value for d in at.dataframe if "z" in d.value.columns)  # the outlier table
+    assert not any(str(shapes_folder) in str(v) for v in table.file) and "path" not in table.columns
+    drop.click().run()
+    assert at.button(key=f"undo_outlier_{path}")  # the Problems row's "undo it there" holds
+    at.button(key=f"undo_outlier_{path}").click().run()
+    assert at.button(key=f"drop_outlier_{path}") and not at.exception
+

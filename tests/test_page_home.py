@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import streamlit as st
-from helpers import APP, open_page, use_backbone
+from helpers import APP, open_page, tiny_runs, use_backbone
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -80,4 +80,43 @@ def test_an_unwritable_home_is_one_line_on_every_page(ui, tmp_path, monkeypatch)
             said += errors
         assert len(said) >= 2  # Home and Dataset write (the demo, the scan cache) and say so; the others just work
     st.cache_resource.clear()  # the job manager was never made
+
+
+def test_home_and_predict_name_the_runs_dataset(ui, shapes_folder, monkeypatch):
+    """Step 3 speaks of the chosen dataset's runs only; the Predict picker tells runs apart by data, backbone, date."""
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    tiny_runs(ui / "runs", 1, str(shapes_folder))
+    at = open_page()
+    step3 = next(m.value for m in at.markdown if m.value.startswith("#### ") and "3. Train" in m.value)
+    assert "check_circle" not in step3 and any("No trained model yet" in m.value for m in at.markdown)  # demo: no run yet
+    demo_run = tiny_runs(ui / "runs", 1)[0]
+    at.run()
+    assert any(f"Last trained on this dataset: **{demo_run}**" in m.value for m in at.markdown)
+    at.switch_page("app_pages/4_Predict.py").run()
+    assert not at.exception, at.exception
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    shown = list(picker.options)  # as the browser shows them (format_func applied)
+    assert any(o.startswith(f"{shapes_folder.name} · mobilenet_v3_small · ") for o in shown), shown
+    assert any(o.startswith("demo") and demo_run in o for o in shown), shown
+
+
+
+def test_a_refresh_keeps_this_tabs_dataset_whatever_another_tab_chose(ui, shapes_folder, monkeypatch):
+    monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
+    first = open_page("app_pages/1_Dataset.py")
+    first.radio(key="dataset_kind").set_value("Folder on the server").run()
+    first.selectbox(key="server_folder").set_value(shapes_folder.name).run()
+    first.button(key="use_folder").click().run()
+    assert any(m.value == f"**{shapes_folder.name}**" for m in first.sidebar.markdown)
+    tab = first.query_params["tab"]
+    second = open_page("app_pages/1_Dataset.py")  # another tab: chooses the demo
+    assert second.query_params["tab"] != tab
+    second.radio(key="dataset_kind").set_value("Built-in demo").run()
+    second.button(key="use_demo").click().run()
+    assert any(m.value == "**demo (shapes)**" for m in second.sidebar.markdown)
+    refreshed = AppTest.from_file(APP, default_timeout=120)  # the first tab refreshed: a new session, the same URL
+    refreshed.query_params["tab"] = tab
+    refreshed.run()
+    assert any(m.value == f"**{shapes_folder.name}**" for m in refreshed.sidebar.markdown)
+    assert any(m.value == "**demo (shapes)**" for m in open_page().sidebar.markdown)  # a new tab: the last choice
 

@@ -7,11 +7,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import ROOT, chart, open_page, st_home, tiny_settings, use_backbone, wait_for
+from helpers import ROOT, chart, open_page, st_home, tiny_runs, tiny_settings, use_backbone, wait_for
+from streamlit.testing.v1 import AppTest
 
 from tl_core.config import EPOCHS_BY_STRATEGY, TrainConfig, options
 
@@ -45,7 +47,7 @@ def test_demo_flow_train_predict_evaluate(ui):
                                                       ("junk.png", b"not an image", "image/png")]).run()
     assert not at.exception
     assert any(m.value.startswith("**") and "%" in m.value for m in at.markdown)  # top class and probability
-    at.slider(key="top_k").set_value(3).run()
+    next(s for s in at.slider if s.label == "Top-k").set_value(3).run()
     bars = chart(at, '"orientation":"h"')["data"][0]
     assert len(bars["text"]) == 3 and all(re.fullmatch(r"\d+\.\d%", t) for t in bars["text"])  # every bar labelled
     assert any("not an image" in e.value for e in at.error)
@@ -127,14 +129,14 @@ def test_run_history_resumes_and_deletes_runs_from_the_page(ui):
     at = open_page("app_pages/3_Train.py")
     table = at.dataframe[0].value
     assert dict(zip(table.run, table.status))["broken-run"] == "broken"
-    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    manage_run(at).set_value(Path(first.run_dir).name).run()
     assert not at.exception, at.exception
     at.button(key="run_resume").click().run()
     wait_for(at, lambda a: any(": finished" in s.value for s in a.subheader), 120)
     assert next(r for r in list_runs(runs_dir) if r.id == Path(first.run_dir).name).summary["status"] == "finished"
-    at.selectbox(key="manage_run").set_value(Path(first.run_dir).name).run()
+    manage_run(at).set_value(Path(first.run_dir).name).run()
     assert at.button(key="run_delete").disabled  # nothing is deleted without the confirmation
-    at.checkbox(key="run_delete_confirm").check().run()
+    at.checkbox(key=f"run_delete_confirm_{Path(first.run_dir).name}").check().run()
     at.button(key="run_delete").click().run()
     assert not Path(first.run_dir).exists() and any("Deleted" in s.value for s in at.success)
 
@@ -170,3 +172,64 @@ def test_strategy_defaults_follow_the_strategy_and_every_option_has_a_widget_and
     for name, *_ in options():
         assert "--" + name.replace("_", "-") in helptext, name
     assert TrainConfig(strategy="full").epochs == 5 and TrainConfig(strategy="full", epochs=7).epochs == 7
+
+
+def manage_run(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Run")
+
+
+
+
+
+
+def test_manage_defaults_to_the_latest_run_and_a_confirmation_arms_one_run_only(ui):
+    old, new = tiny_runs(ui / "runs", 2)
+    at = open_page("app_pages/3_Train.py")
+    assert manage_run(at).value == new
+    at.checkbox(key=f"run_delete_confirm_{new}").check().run()
+    at.button(key="run_delete").click().run()
+    assert not (ui / "runs" / new).exists() and (ui / "runs" / old).exists()
+    assert manage_run(at).value == old
+    assert not at.checkbox(key=f"run_delete_confirm_{old}").value and at.button(key="run_delete").disabled
+    newest = tiny_runs(ui / "runs", 1)[0]
+    at.run()
+    assert manage_run(at).value == newest  # a run made since the page was opened becomes the default
+
+
+
+def test_per_run_settings_follow_the_run(ui):
+    """The unsure slider starts at each run's own threshold; the job header names the split the run really used;
+    a run stopped in its first epoch says so in the words the sidebar uses."""
+    from app_pages.ui.shared import job_manager
+    from tl_core.config import TrainConfig
+    from tl_core.use.predict import Predictor
+
+    old, new = tiny_runs(ui / "runs", 2)
+    at = open_page("app_pages/4_Predict.py")
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    picker.set_value(old).run()
+    next(s for s in at.slider if s.label.startswith("Answer")).set_value(0.99).run()
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    picker.set_value(new).run()
+    assert not at.exception, at.exception
+    unsure = next(s for s in at.slider if s.label.startswith("Answer"))
+    assert unsure.value == round(Predictor.from_run(ui / "runs" / new).threshold, 2) != 0.99
+
+    jobs = job_manager()
+    job = jobs.start("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full", image_size=32,
+                                         epochs=50, patience=0))
+    deadline = time.time() + 120
+    while not job.snapshot().run_dir and time.time() < deadline:
+        time.sleep(0.3)
+    jobs.stop(job)
+    assert jobs.wait(job, 60) == "stopped"
+    at = open_page("app_pages/3_Train.py")
+    header = next(c.value for c in at.caption if c.value.startswith("Dataset demo"))
+    assert "its own validation folder" in header and "seed" not in header  # the demo has a val/ folder
+    s = job.snapshot()
+    finished = len(s.history)
+    sidebar = next(m.value for m in at.sidebar.markdown if m.value.startswith(f"job {s.id}"))
+    assert f"{finished} of 50 epochs finished" in sidebar
+    assert s.result.stop_reason == (f"stopped by request after epoch {finished} of 50" if finished
+                                    else "stopped by request during epoch 1, before any epoch finished")
+

@@ -67,8 +67,10 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
         zf.writestr("photos/broken.jpg", b"not a jpeg")
         zf.writestr("photos/.DS_Store", b"\0")
     out = tmp_path / "predictions.csv"
-    cli_out(capsys, "predict", str(bees_run), str(archive), "--top-k", "2", "--csv", str(out))
+    printed = cli_out(capsys, "predict", str(bees_run), str(archive), "--top-k", "2", "--csv", str(out))
     rows = list(csv.DictReader(out.open()))
+    assert all(r["file"].startswith("batch.zip/photos/") for r in rows)  # member names, not the unpacked temp folder
+    assert all(line.startswith("batch.zip/photos/") for line in printed.splitlines() if line.strip())
     assert len(rows) == 7 and {"file", "answer", "confidence", "top1", "top1_probability", "top2", "error"} <= set(rows[0])
     good = [r for r in rows if not r["error"]]
     assert len(good) == 6 and [r for r in rows if r["error"]][0]["file"].endswith("broken.jpg")

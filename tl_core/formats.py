@@ -29,6 +29,11 @@ def seconds(s: float | None) -> str:
     return f"{s:.2f} s" if s < 1 else f"{s:.1f} s" if s < 100 else f"{s:.0f} s"
 
 
+def count(n: int, noun: str) -> str:
+    """'1 backbone', '3 backbones': a count with its noun in the right number (regular plurals)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def points(p: float | None) -> float | None:
     """0.954 -> 95.4, for a table column shown with TABLE_PERCENT (it sorts as a number)."""
     return None if p is None else round(100 * p, 1)

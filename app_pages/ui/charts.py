@@ -32,6 +32,9 @@ def _epoch_axis(fig: go.Figure, epochs: int) -> None:
     fig.update_xaxes(title_text="epoch", range=[0, last + 0.2], dtick=1 if last <= 20 else None, tick0=0)
 
 
+CURVE_POINTS = 400
+
+
 def training_curves(history: Sequence[EpochRow], step_losses: Sequence[tuple[float, float]], epochs: int) -> go.Figure | None:
     """Loss (per step, smoothed, plus per epoch) and accuracy (per epoch, 0-100%) of a run; None before any step."""
     if not history and not step_losses:
@@ -39,9 +42,10 @@ def training_curves(history: Sequence[EpochRow], step_losses: Sequence[tuple[flo
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
     if step_losses:
         xs, ys = zip(*step_losses)
-        fig.add_trace(go.Scatter(x=xs, y=ys, name="train loss (each step)", mode="lines", opacity=0.25,
+        every = max(1, len(xs) // CURVE_POINTS)  # a chart 600 px wide shows no more; fewer points, less to send
+        fig.add_trace(go.Scatter(x=xs[::every], y=ys[::every], name="train loss (each step)", mode="lines", opacity=0.25,
                                  line={"color": "#1f77b4", "width": 1}, hoverinfo="skip"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=xs, y=smooth(ys), name="train loss (smoothed)", mode="lines",
+        fig.add_trace(go.Scatter(x=xs[::every], y=smooth(ys)[::every], name="train loss (smoothed)", mode="lines",
                                  line={"color": "#1f77b4", "width": 2}, hovertemplate="%{y:.3f}"), row=1, col=1)
     x = [h.epoch for h in history]
     for metric, col in (("loss", 1), ("acc", 2)):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.ui.shared import backbone_rows, choices, dataset_label, plain, scan_report
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
-from tl_core.features.compare import compare, pareto_front, recommend
+from tl_core.features.compare import Comparison, compare, pareto_front, recommend
 from tl_core.formats import PLOTLY_PERCENT, TABLE_PERCENT, TABLE_SECONDS, points
 from tl_core.measure.speed import SHORTLIST
 
@@ -43,14 +44,9 @@ def render_compare() -> None:
     show(st.session_state.comparison[1])
 
 
-def show(found) -> None:
-    for r in found:
-        if r.error:
-            st.warning(f"{r.name}: not compared. {r.error}")
-    done = [r for r in found if r.val_accuracy is not None]
-    if not done:
-        return
-    front, best = pareto_front(done), recommend(done)
+def accuracy_latency_figure(done: list[Comparison]) -> tuple[go.Figure, pd.DataFrame]:
+    """Your-data accuracy (0-100%, never past it) against measured latency, the Pareto front joined by a line."""
+    front = pareto_front(done)
     table = pd.DataFrame([{**r.to_dict(), "pareto": r.name in front} for r in done])
     fig = px.scatter(table, x="ms_per_image", y="val_accuracy", color="pareto", text="name", hover_name="name",
                      hover_data=["cv_accuracy", "size_mb", "seconds"], log_x=True,
@@ -59,7 +55,19 @@ def show(found) -> None:
     line = table[table.pareto].sort_values("ms_per_image")
     fig.add_scatter(x=line.ms_per_image, y=line.val_accuracy, mode="lines", name="Pareto front", line={"dash": "dot"})
     fig.update_traces(textposition="top center", selector={"mode": "markers+text"})
-    fig.update_yaxes(tickformat=PLOTLY_PERCENT)
+    fig.update_yaxes(tickformat=PLOTLY_PERCENT, range=[0, 1.05])
+    return fig, table
+
+
+def show(found) -> None:
+    for r in found:
+        if r.error:
+            st.warning(f"{r.name}: not compared. {r.error}")
+    done = [r for r in found if r.val_accuracy is not None]
+    if not done:
+        return
+    best = recommend(done)
+    fig, table = accuracy_latency_figure(done)
     st.plotly_chart(fig, key="cmp_chart")
     st.success(f"Recommended for this dataset: **{best}**: the fastest backbone within one point of the best accuracy.")
     shown = table.assign(val_accuracy=table.val_accuracy.map(points), cv_accuracy=table.cv_accuracy.map(points))

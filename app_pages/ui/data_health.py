@@ -19,6 +19,14 @@ from tl_core.features.health import HealthReport, check_health
 PER_PAGE = 8
 
 
+def relative_name(path: str, root: str) -> str:
+    """A file as the user knows it: inside the dataset (`train/cat/x.jpg`), never as a server path."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
+
+
 def render_data_health(ds: ImageDataset, source: str) -> None:
     st.subheader("Data health")
     backbone = chosen_backbone()
@@ -93,10 +101,10 @@ def duplicates_and_outliers(ds: ImageDataset, report: HealthReport) -> None:
     if report.duplicates:
         st.markdown("**Near-duplicates** (similar embeddings, or copies found by their perceptual hash; across splits "
                     "they inflate the validation score, under two classes one label is wrong)")
-        st.dataframe(pd.DataFrame([{"similarity": p.similarity, "found by": p.found_by, "a": p.a, "b": p.b,
-                                    "splits": f"{p.split_a} / {p.split_b}", "classes": f"{p.class_a} / {p.class_b}",
-                                    "leakage": p.cross_split, "different classes": p.cross_class,
-                                    "identical files": p.exact} for p in report.duplicates]),
+        st.dataframe(pd.DataFrame([{"similarity": p.similarity, "found by": p.found_by, "a": relative_name(p.a, ds.root),
+                                    "b": relative_name(p.b, ds.root), "splits": f"{p.split_a} / {p.split_b}",
+                                    "classes": f"{p.class_a} / {p.class_b}", "leakage": p.cross_split,
+                                    "different classes": p.cross_class, "identical files": p.exact} for p in report.duplicates]),
                      hide_index=True, key="dup_table")
     if report.outliers:
         st.markdown("**Outliers**: pictures far from every other image (another subject, a placeholder, a scan), "
@@ -107,11 +115,14 @@ def duplicates_and_outliers(ds: ImageDataset, report: HealthReport) -> None:
                 st.image(o.path, caption=f"{Path(o.path).name} ({o.label}, {o.split}), z {o.z:.1f}", width="stretch")
                 if o.path in decided:
                     st.caption("dropped" if decided[o.path].action == DROP else f"relabelled as {plain(decided[o.path].label)}")
+                    if st.button("Undo", key=f"undo_outlier_{o.path}"):
+                        clear_override(ds, o.path)
+                        changed()
                 elif st.button("Drop", key=f"drop_outlier_{o.path}"):
                     set_override(ds, o.path, DROP)
                     changed()
-        st.dataframe(pd.DataFrame([{**vars(o), "file": Path(o.path).name} for o in report.outliers]),
-                     hide_index=True, key="outlier_table", column_order=["file", "label", "split", "z", "path"])
+        st.dataframe(pd.DataFrame([{"file": relative_name(o.path, ds.root), "label": o.label, "split": o.split, "z": round(o.z, 1)}
+                                   for o in report.outliers]), hide_index=True, key="outlier_table")
 
 
 MAP_PICTURES_MAX = 500  # past this many, pictures on the map are a blur and slow to send

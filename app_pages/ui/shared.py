@@ -8,6 +8,8 @@ only caches and renders.
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 
 import streamlit as st
@@ -75,16 +77,31 @@ def speeds() -> dict[str, speed.Speed]:
     return speed.load_speeds(pick_device())
 
 
+TAB_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def tab_id() -> str:
+    """This browser tab's id, kept in its URL (`?tab=...`) so that a refresh finds the tab's own choices."""
+    tab = st.query_params.get("tab")
+    if not (isinstance(tab, str) and TAB_ID.match(tab)):
+        tab = st.session_state.get("tab_id") or secrets.token_hex(6)
+    if st.query_params.get("tab") != tab:
+        st.query_params["tab"] = tab  # put back after a page switch dropped it
+    st.session_state.tab_id = tab
+    return tab
+
+
 def choices() -> Choices:
-    """This browser session's dataset spec, backbone and run (the server's last choice is only the default)."""
+    """This browser tab's dataset spec, backbone and run (the server's last choice is only a new tab's default)."""
+    tab = tab_id()
     if "choices" not in st.session_state:
-        st.session_state.choices = prefs.load()
+        st.session_state.choices = prefs.load(tab)
     return st.session_state.choices
 
 
 def choose(message: str | None = None, **changes) -> None:
-    """Change this session's choices (saved as the server default too); rerun so every widget shows it at once."""
-    st.session_state.choices = prefs.save(choices().with_changes(**changes))
+    """Change this tab's choices (the server default for new tabs too); rerun so every widget shows it at once."""
+    st.session_state.choices = prefs.save(choices().with_changes(**changes), tab_id())
     if message:
         flash(message)
     st.rerun()
@@ -110,6 +127,7 @@ def plain(name: object) -> str:
     `![x](http://host/p.png)` shows as typed and fetches nothing."""
     text = " ".join(str(name).split())  # no newline can start a heading or a list
     return "".join(f"\\{ch}" if ch in MARKDOWN_SPECIAL else ch for ch in text)
+SIDEBAR_EVERY_S = 5.0  # the sidebar's job line: each refresh costs the server a script run, so not too often
 
 
 def sidebar() -> None:
@@ -120,7 +138,7 @@ def sidebar() -> None:
         st.caption("Backbone")
         st.markdown(f"**{plain(chosen_backbone())}**")
         st.caption("Training")
-        st.fragment(job_status, run_every=2 if job_manager().active() else None)()
+        st.fragment(job_status, run_every=SIDEBAR_EVERY_S if job_manager().active() else None)()
         st.caption(device_text())
 
 
@@ -133,4 +151,5 @@ def job_status() -> None:
         return
     s = job.snapshot()
     best = f", best val acc {percent(s.best.val_acc)}" if s.best else ""
-    st.markdown(f"job {s.id} on {plain(dataset_label(s.dataset))}: **{s.status_text}**, epoch {s.epoch}/{s.epochs}{best}")
+    where = f"epoch {s.epoch}/{s.epochs}" if s.active else f"{len(s.history)} of {s.epochs} epochs finished"
+    st.markdown(f"job {s.id} on {plain(dataset_label(s.dataset))}: **{s.status_text}**, {where}{best}")

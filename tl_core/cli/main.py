@@ -135,14 +135,18 @@ def cmd_resume(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tl_core.use.predict import Predictor, expand_inputs, write_csv
+    from dataclasses import replace
 
-    files = expand_inputs(args.images)
+    from tl_core.use.predict import Predictor, named_inputs, write_csv
+
+    named = named_inputs(args.images)
+    files, names = [path for path, _ in named], dict(named)
     if not files:
         raise ValueError("No image files found in the given paths.")
     predictor = Predictor.from_run(args.run_dir, args.device)
     with Progress() as bar:
         predictions = predictor.predict_many(files, min(args.top_k, len(predictor.classes)), progress=bar.callback("predicting"))
+    predictions = [replace(p, file=names.get(p.file, p.file)) for p in predictions]  # x.zip/member, never a temp path
     threshold = predictor.threshold if args.unsure_below is None else args.unsure_below
     if args.csv:
         write_csv(predictions, args.csv, threshold)

@@ -67,8 +67,8 @@ class Progress:
         if isinstance(e, PhaseProgress):
             self.bar(e.phase, e.done, e.total, f"{e.rate:.0f}/s" if e.rate else "")
         elif isinstance(e, StepEnded) and e.eta is not None:
-            self.bar(f"epoch {e.epoch}", e.step, e.steps, f"loss {loss(e.loss)}, {e.images_per_s:.0f} img/s, "
-                                                          f"{seconds(e.eta)} left")
+            rate = f", {e.images_per_s:.0f} img/s" if e.images_per_s else ""  # a fitted head has no training rate
+            self.bar(f"epoch {e.epoch}", e.step, e.steps, f"loss {loss(e.loss)}{rate}, {seconds(e.eta)} left")
         elif isinstance(e, EpochEnded):
             r = e.row
             self.say(f"epoch {r.epoch}/{e.epochs}  train loss {loss(r.train_loss)} acc {percent(r.train_acc)}  "

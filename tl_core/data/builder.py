@@ -50,13 +50,25 @@ def add_image(folder: Path, class_name: str, data: bytes) -> Path:
             suffix = _SAVE_AS.get(raw.format or "")
     except BadImage as e:
         raise DatasetError(f"Not added: {e}.") from None
-    path = add_class(folder, class_name) / (hashlib.sha1(data).hexdigest()[:16] + (suffix or ".png"))
+    stem = hashlib.sha1(data).hexdigest()[:16]
+    elsewhere = stored_in(folder, stem)
+    if elsewhere and elsewhere != check_name(class_name, "Class"):
+        raise DatasetError(f"Not added: this picture is already in {elsewhere!r}; one picture cannot teach two classes.")
+    path = add_class(folder, class_name) / (stem + (suffix or ".png"))
     if not path.exists():
         if suffix:
             path.write_bytes(data)
         else:  # a format we decode but do not keep as it is
             img.save(path)
     return path
+
+
+def stored_in(folder: Path, stem: str) -> str | None:
+    """The class already holding the picture stored under `stem` (its content hash), if any."""
+    for c in folder.iterdir() if folder.is_dir() else ():
+        if c.is_dir() and any(f.stem == stem for f in c.iterdir()):
+            return c.name
+    return None
 
 
 def class_counts(folder: Path) -> dict[str, int]:

@@ -53,6 +53,11 @@ class DatasetSpec:
         return asdict(self)
 
 
+def describe_split(split_source: str) -> str:
+    """How validation images were chosen, in words: a dataset's own val/ folder, or the spec's random split."""
+    return "its own validation folder" if split_source == "folders" else f"validation split {split_source}"
+
+
 @dataclass(frozen=True)
 class Sample:
     path: str

@@ -25,6 +25,7 @@ from tl_core.config import TrainConfig
 from tl_core.data.images import content_hash
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
+from tl_core.formats import percent
 
 NEAR_DUPLICATE = 0.75  # cosine of centred embeddings (MobileNetV2, ants vs bees): resized + re-encoded copies
 #                        scored 0.77-0.89, the closest two distinct photos 0.65
@@ -96,7 +97,7 @@ class ClassBalance:
         small = min(self.counts, key=self.counts.get)
         cost = self.accuracy - self.balanced_accuracy
         return (f"Largest class / smallest: {self.ratio:.1f}x ({small}: {self.counts[small]} training images). "
-                f"Out-of-fold accuracy {self.accuracy:.3f}, balanced over classes {self.balanced_accuracy:.3f}"
+                f"Out-of-fold accuracy {percent(self.accuracy)}, balanced over classes {percent(self.balanced_accuracy)}"
                 + (f": the smaller classes cost {cost * 100:.1f} points." if cost > 0.005 else "."))
 
 

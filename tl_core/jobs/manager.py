@@ -254,9 +254,12 @@ class JobManager:
         return next((j for j in jobs or self.jobs() if j.active and (device is None or j.state.device == device)), None)
 
     def current(self) -> Job | None:
-        """The active job, else the most recent one (so a page shows how the last run ended)."""
+        """The active job, else the most recent one (so a page shows how the last run ended), unless its run was
+        deleted since: then there is nothing left to show or resume."""
         jobs = self.jobs()  # one look at the job folder for both questions
-        return self.active(jobs=jobs) or (jobs[-1] if jobs else None)
+        last = jobs[-1] if jobs else None
+        gone = last is not None and last.state.run_dir is not None and not Path(last.state.run_dir).exists()
+        return self.active(jobs=jobs) or (None if gone else last)
 
     def stop(self, job: Job | None = None) -> bool:
         """Ask the child to stop (SIGTERM): it ends the run within a step, 'stopped', with its checkpoint."""

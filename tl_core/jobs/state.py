@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetSpec
+from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import (
     EpochEnded,
     EpochRow,
@@ -171,10 +172,10 @@ class JobSnapshot:
             rate = f", {self.phase_rate:.0f}/s" if self.phase_rate else ""
             return f"{self.phase}: {done}/{total}{rate}"
         step, steps = self.step
-        eta = f", about {self.eta:.0f} s left" if self.active and self.eta is not None else ""
+        eta = f", about {seconds(self.eta)} left" if self.active and self.eta is not None else ""
         rate = f", {self.images_per_s:.0f} training images/s" if self.images_per_s else ""
         if not self.active:
-            return f"{self.status_text}: {len(self.history)} of {self.epochs} epochs in {self.elapsed:.0f} s"
+            return f"{self.status_text}: {len(self.history)} of {self.epochs} epochs in {seconds(self.elapsed)}"
         return f"epoch {self.epoch}/{self.epochs}, step {step}/{steps}{rate}{eta}"
 
     @property
@@ -237,8 +238,8 @@ def _step_ended(s: JobSnapshot, e: StepEnded) -> Changes:
 
 def _epoch_ended(s: JobSnapshot, e: EpochEnded) -> Changes:
     r = e.row
-    return ({"history": (*s.history, r), "epoch": r.epoch}, f"Epoch {r.epoch}/{e.epochs}: train acc {r.train_acc:.3f}, "
-            f"val acc {r.val_acc:.3f}, val loss {r.val_loss:.3f}" + (" (best)" if e.improved else ""))
+    return ({"history": (*s.history, r), "epoch": r.epoch}, f"Epoch {r.epoch}/{e.epochs}: train acc {percent(r.train_acc)}, "
+            f"val acc {percent(r.val_acc)}, val loss {loss(r.val_loss)}" + (" (best)" if e.improved else ""))
 
 
 def _message(s: JobSnapshot, e: Logged) -> Changes:
@@ -252,7 +253,7 @@ def _run_failed(s: JobSnapshot, e: RunFailed) -> Changes:
 def _run_ended(s: JobSnapshot, e: RunEnded) -> Changes:
     r = e.result
     why = f" ({r.stop_reason})" if r.stop_reason else ""
-    return {"result": r}, f"Run {r.status}{why}: best val acc {r.best_val_accuracy:.3f} after {r.seconds:.1f}s"
+    return {"result": r}, f"Run {r.status}{why}: best val acc {percent(r.best_val_accuracy)} after {seconds(r.seconds)}"
 
 
 _TRAINING = {RunStarted: _run_started, PhaseStarted: _phase_started, PhaseProgress: _phase_progress, StepEnded: _step_ended,

@@ -8,12 +8,15 @@ this device) and from decoding a few of this dataset's own files; the Train page
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
-from tl_core import plan
+from tl_core import paths, plan
 from tl_core.config import TrainConfig
 from tl_core.data.pipeline import decode_square
 from tl_core.data.scan import ScanReport, _VerdictCache, check_file
@@ -36,6 +39,39 @@ class Estimate:
 
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 1), "phases": {k: round(v, 2) for k, v in self.phases.items()}}
+
+
+CHILD_IMPORTS = "import tl_core.cli.main, tl_core.train.trainer"  # what a job's process loads before its first step
+
+
+def _startup_key() -> str:
+    import torch
+
+    return f"{sys.executable} | torch {torch.__version__} | {os.cpu_count()} cpus"
+
+
+def child_startup_seconds() -> float:
+    """Seconds a training process spends starting: a fresh interpreter importing torch, torchvision and the trainer.
+    The Train page and `python -m tl_core train` both start one, and on 2 cores it takes 3-8 s, often more than a
+    small run's work. Measured once per interpreter on this machine (a subprocess, as a job starts), then cached."""
+    from tl_core.jobs.manager import ROOT
+    from tl_core.train.runs import write_json
+
+    f = paths.home() / "startup.json"
+    try:
+        table = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        table = {}
+    key = _startup_key()
+    if isinstance(table.get(key), (int, float)):
+        return float(table[key])
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", CHILD_IMPORTS], check=False, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    table[key] = round(time.perf_counter() - t, 2)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    write_json(f, table)
+    return table[key]
 
 
 def _per_file_seconds(paths: list[str], resize: int) -> tuple[float, float]:
@@ -68,7 +104,7 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
     decode, check = _per_file_seconds(sample, prep.resize)
     workers = max(1.0, min(8, os.cpu_count() or 1) * 0.8)  # decoding and checking run in threads
     unchecked = sum(_VerdictCache(report.root).get(p) is None for p in files)
-    phases = {"setup": FIXED_SECONDS, "checking files": unchecked * check / workers}
+    phases = {"starting": child_startup_seconds(), "setup": FIXED_SECONDS, "checking files": unchecked * check / workers}
     if run.fitted_head:
         caches = plan_caches(run, fast_dtype(device) if config.amp else None)
         known = [c.known() for c in caches]

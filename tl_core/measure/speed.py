@@ -68,11 +68,29 @@ def _store(device: torch.device, speed: Speed) -> None:
     write_json(f, data)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 5, budget: float = 3.0) -> float:
-    """Median wall time of `fn` after `warmup` calls; at least 3 repeats, more while the budget lasts."""
-    for _ in range(warmup):
+STEADY = 1.5  # warm-up goes on while each call is over this many times faster than the one before
+
+
+def warm_up(fn: Callable[[], object], device: torch.device, calls: int = 3, most: int = 10, budget: float = 2.0) -> int:
+    """Run `fn` until it stops getting faster: at least `calls` times, then until a call is less than STEADY x faster
+    than the one before (at most `most` calls or `budget` seconds). The first calls of a backbone pay for kernel
+    selection, weight packing and allocation, hundreds of ms that a fixed few warm-up calls can leave in the figure
+    (efficientnet_b0's first pass read 14x its speed). Returns how many calls it made."""
+    last, n, start = float("inf"), 0, time.perf_counter()
+    while n < most:
+        t = time.perf_counter()
         fn()
-    sync(device)
+        sync(device)
+        took, n = time.perf_counter() - t, n + 1
+        if n >= calls and (took * STEADY >= last or time.perf_counter() - start > budget):
+            break
+        last = took
+    return n
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 5, budget: float = 3.0) -> float:
+    """Median wall time of `fn` once it is warm: at least 3 timed repeats, up to `reps` while the budget lasts."""
+    warm_up(fn, device, warmup)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (len(times) < reps and time.perf_counter() - start < budget):

@@ -392,6 +392,18 @@ class Run:
     def classes(self) -> list[str]:
         return self.info["classes"]
 
+    @property
+    def dataset_source(self) -> str | None:
+        """The DatasetSpec source this run trained on (None: not recorded)."""
+        dataset = self.info.get("dataset")
+        return dataset.get("source") if isinstance(dataset, dict) else None
+
+    @property
+    def started(self) -> str:
+        """When it started, from the run id's timestamp: '2026-12-03 09:14'."""
+        stamp = self.id[:15]
+        return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if stamp[8:9] == "-" else self.id
+
     def metrics(self) -> list[dict]:
         path = self.dir / "metrics.jsonl"
         if not path.exists():
@@ -467,9 +479,17 @@ def list_runs(runs_dir: str | Path) -> list[Run]:
     return sorted((Run(d) for d in runs_dir.iterdir() if (d / "run.json").exists()), key=lambda r: r.id, reverse=True)
 
 
-def latest_finished(runs_dir: str | Path) -> Run | None:
-    return next((r for r in list_runs(runs_dir)
-                 if r.has_checkpoint() and not r.broken and r.summary.get("status") != RUNNING), None)
+def latest_finished(runs_dir: str | Path, source: str | None = None) -> Run | None:
+    """The newest usable run, of the dataset `source` when given (a DatasetSpec's source)."""
+    return next((r for r in list_runs(runs_dir) if r.has_checkpoint() and not r.broken and r.summary.get("status") != RUNNING
+                 and (source is None or same_source(r.dataset_source, source))), None)
+
+
+def same_source(a: str | None, b: str) -> bool:
+    """One dataset under two spellings: a job's command line resolves folders, a page may not."""
+    if a is None:
+        return False
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 def load_run(path: str | Path) -> Run:

@@ -30,6 +30,7 @@ from tl_core.features import frozen as frozen_features
 from tl_core.features.cache import inference_copy
 from tl_core.features.frozen import Embedded, FrozenBackbone
 from tl_core.features.probe import ProbeResult, fit_head
+from tl_core.formats import percent, seconds
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 from tl_core.plan import Plan
@@ -309,8 +310,8 @@ class FittedHead(Strategy):
         ctx.head_fit = {"method": "L-BFGS logistic regression", "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
                         "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
         ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV accuracy "
-                               f"{fit.cv_accuracy:.3f}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
-                               f"{fit.iterations} L-BFGS iterations in {fit.seconds:.1f} s."))
+                               f"{percent(fit.cv_accuracy)}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
+                               f"{fit.iterations} L-BFGS iterations in {seconds(fit.seconds)}."))
         return fit
 
     def param_groups(self) -> list[dict]:

@@ -22,6 +22,7 @@ from tl_core.config import TrainConfig
 from tl_core.data.scan import check_files, scan
 from tl_core.data.sources import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, pick_device
+from tl_core.formats import percent
 from tl_core.models import backbones
 from tl_core.train import distributed
 from tl_core.train.callbacks import Checkpoint, EarlyStopping, LRSweep
@@ -33,6 +34,13 @@ from tl_core.train.strategies import Context, Stopped, Sweep, choose, weights_id
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]
 
+
+
+def stopped_reason(finished: int, planned: int) -> str:
+    """A stop in words that agree with the sidebar's "epoch N/M": which epochs were finished, never "after epoch 0"."""
+    if not finished:
+        return "stopped by request during epoch 1, before any epoch finished"
+    return f"stopped by request after epoch {finished} of {planned}"
 
 class TrainingError(RuntimeError):
     def __init__(self, message: str, suggestion: str, run_dir: str | None = None):
@@ -53,7 +61,7 @@ def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = Fals
     if isinstance(exc, backbones.WeightsUnavailable):
         return str(exc), "Choose a backbone marked 'cached', add the weight file, or train from scratch."
     if isinstance(exc, DatasetError):
-        return str(exc), "Check the Dataset page's problems table and fix the folder layout."
+        return str(exc), "Check the dataset's problems (`python -m tl_core scan DATA` lists them) and fix the folder layout."
     if isinstance(exc, RunBusy):
         return str(exc), "Wait for that process to finish, or stop it first."
     if isinstance(exc, ValueError):
@@ -241,7 +249,7 @@ class Trainer:
                     run.write_summary(head_fit=ctx.head_fit)  # how the head was fitted, shown with the run
                 reason = loop.run(self._restore(loop) if resume else 0)
             except Stopped:
-                status, reason = RunStatus.STOPPED, f"stopped by request after epoch {loop.epoch}"
+                status, reason = RunStatus.STOPPED, stopped_reason(loop.epoch, loop.epochs)
                 self.events.emit(Logged(f"Stopped after {loop.epoch} epoch(s); best checkpoint kept."))
             except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
                 self.events.emit(RunEnded(self._result(loop, RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(ctx.skipped)))
@@ -275,7 +283,7 @@ class Trainer:
             loop.opt.load_state_dict(point.optimizer)
             loop.sched.load_state_dict(point.scheduler)
         loop.best_acc, loop.best_epoch = point.best_acc, point.best_epoch
-        self.events.emit(Logged(f"Resuming after epoch {point.epoch} (best {loop.best_acc:.3f})."))
+        self.events.emit(Logged(f"Resuming after epoch {point.epoch} (best {percent(loop.best_acc)})."))
         return point.epoch
 
 

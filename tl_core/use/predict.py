@@ -256,15 +256,22 @@ def _folder_images(folder: Path) -> list[str]:
 def expand_inputs(items: Sequence[str]) -> list[str]:
     """Files as given; folders and .zip files become their image files (recursively, hidden ones and links
     leading out of the folder skipped)."""
+    return [path for path, _ in named_inputs(items)]
+
+
+def named_inputs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """(path to read, name to show) of every input image: a zip's images are named `x.zip/member`, never by the
+    temporary folder they were unpacked into; a folder's as the path given plus the file inside it."""
     out = []
     for item in items:
         p = Path(item)
+        shown = Path(item)
         if p.suffix.lower() == ".zip" and p.is_file():
-            p = unpack_zip(p)
+            shown, p = Path(p.name), unpack_zip(p)
         if p.is_dir():
-            out += _folder_images(p)
+            out += [(f, str(shown / Path(f).relative_to(p))) for f in _folder_images(p)]
         elif p.exists():
-            out.append(str(p))
+            out.append((str(p), item))
         else:
             raise FileNotFoundError(f"{item} does not exist.")
     return out
