@@ -19,6 +19,7 @@ AUGMENTATIONS = ("none", "light", "strong")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("cpu", "cuda", "mps")
+BENCH_MODES = ("features", "full")  # the strategies the copied tutorial loop has (it fine-tunes no partial network)
 EXPORT_FORMATS = ("safetensors", "onnx", "onnx-int8", "torchscript")  # written and checked by tl_core.use.export
 EPOCHS_BY_STRATEGY = {"features": 10, "finetune": 5, "full": 5}
 
