@@ -17,7 +17,7 @@ def test_every_option_survives_the_command_line():
         elif kind is int:
             changed[name] = int(opt.low) + 3
         elif kind is float:
-            changed[name] = 0.1 + 1 / 3 * (opt.high - opt.low) / 10  # a float that only repr() keeps exactly
+            changed[name] = opt.low + (opt.high - opt.low) / 30  # in bounds, and a float that only repr() keeps exactly
         else:
             changed[name] = "-odd path=with spaces.safetensors"
     changed["backbone"] = "resnet18"

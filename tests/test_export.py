@@ -131,7 +131,7 @@ def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp
     check = meta["check"]
     assert check["pictures"] == check["same_top1"] == 153 and check["max_abs_diff"] <= 0.01
     with zipfile.ZipFile(path) as zf:
-        assert set(zf.namelist()) == {"model.onnx", "model.json", "MODEL_CARD.md"}
+        assert set(zf.namelist()) == {"model.onnx", "model.json", "MODEL_CARD.md", "familiar.safetensors"}
         zf.extractall(tmp_path / "unpacked")
     model = onnx.load(str(tmp_path / "unpacked" / "model.onnx"))
     (pixels,) = model.graph.input

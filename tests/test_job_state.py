@@ -12,6 +12,7 @@ import pytest
 
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetSpec
+from tl_core.formats import percent, seconds
 from tl_core.jobs.state import ACTIVE, STEP_POINTS, JobSnapshot, JobStatus, ProcessEnded, StopRequested, reduce
 from tl_core.train import events as ev
 from tl_core.train.runs import load_run
@@ -69,8 +70,8 @@ def test_a_real_runs_events_fold_to_its_final_snapshot(recorded):
     assert end.ended == events[-1].time and end.elapsed == pytest.approx(events[-1].time - start.started)
     began = next(e for e in events if isinstance(e, ev.RunStarted))
     assert any(line.endswith(f"Run {end.run_name} on cpu ({began.dtype})") for line in end.log)
-    assert end.log[-1].endswith(f"Run finished: best val acc {result.best_val_accuracy:.3f} after {result.seconds:.1f}s")
-    assert end.progress_text == f"finished: 2 of 2 epochs in {end.elapsed:.0f} s"
+    assert end.log[-1].endswith(f"Run finished: best val acc {percent(result.best_val_accuracy)} after {seconds(result.seconds)}")
+    assert end.progress_text == f"finished: 2 of 2 epochs in {seconds(end.elapsed)}"
     assert start.status == JobStatus.STARTING and start.history == ()  # folding left the start as it was
 
 

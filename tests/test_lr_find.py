@@ -66,8 +66,9 @@ def test_a_fitted_head_and_a_cannot_learn_config_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["lr-find", "demo", "--strategy", "full", "--steps", "-3"])
     assert "must be 1 or more (got -3)" in capsys.readouterr().err
-    assert main(["lr-find", "demo", "--strategy", "full", "--batch-size", "0"]) == 1
-    assert capsys.readouterr().err.strip() == "error: Invalid training settings: batch_size must be between 1 and 1024."
+    with pytest.raises(SystemExit):
+        main(["lr-find", "demo", "--strategy", "full", "--batch-size", "0"])
+    assert "--batch-size: must be between 1 and 1024 (got 0)" in capsys.readouterr().err
 
 
 def lr_finder_app():

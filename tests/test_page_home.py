@@ -9,6 +9,8 @@ from helpers import APP, open_page, tiny_runs, use_backbone
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app_pages.ui.shared import plain
+
 INJECTION = "![x](pixel.png) [Sign in again](phish)"
 
 
@@ -91,7 +93,7 @@ def test_home_and_predict_name_the_runs_dataset(ui, shapes_folder, monkeypatch):
     assert "check_circle" not in step3 and any("No trained model yet" in m.value for m in at.markdown)  # demo: no run yet
     demo_run = tiny_runs(ui / "runs", 1)[0]
     at.run()
-    assert any(f"Last trained on this dataset: **{demo_run}**" in m.value for m in at.markdown)
+    assert any(f"Last trained on this dataset: **{plain(demo_run)}**" in m.value for m in at.markdown)
     at.switch_page("app_pages/4_Predict.py").run()
     assert not at.exception, at.exception
     picker = next(s for s in at.selectbox if s.label == "Run")
@@ -107,16 +109,16 @@ def test_a_refresh_keeps_this_tabs_dataset_whatever_another_tab_chose(ui, shapes
     first.radio(key="dataset_kind").set_value("Folder on the server").run()
     first.selectbox(key="server_folder").set_value(shapes_folder.name).run()
     first.button(key="use_folder").click().run()
-    assert any(m.value == f"**{shapes_folder.name}**" for m in first.sidebar.markdown)
+    assert any(m.value == f"**{plain(shapes_folder.name)}**" for m in first.sidebar.markdown)
     tab = first.query_params["tab"]
     second = open_page("app_pages/1_Dataset.py")  # another tab: chooses the demo
     assert second.query_params["tab"] != tab
     second.radio(key="dataset_kind").set_value("Built-in demo").run()
     second.button(key="use_demo").click().run()
-    assert any(m.value == "**demo (shapes)**" for m in second.sidebar.markdown)
+    assert any(m.value == r"**demo \(shapes\)**" for m in second.sidebar.markdown)
     refreshed = AppTest.from_file(APP, default_timeout=120)  # the first tab refreshed: a new session, the same URL
     refreshed.query_params["tab"] = tab
     refreshed.run()
-    assert any(m.value == f"**{shapes_folder.name}**" for m in refreshed.sidebar.markdown)
-    assert any(m.value == "**demo (shapes)**" for m in open_page().sidebar.markdown)  # a new tab: the last choice
+    assert any(m.value == f"**{plain(shapes_folder.name)}**" for m in refreshed.sidebar.markdown)
+    assert any(m.value == r"**demo \(shapes\)**" for m in open_page().sidebar.markdown)  # a new tab: the last choice
 

@@ -184,7 +184,7 @@ def test_export_carries_the_familiarity_check(bees_features_run, tmp_path):
     path = export(bees_features_run, tmp_path / "model.zip")
     with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("model.json"))
-        readme = zf.read("README.md").decode()
+        readme = zf.read("MODEL_CARD.md").decode()
     threshold = Predictor.from_run(bees_features_run).familiarity.threshold
     assert meta["familiarity"]["unsure_beyond"] == threshold and meta["familiarity"]["file"] in zipfile.ZipFile(path).namelist()
     assert "none of the classes" in readme
