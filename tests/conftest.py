@@ -1,21 +1,16 @@
 """Shared fixtures: an isolated TL Studio home, the real weights from ../shared/data when present, small datasets,
 trained runs shared by several files, a fresh home for page tests and a `streamlit run` server for browser tests.
-Plain helpers and constants live in helpers.py (imported by `from helpers import ...`); the names below are kept
-importable from here too."""
+Plain helpers and constants live in helpers.py (imported by `from helpers import ...`)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import streamlit as st
-from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, free_port, solid
+from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, solid, streamlit_server
 
 __all__ = ["HYMENOPTERA", "MOBILENET_FILE", "ROOT", "SHARED", "solid"]
 
@@ -152,25 +147,8 @@ def server(tmp_path, studio_home):
     home = tmp_path / "home"
     home.mkdir()
     (home / "demo-v1").symlink_to(demo_root())
-    port = free_port()
     env = {**os.environ, "TL_STUDIO_HOME": str(home), "TL_STUDIO_RUNS": str(tmp_path / "runs"),
            "TORCH_HOME": str(tmp_path / "torch"),
            "OMP_NUM_THREADS": "1"}  # on a shared, busy CI machine two spinning torch threads train 15x slower than one
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with streamlit_server(tmp_path, env) as (url, _, _):
+        yield url

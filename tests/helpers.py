@@ -10,7 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.util import find_spec
 from pathlib import Path
@@ -187,3 +190,32 @@ def tiny_runs(runs_dir: Path, n: int, source: str = "demo") -> list[str]:
             time.sleep(1.1)
         ids.append(Path(train(source, tiny, runs_dir).run_dir).name)
     return ids
+
+
+@contextmanager
+def streamlit_server(log_dir: Path, env: dict[str, str], address: str = "127.0.0.1") -> Iterator[tuple[str, int, Path]]:
+    """`streamlit run streamlit_app.py` on a free port, listening on `address`; yields (loopback URL, port, log
+    file) once its health check answers, and stops it afterwards."""
+    port = free_port()
+    log_path = log_dir / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                             "--server.address", address, "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+    try:
+        yield url, port, log_path
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

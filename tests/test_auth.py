@@ -7,15 +7,12 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
 
 import pytest
-from helpers import APP, ROOT, free_port
+from helpers import APP, ROOT, streamlit_server
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
@@ -128,26 +125,9 @@ def test_localhost_needs_no_password(studio_home, monkeypatch):
 @pytest.fixture
 def exposed_server(tmp_path):
     """`streamlit run` listening on all interfaces with a password; spoken to over loopback."""
-    port = free_port()
     env = {**os.environ, "TL_STUDIO_HOME": str(tmp_path), "TL_STUDIO_RUNS": str(tmp_path / "runs"), auth.PASSWORD_ENV: "s3cret"}
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.address", "0.0.0.0", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield url, port, tmp_path / "server.log"
-    proc.terminate()
-    proc.wait(10)
+    with streamlit_server(tmp_path, env, "0.0.0.0") as served:
+        yield served
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

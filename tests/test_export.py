@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import HYMENOPTERA
-from helpers import bees_val_files
+from helpers import HYMENOPTERA, bees_val_files
 from onnx import TensorProto, helper
 from PIL import Image
 

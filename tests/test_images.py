@@ -71,7 +71,7 @@ def test_a_corrupt_exif_block_decodes_without_a_warning(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     ifd = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 5) + struct.pack("<HHII", 0x010E, 2, 1, 0)  # 5 entries, 1 there
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "cam.jpg", exif=b"Exif\x00\x00" + ifd)

@@ -81,7 +81,7 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
 
 
 def test_folder_inputs_leave_out_links_that_lead_outside(tmp_path):
-    from conftest import solid
+    from helpers import solid
 
     from tl_core.use.predict import expand_inputs
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import solid
-from helpers import ROOT, TINY, fake_run, run_cli
+from helpers import ROOT, TINY, fake_run, run_cli, solid
 
 from tl_core.config import TrainConfig
 from tl_core.train.runs import (
@@ -249,7 +248,7 @@ def test_the_writer_lock_holds_when_the_writer_pid_is_not_visible(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     from tl_core.train.runs import RUNNING, RunBusy, RunLock
 

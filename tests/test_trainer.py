@@ -336,7 +336,7 @@ def test_a_run_folder_deleted_while_training_fails_in_one_line_saying_so(tmp_pat
 
 
 def test_a_class_only_in_val_is_refused_before_training(tmp_path):
-    from conftest import solid
+    from helpers import solid
 
     for split, classes in (("train", ("red", "blue")), ("val", ("red", "blue", "green"))):
         for k, cls in enumerate(classes):
