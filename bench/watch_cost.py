@@ -5,7 +5,7 @@ Chromium (Playwright), starts a training job the way the page does (a child proc
 file), and samples the server process's CPU time (utime + stime from /proc) from the job's start to its end. The
 child's own CPU is not the server's and is not counted. Also samples the same server with the page open and no job.
 
-    python3 bench/watch_cost.py [--page pages/3_Train.py] [--epochs 20] [--json]
+    python3 bench/watch_cost.py [--page app_pages/3_Train.py] [--epochs 20] [--json]
 
 Prints the server's CPU as a share of one core while idle and while the job was watched (target: under 10%).
 """
@@ -103,7 +103,7 @@ def measure(page_path: str, epochs: int) -> Cost:
                 job = jobs.start("demo", TrainConfig(backbone="mobilenet_v3_small", pretrained=False, strategy="full",
                                                      image_size=64, epochs=epochs, patience=0))
                 page.reload()  # the page sees the running job and follows it
-                page.get_by_text(f"job {job.id}", exact=False).first.wait_for()  # the sidebar follows it: page drawn
+                page.get_by_text(f"job {job.state.id}", exact=False).first.wait_for()  # the sidebar follows it: page drawn
                 time.sleep(SETTLE_S)  # the reload's one full render is not the cost of watching
                 c, t = cpu_seconds(server.pid), time.perf_counter()
                 jobs.wait(job, 900)
@@ -118,7 +118,7 @@ def measure(page_path: str, epochs: int) -> Cost:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--page", nargs="+", default=["pages/3_Train.py", "streamlit_app.py"])
+    p.add_argument("--page", nargs="+", default=["app_pages/3_Train.py", "streamlit_app.py"])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()

@@ -127,7 +127,9 @@ def plain(name: object) -> str:
     `![x](http://host/p.png)` shows as typed and fetches nothing."""
     text = " ".join(str(name).split())  # no newline can start a heading or a list
     return "".join(f"\\{ch}" if ch in MARKDOWN_SPECIAL else ch for ch in text)
-SIDEBAR_EVERY_S = 5.0  # the sidebar's job line: each refresh costs the server a script run, so not too often
+
+
+SIDEBAR_EVERY_S = 10.0  # the sidebar's job line: each refresh costs the server a script run; the Train page has its own
 
 
 def sidebar() -> None:
