@@ -45,6 +45,7 @@ def frame() -> None:
 if __name__ == "__main__":
     frame()
 else:
+    from app_pages.ui.auth import server_settings
     from tl_core.dashboard import gate
 
-    app = st.App(__file__, middleware=gate.middleware())
+    app = st.App(__file__, middleware=gate.middleware(server_settings))

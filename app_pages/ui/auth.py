@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 
 import streamlit as st
 
 from tl_core.dashboard import auth
-from tl_core.dashboard.gate import expected_password
+from tl_core.dashboard.gate import ServerSettings
+
+
+def expected_password() -> str | None:
+    """TL_STUDIO_PASSWORD from the environment, else from Streamlit secrets (`.streamlit/secrets.toml`)."""
+    if value := os.environ.get(auth.PASSWORD_ENV):
+        return value
+    try:
+        return st.secrets.get(auth.PASSWORD_ENV)
+    except FileNotFoundError:  # no secrets file at all
+        return None
+
+
+def server_settings() -> ServerSettings:
+    """What the ASGI sign-in gate needs, read from Streamlit's config and secrets on every request."""
+    from streamlit import config
+
+    return ServerSettings(config.get_option("server.address"), config.get_option("server.baseUrlPath") or "",
+                          bool(config.get_option("server.sslCertFile")), expected_password())
 
 
 def signed_in() -> bool:

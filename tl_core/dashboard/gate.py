@@ -2,7 +2,7 @@
 
 The page form alone guards only what the app script draws: Streamlit's routes (uploads, media, metrics, host
 config) and the websocket's own messages (upload URLs, `clear_cache`, the script path in the first message) work
-for anyone who can connect. This ASGI middleware, given to `st.App` by `streamlit_app.py`, closes all of them: an
+for anyone who can connect. This ASGI middleware, given to `st.App` by `streamlit_app.py` with the server's settings, closes all of them: an
 exposed server answers a client without a valid signed sign-in cookie with the sign-in page (401) for page routes,
 403 for every other route, and refuses the websocket before the handshake. Only the health check and the sign-in
 route stay open; a right password there sets the cookie. On localhost (the default) it passes everything through.
@@ -11,7 +11,8 @@ route stay open; a right password there sets the cookie. On localhost (the defau
 from __future__ import annotations
 
 import html
-import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
@@ -28,22 +29,15 @@ CLOSED_PREFIXES = ("/_stcore/", "/media/", "/component/", "/static/", "/app/stat
 MAX_FORM_BYTES = 4096
 
 
-def expected_password() -> str | None:
-    """TL_STUDIO_PASSWORD from the environment, else from Streamlit secrets (`.streamlit/secrets.toml`)."""
-    import streamlit as st
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the gate needs of the server, read per request by the frame (Streamlit's config and secrets): the engine
+    itself never imports Streamlit."""
 
-    if value := os.environ.get(auth.PASSWORD_ENV):
-        return value
-    try:
-        return st.secrets.get(auth.PASSWORD_ENV)
-    except FileNotFoundError:  # no secrets file at all
-        return None
-
-
-def _option(name: str):
-    from streamlit import config
-
-    return config.get_option(name)
+    address: str | None
+    base_path: str  # server.baseUrlPath
+    secure: bool  # served over TLS: the cookie is sent only over it
+    password: str | None
 
 
 def sign_in_html(message: str = "", base: str = "") -> str:
@@ -72,23 +66,24 @@ async def _form_password(receive: Receive) -> str | None:
 class SignInGate:
     """Pure ASGI middleware (HTTP and websocket alike), outermost in front of Streamlit's own stack."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, settings: Callable[[], ServerSettings]) -> None:
+        self.app, self.settings = app, settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not auth.is_exposed(_option("server.address")):
+        server = self.settings()
+        if scope["type"] not in ("http", "websocket") or not auth.is_exposed(server.address):
             await self.app(scope, receive, send)
             return
-        base = "/".join(["", *filter(None, [(_option("server.baseUrlPath") or "").strip("/")])])  # "" or "/prefix"
+        base = "/".join(["", *filter(None, [(server.base_path or "").strip("/")])])  # "" or "/prefix"
         path = scope["path"][len(base):] if scope["path"].startswith(base) else scope["path"]
-        expected = expected_password()
+        expected = server.password
         if path in HEALTH or (expected and auth.valid_token(self._cookie(scope), expected)):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await WebSocketClose(code=1008)(scope, receive, send)  # before accept: the client gets HTTP 403
             return
-        response = await self._answer(scope, receive, path, base, expected)
+        response = await self._answer(scope, receive, path, base, expected, server.secure)
         await response(scope, receive, send)
 
     @staticmethod
@@ -97,7 +92,8 @@ class SignInGate:
         morsel = SimpleCookie(raw).get(auth.COOKIE) if raw else None
         return morsel.value if morsel else None
 
-    async def _answer(self, scope: Scope, receive: Receive, path: str, base: str, expected: str | None) -> Response:
+    async def _answer(self, scope: Scope, receive: Receive, path: str, base: str, expected: str | None,
+                      secure: bool) -> Response:
         """What a client not signed in gets: the sign-in page, its answer, or a refusal."""
         if not expected:
             return PlainTextResponse(f"This server is reachable from other machines and no password is set: set "
@@ -111,7 +107,7 @@ class SignInGate:
             if wait is None:
                 response = RedirectResponse(base + "/", 303)
                 response.set_cookie(auth.COOKIE, auth.session_token(expected), max_age=auth.SESSION_S, path=base + "/",
-                                    httponly=True, samesite="lax", secure=bool(_option("server.sslCertFile")))
+                                    httponly=True, samesite="lax", secure=secure)
                 return response
             message = "Wrong password." if wait <= 0 else f"Too many wrong passwords: wait {wait:.0f} s, then try again."
             return HTMLResponse(sign_in_html(message, base), 401)
@@ -120,5 +116,5 @@ class SignInGate:
         return PlainTextResponse("Sign in first.", 403)
 
 
-def middleware() -> list[Middleware]:
-    return [Middleware(SignInGate)]
+def middleware(settings: Callable[[], ServerSettings]) -> list[Middleware]:
+    return [Middleware(SignInGate, settings=settings)]
