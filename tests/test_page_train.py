@@ -225,7 +225,7 @@ def test_per_run_settings_follow_the_run(ui):
     assert jobs.wait(job, 60) == "stopped"
     at = open_page("app_pages/3_Train.py")
     header = next(c.value for c in at.caption if c.value.startswith("Dataset demo"))
-    assert "its own validation folder" in header and "seed" not in header  # the demo has a val/ folder
+    assert "its own validation split" in header and "seed" not in header  # the demo has a val/ folder
     s = job.snapshot()
     finished = len(s.history)
     sidebar = next(m.value for m in at.sidebar.markdown if m.value.startswith(f"job {s.id}"))

@@ -22,6 +22,7 @@ DEVICES = ("cpu", "cuda", "mps")
 BENCH_MODES = ("features", "full")  # the strategies the copied tutorial loop has (it fine-tunes no partial network)
 EXPORT_FORMATS = ("safetensors", "onnx", "onnx-int8", "torchscript")  # written and checked by tl_core.use.export
 EPOCHS_BY_STRATEGY = {"features": 10, "finetune": 5, "full": 5}
+LABEL_SEPARATOR = ";"  # how a label CSV's cell joins several labels, unless the dataset spec names another
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from tl_core.cli.terminal import Progress, print_table
-from tl_core.config import EXPORT_FORMATS
+from tl_core.config import EXPORT_FORMATS, LABEL_SEPARATOR
 from tl_core.formats import loss, percent, seconds
 from tl_core.train.events import EventLog
 
@@ -50,7 +50,7 @@ def cmd_backbones(args) -> int:
 def _spec(args):
     from tl_core.data.sources import DatasetSpec
 
-    return DatasetSpec(args.data, args.val_fraction, args.split_seed)
+    return DatasetSpec(args.data, args.val_fraction, args.split_seed, args.label_separator)
 
 
 def _scan(args):
@@ -192,20 +192,24 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from tl_core.data.sources import DatasetSpec
     from tl_core.use.predict import evaluate
 
+    data = DatasetSpec(args.data, separator=args.label_separator) if args.data else None
     with Progress() as bar:
-        ev = evaluate(args.run_dir, args.split, args.device, bar.callback("evaluating"))
+        ev = evaluate(args.run_dir, args.split, args.device, bar.callback("evaluating"), data)
     if args.json:
         d = ev.to_dict()
         d.pop("predictions")
         print(json.dumps(d))
         return 0
-    print(f"accuracy: {ev.accuracy_label}")
+    print(f"{ev.accuracy_name}: {ev.accuracy_label}")
     if ev.calibration:
         print(ev.calibration)
-    if args.split != "val":
-        print(f"expected calibration error on {args.split}: {percent(ev.ece)} raw, {percent(ev.ece_calibrated)} as predicted "
+    if ev.multi_label:
+        return _print_label_scores(ev)
+    if ev.split != "val":
+        print(f"expected calibration error on {ev.split}: {percent(ev.ece)} raw, {percent(ev.ece_calibrated)} as predicted "
               f"(T = {ev.temperature:.3f})")
     print_table(ev.per_class, ["class", "precision", "recall", "f1", "support"], dict.fromkeys(("precision", "recall", "f1"), percent))
     print_table([{"true": c, **dict(zip(ev.classes, row))} for c, row in zip(ev.classes, ev.confusion_matrix)],
@@ -218,6 +222,19 @@ def cmd_evaluate(args) -> int:
         print(f"\nunreadable images, not counted ({len(ev.skipped)}):")
         for s in ev.skipped:
             print(f"  {s['file']}: {s['reason']}")
+    return 0
+
+
+def _print_label_scores(ev) -> int:
+    print(f"micro F1 {percent(ev.micro_f1)}, macro F1 {percent(ev.macro_f1)}, mAP {percent(ev.mean_average_precision)}")
+    print_table(ev.per_class, ["class", "precision", "recall", "f1", "average_precision", "support", "threshold"],
+                dict.fromkeys(("precision", "recall", "f1", "average_precision"), percent))
+    if ev.mistakes:
+        print(f"\npictures whose label set is wrong ({len(ev.mistakes)}):")
+        for m in ev.mistakes[:10]:
+            print(f"  {m['file']}: {m['true']} predicted as {m['predicted']}")
+    for s in ev.skipped:
+        print(f"  not counted: {s['file']}: {s['reason']}")
     return 0
 
 
@@ -334,9 +351,11 @@ def cmd_throughput(args) -> int:
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset spec: the same three values the Dataset page chooses."""
-    p.add_argument("data", help="folder, .zip, 'demo' or 'torchvision:NAME'")
+    p.add_argument("data", help="folder, .zip, label .csv (image,labels columns), 'demo' or 'torchvision:NAME'")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share when there is no val/ folder")
     p.add_argument("--split-seed", type=int, default=0, help="seed of that random split (never the training seed)")
+    p.add_argument("--label-separator", default=LABEL_SEPARATOR,
+                   help="a label CSV's cells: labels joined by this make a multi-label dataset (default: ;)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -462,9 +481,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, mistakes")
+    e = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, mistakes (label sets: F1, mAP)")
     e.add_argument("run_dir")
-    e.add_argument("--split", default="val")
+    e.add_argument("data", nargs="?", help="another dataset (folder, .zip, label .csv) to evaluate on, every picture "
+                   "of it, labels matched to the run's by name (default: the run's own --split)")
+    e.add_argument("--split", default="val", help="the run's own split to evaluate when no DATA is given")
+    e.add_argument("--label-separator", default=LABEL_SEPARATOR, help="DATA's label CSV: labels joined by this")
     add_options(e, ["device"])
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)

@@ -8,7 +8,7 @@ only the default a new tab starts from.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from tl_core import paths
 from tl_core.data.sources import DatasetError, DatasetSpec
@@ -25,8 +25,8 @@ class Choices:
         return asdict(self)
 
     def with_changes(self, **changes) -> Choices:
-        """Changes to the dataset spec's fields (source, val_fraction, split_seed) or to backbone/run."""
-        spec_fields = {k: changes.pop(k) for k in ("source", "val_fraction", "split_seed") if k in changes}
+        """Changes to the dataset spec's fields (source, val_fraction, split_seed, separator) or to backbone/run."""
+        spec_fields = {k: changes.pop(k) for k in [f.name for f in fields(DatasetSpec)] if k in changes}
         spec = replace(self.dataset, **spec_fields) if spec_fields else self.dataset
         return replace(self, dataset=spec, **changes)
 

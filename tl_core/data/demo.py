@@ -33,6 +33,12 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 
 def draw(kind: str, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
     """One picture: a shape of random colour, size, place and angle on a noisy gradient with clutter."""
+    return draw_several((kind,), rng, size)
+
+
+def draw_several(kinds: tuple[str, ...], rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+    """Shapes of random colour, size and angle on a noisy gradient with clutter; several side by side, one per
+    column of the picture (the multi-label demo)."""
     c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     t = np.linspace(0, 1, size)[:, None, None]
     bg = (c0 * (1 - t) + c1 * t).repeat(size, axis=1) + rng.normal(0, 12, (size, size, 3))
@@ -40,13 +46,18 @@ def draw(kind: str, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
     d = ImageDraw.Draw(img)
     for _ in range(rng.integers(1, 4)):  # clutter lines so the task is not trivial
         d.line([tuple(rng.uniform(0, size, 2)), tuple(rng.uniform(0, size, 2))], fill=tuple(rng.integers(0, 256, 3)), width=2)
-    r = rng.uniform(0.2, 0.34) * size
-    cx, cy = rng.uniform(r, size - r, 2)
+    width = size / len(kinds)
+    places = []
+    for column in range(len(kinds)):
+        r = rng.uniform(0.2, 0.34) * width
+        cx, cy = rng.uniform(r, np.array([width, size]) - r)
+        places.append((column * width + cx, cy, r))
     colour = tuple(int(v) for v in (255 - (c0 + c1) / 2 + rng.normal(0, 30, 3)).clip(0, 255))
-    if kind == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    else:
-        d.polygon(_polygon(kind, cx, cy, r, rng.uniform(0, 360)), fill=colour)
+    for kind, (cx, cy, r) in zip(kinds, places):
+        if kind == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        else:
+            d.polygon(_polygon(kind, cx, cy, r, rng.uniform(0, 360)), fill=colour)
     return img
 
 
@@ -59,6 +70,24 @@ def build(root: Path, per_class: int = 60, val_per_class: int = 16, seed: int = 
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 draw(kind, rng).save(folder / f"{kind}_{i:03d}.png", optimize=False)
+    return root
+
+
+LABEL_SETS = (("circle",), ("square",), ("triangle",), ("circle", "square"), ("circle", "triangle"), ("square", "triangle"))
+
+
+def build_labelled(root: Path, per_set: int = 24, seed: int = 0) -> Path:
+    """A multi-label set described by a CSV: pictures of one or two shapes, `labels.csv` naming each picture's
+    shapes joined by ';' (no split column: the usual stratified split applies)."""
+    rng = np.random.default_rng(seed)
+    (root / "pictures").mkdir(parents=True, exist_ok=True)
+    rows = ["image,labels"]
+    for kinds in LABEL_SETS:
+        for i in range(per_set):
+            name = f"pictures/{'-'.join(kinds)}_{i:03d}.png"
+            draw_several(tuple(rng.permutation(kinds)), rng).save(root / name, optimize=False)
+            rows.append(f"{name},{';'.join(kinds)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root
 
 

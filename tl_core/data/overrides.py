@@ -93,7 +93,8 @@ def apply_overrides(ds: ImageDataset) -> ImageDataset:
         elif o.action == DROP:
             skipped.append(Problem(s.path, DROPPED_REASON))
         elif o.label in ds.classes:
-            samples.append(replace(s, label=ds.classes.index(o.label)))
+            label = ds.classes.index(o.label)  # a multi-label picture relabelled has exactly that label
+            samples.append(replace(s, label=label, labels=(label,) if s.labels else ()))
         else:  # the class was renamed or removed since: keep the file's own label
             samples.append(s)
     return replace(ds, samples=samples, skipped=skipped)

@@ -52,6 +52,11 @@ class ImageInfo:
     height: int
     mode: str
     hash: str
+    labels: tuple[int, ...] = ()  # a multi-label picture's label set (`Sample.labels`)
+
+    @property
+    def label_set(self) -> tuple[int, ...]:
+        return self.labels or (self.label,)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class ScanReport:
     images: list[ImageInfo] = field(default_factory=list)  # usable images only, with their split
     skipped: list[Problem] = field(default_factory=list)  # files (and classes) training leaves out, with why
     warnings: list[Problem] = field(default_factory=list)  # used, but worth a look (tiny, duplicated, missing)
+    multi_label: bool = False  # several labels per picture (`tl_core.data.targets`)
 
     @property
     def problems(self) -> list[Problem]:
@@ -80,8 +86,8 @@ class ScanReport:
     @property
     def dataset(self) -> ImageDataset:
         """What training uses: the usable images with their split, and the skipped files."""
-        samples = [Sample(im.path, im.label, im.split) for im in self.images]
-        return ImageDataset(self.name, self.root, self.classes, samples, list(self.skipped), self.split_source)
+        samples = [Sample(im.path, im.label, im.split, im.labels) for im in self.images]
+        return ImageDataset(self.name, self.root, self.classes, samples, list(self.skipped), self.split_source, self.multi_label)
 
     def hashes(self) -> dict[str, str]:
         return {im.path: im.hash for im in self.images}
@@ -89,7 +95,9 @@ class ScanReport:
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "name": self.name, "root": self.root, "classes": self.classes,
                 "counts": self.counts, "split_source": self.split_source, "n_images": self.n_images,
-                "files": [{"path": im.path, "split": im.split, "class": self.classes[im.label]} for im in self.images],
+                "multi_label": self.multi_label,
+                "files": [{"path": im.path, "split": im.split, "class": self.classes[im.label],
+                           **({"labels": [self.classes[i] for i in im.labels]} if im.labels else {})} for im in self.images],
                 "skipped": [asdict(p) for p in self.skipped], "warnings": [asdict(p) for p in self.warnings],
                 "problems": [asdict(p) for p in self.problems]}
 
@@ -178,26 +186,24 @@ def check_files(root: str, files: list[str], progress: Callable[[int, int], None
 def scan(spec: DatasetSpec | str, progress: Callable[[int, int], None] | None = None) -> ScanReport:
     """Open every file, keep the usable ones, split them by the spec, and list what is wrong with the set."""
     spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec(spec)
-    listing = list_files(spec.source)
+    listing = list_files(spec.source, spec.separator)
     checks = check_files(listing.root, [s.path for s in listing.samples], progress)
     skipped = list(listing.skipped) + [Problem(s.path, checks[s.path].reason) for s in listing.samples if not checks[s.path].usable]
     usable = [s for s in listing.samples if checks[s.path].usable]
     corrected = apply_overrides(replace(listing, samples=usable, skipped=skipped))  # the user's drops and relabels
     usable, skipped = corrected.samples, corrected.skipped
-    kept = sorted({s.label for s in usable})  # classes are decided from usable images
+    kept = sorted({y for s in usable for y in s.labels or (s.label,)})  # classes are decided from usable images
     skipped += [Problem(c, "empty class: no usable image (left out of training)")
                 for i, c in enumerate(listing.classes) if i not in kept]
     classes = [listing.classes[i] for i in kept]
     relabel = {old: new for new, old in enumerate(kept)}
-    usable = [Sample(s.path, relabel[s.label], s.split) for s in usable]
-    ds = apply_split(ImageDataset(listing.name, listing.root, classes, usable, skipped, listing.split_source), spec)
-    images = [ImageInfo(s.path, s.label, s.split, c.width, c.height, c.mode, c.hash)
+    usable = [s.relabelled(relabel) for s in usable]
+    ds = apply_split(replace(listing, classes=classes, samples=usable, skipped=skipped), spec)
+    images = [ImageInfo(s.path, s.label, s.split, c.width, c.height, c.mode, c.hash, s.labels)
               for s in ds.samples for c in [checks[s.path]]]
-    counts = {sp: dict.fromkeys(classes, 0) for sp in ds.splits}
-    for im in images:
-        counts[im.split][classes[im.label]] += 1
+    counts = ds.counts()
     return ScanReport(spec, listing.name, listing.root, classes, counts, ds.split_source, images, skipped,
-                      _warnings(images, classes, counts))
+                      _warnings(images, classes, counts), ds.multi_label)
 
 
 def _warnings(images: list[ImageInfo], classes: list[str], counts: dict[str, dict[str, int]]) -> list[Problem]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import math
 import os
 import random
@@ -13,10 +15,11 @@ import zipfile
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from tl_core import paths
+from tl_core.config import LABEL_SEPARATOR
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, require_regular
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -44,25 +47,44 @@ class DatasetSpec:
     source: str = "demo"
     val_fraction: float = 0.2  # used only when the data has no validation folder
     split_seed: int = 0
+    separator: str = LABEL_SEPARATOR  # a CSV's label cells: labels joined by this make a multi-label dataset
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise DatasetError("The validation fraction must be between 0 and 1.")
+        if not self.separator or self.separator in "\r\n\"":
+            raise DatasetError("The label separator must be a character other than a quote or a line break, such as ';'.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_arguments(self) -> list[str]:
+        """The command-line flags (`python -m tl_core train DATA ...`) that give back exactly this spec."""
+        return [f"--val-fraction={self.val_fraction}", f"--split-seed={self.split_seed}",
+                f"--label-separator={self.separator}"]
+
 
 def describe_split(split_source: str) -> str:
-    """How validation images were chosen, in words: a dataset's own val/ folder, or the spec's random split."""
-    return "its own validation folder" if split_source == "folders" else f"validation split {split_source}"
+    """How validation images were chosen, in words: a dataset's own val/ folder (or a CSV's split column), or the
+    spec's random split."""
+    return "its own validation split" if split_source == "folders" else f"validation split {split_source}"
 
 
 @dataclass(frozen=True)
 class Sample:
     path: str
-    label: int
+    label: int  # the class; in a multi-label dataset the first of `labels` (what a stratified split groups by)
     split: str
+    labels: tuple[int, ...] = ()  # a multi-label picture's whole label set; () when it has one class
+
+    @property
+    def target(self) -> int | tuple[int, ...]:
+        """What the picture should be answered: its class, or its label set (`tl_core.data.targets`)."""
+        return self.labels or self.label
+
+    def relabelled(self, mapping: dict[int, int], split: str | None = None) -> Sample:
+        labels = tuple(mapping[y] for y in self.labels)
+        return Sample(self.path, labels[0] if labels else mapping[self.label], split or self.split, labels)
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,7 @@ class ImageDataset:
     samples: list[Sample]
     skipped: list[Problem] = field(default_factory=list)
     split_source: str = "folders"  # or "random 20% (seed 0)", or UNSPLIT before the spec's split
+    multi_label: bool = False  # several labels per picture (a CSV's label cells), `tl_core.data.targets`
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -93,7 +116,8 @@ class ImageDataset:
         """{split: {class: n}} with zeros kept, so a class missing from a split shows."""
         out = {s: dict.fromkeys(self.classes, 0) for s in self.splits}
         for s in self.samples:
-            out[s.split][self.classes[s.label]] += 1
+            for label in s.labels or (s.label,):
+                out[s.split][self.classes[label]] += 1
         return out
 
 
@@ -193,20 +217,131 @@ def from_folder(root: str | Path, name: str | None = None) -> ImageDataset:
     return ImageDataset(name or root.name, str(root), classes, samples, skipped, "folders" if "val" in split_dirs else UNSPLIT)
 
 
+IMAGE_COLUMNS = ("image", "images", "file", "filename", "file_name", "path", "filepath", "picture", "img", "image_id", "id")
+LABEL_COLUMNS = ("labels", "label", "class", "classes", "tags", "category", "target")
+SPLIT_COLUMNS = ("split", "subset", "set")
+MAX_CSV_BYTES = 64 * 2**20
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    return next((lowered.index(n) for n in names if n in lowered), None)
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and (line number, cells) of every other line; commas or tabs between cells."""
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise DatasetError(f"{path.name} is {path.stat().st_size / 2**20:.0f} MB; a label CSV may be at most "
+                           f"{MAX_CSV_BYTES / 2**20:.0f} MB.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path.name} is not UTF-8 text; save the CSV as UTF-8.") from None
+    lines = text.splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] and "," not in lines[0] else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
+    except csv.Error as e:
+        raise DatasetError(f"{path.name} is not a readable CSV (line {reader.line_num}: {e}).") from None
+    if not rows:
+        raise DatasetError(f"{path.name} is empty: it needs a header (such as image,labels) and one row per picture.")
+    if len(rows) > MAX_ZIP_FILES + 1:
+        raise DatasetError(f"{path.name} lists {len(rows) - 1:,} pictures; the limit is {MAX_ZIP_FILES:,}.")
+    return rows[0][1], rows[1:]
+
+
+def _csv_file(cell: str, root: Path) -> tuple[Path | None, str | None]:
+    """A picture named by a CSV cell, relative to the CSV's folder, or why it cannot be one. A name without an
+    extension finds the picture with one (Kaggle's id columns)."""
+    name = cell.strip().replace("\\", "/")
+    if not name:
+        return None, "no file name"
+    if PurePosixPath(name).is_absolute() or name[1:3] == ":/" or ".." in PurePosixPath(name).parts:
+        return None, f"{name!r} points outside the CSV's folder; paths are relative to it"
+    path = root / name
+    if not path.suffix and not path.exists():
+        path = next((path.with_name(path.name + ext) for ext in sorted(IMAGE_EXTENSIONS)
+                     if path.with_name(path.name + ext).is_file()), path)
+    if not path.resolve().is_relative_to(root.resolve()):
+        return None, f"{name!r} links outside the CSV's folder; not read"
+    if not path.is_file():
+        return None, f"{name} not found"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None, f"{name} is not an image file ({path.suffix or 'no extension'})"
+    return path, None
+
+
+def from_csv(path: str | Path, separator: str = LABEL_SEPARATOR, name: str | None = None) -> ImageDataset:
+    """Pictures and labels listed in a CSV: a header naming the picture column (image, file, path, ...) and the
+    label column (labels, label, class, ...), paths relative to the CSV's folder, an optional split column.
+
+    Label cells that join several labels with `separator` make a multi-label dataset. A row that cannot be used
+    (no file, a path out of the folder, no label, an unknown split, a picture listed twice) is a problem with its
+    line number, not a failure."""
+    path = Path(path).resolve()
+    root = path.parent
+    header, rows = _csv_rows(path)
+    image_col, label_col, split_col = (_column(header, names) for names in (IMAGE_COLUMNS, LABEL_COLUMNS, SPLIT_COLUMNS))
+    if image_col is None or label_col is None:
+        raise DatasetError(f"{path.name}'s header ({', '.join(header)}) needs a picture column ({', '.join(IMAGE_COLUMNS[:4])}) "
+                           f"and a label column ({', '.join(LABEL_COLUMNS[:4])}).")
+    listed: list[tuple[Path, list[str], str]] = []
+    skipped: list[Problem] = []
+    first_line: dict[Path, int] = {}
+
+    def bad(line: int, reason: str, file: Path | str = path) -> None:
+        skipped.append(Problem(str(file), f"line {line} of {path.name}: {reason}"))
+
+    for line, cells in rows:
+        cell = lambda col: cells[col].strip() if col is not None and col < len(cells) else ""  # noqa: E731
+        file, why = _csv_file(cell(image_col), root)
+        labels = list(dict.fromkeys(x.strip() for x in cell(label_col).split(separator) if x.strip()))
+        split = cell(split_col).lower()
+        if file is None:
+            bad(line, why)
+        elif not labels:
+            bad(line, "no label", file)
+        elif split and split not in SPLIT_NAMES:
+            bad(line, f"unknown split {split!r} (use train, val or test)", file)
+        elif file in first_line:
+            bad(line, f"listed again (first on line {first_line[file]}); the first row is used", file)
+        else:
+            first_line[file] = line
+            listed.append((file, labels, SPLIT_NAMES.get(split, "train")))
+    if not listed:
+        raise DatasetError(f"{path.name} lists no usable picture" + (f" ({skipped[0].reason})." if skipped else "."))
+    classes = sorted({label for _, labels, _ in listed for label in labels})
+    multi = any(len(labels) > 1 for _, labels, _ in listed)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for file, labels, split in listed:
+        ids = tuple(sorted(index[x] for x in labels))
+        samples.append(Sample(str(file), ids[0], split, ids if multi else ()))
+    splits = {s.split for s in samples}
+    if "val" not in splits and "test" in splits:  # train and test only: test is the held-out split, as with folders
+        samples = [replace(s, split="val") if s.split == "test" else s for s in samples]
+    source = "folders" if {"val", "test"} & splits else UNSPLIT
+    return ImageDataset(name or f"{root.name} ({path.name})", str(root), classes, samples, skipped, source, multi)
+
+
 def random_split(ds: ImageDataset, val_fraction: float, seed: int) -> ImageDataset:
     """Stratified: each class keeps the fraction (at least one image when it has two or more)."""
     if not 0 < val_fraction < 1:
         raise DatasetError("The validation fraction must be between 0 and 1.")
     rng = random.Random(seed)
     samples = []
-    for label in range(len(ds.classes)):
-        items = sorted((s for s in ds.samples if s.label == label and s.split == "train"), key=lambda s: s.path)
+    groups: dict[int | tuple[int, ...], list[Sample]] = defaultdict(list)  # a multi-label set: one group per label set
+    for s in sorted(ds.split("train"), key=lambda s: s.path):
+        groups[s.target].append(s)
+    for key in sorted(groups, key=lambda k: (k,) if isinstance(k, int) else k):
+        items = groups[key]
         rng.shuffle(items)
         n_val = round(len(items) * val_fraction)
         n_val = max(n_val, 1) if len(items) >= 2 else 0
-        samples += [Sample(s.path, s.label, "val" if i < n_val else "train") for i, s in enumerate(items)]
+        samples += [replace(s, split="val" if i < n_val else "train") for i, s in enumerate(items)]
     samples += [s for s in ds.samples if s.split == "test"]
-    return ImageDataset(ds.name, ds.root, ds.classes, samples, ds.skipped, f"random {val_fraction:.0%} (seed {seed})")
+    return replace(ds, samples=samples, split_source=f"random {val_fraction:.0%} (seed {seed})")
 
 
 def apply_split(ds: ImageDataset, spec: DatasetSpec) -> ImageDataset:
@@ -290,8 +425,9 @@ def _extract_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, writt
     return written + size
 
 
-def from_zip(archive: str | Path) -> ImageDataset:
-    """Extract once per content (a new zip never reuses an old folder); a refused upload leaves nothing behind."""
+def from_zip(archive: str | Path, separator: str = LABEL_SEPARATOR) -> ImageDataset:
+    """Extract once per content (a new zip never reuses an old folder); a refused upload leaves nothing behind.
+    A zip whose top folder holds one .csv is read as that label CSV (Kaggle's layout), else as class folders."""
     archive = Path(archive)
     try:
         digest = content_hash(archive)
@@ -313,7 +449,9 @@ def from_zip(archive: str | Path) -> ImageDataset:
         marker.touch()
         prune_uploads(keep=(target, archive), limit=limit)
     try:
-        return from_folder(files, name=archive.stem)
+        top = _descend(files)
+        csvs = [p for p in top.glob("*.csv") if not is_hidden(p.name)]
+        return from_csv(csvs[0], separator, archive.stem) if len(csvs) == 1 else from_folder(files, name=archive.stem)
     except DatasetError as e:  # an empty zip, or one without class folders: said of the zip, and nothing kept
         shutil.rmtree(target, ignore_errors=True)
         _discard_upload(archive)
@@ -417,8 +555,9 @@ def from_torchvision(name: str) -> ImageDataset:
     return ImageDataset(name, str(root), classes, samples)
 
 
-def list_files(source: str) -> ImageDataset:
-    """Candidate files of `demo`, `torchvision:NAME`, a .zip path or a folder path (nothing opened yet)."""
+def list_files(source: str, separator: str = LABEL_SEPARATOR) -> ImageDataset:
+    """Candidate files of `demo`, `torchvision:NAME`, a .zip path, a label .csv path or a folder path (nothing
+    opened yet)."""
     if source == "demo":
         from tl_core.data.demo import demo_root
 
@@ -429,16 +568,28 @@ def list_files(source: str) -> ImageDataset:
     if not path.exists():
         raise DatasetError(f"{source} does not exist.")
     if path.suffix.lower() == ".zip":
-        return from_zip(path)
+        return from_zip(path, separator)
+    if path.suffix.lower() == ".csv":
+        return from_csv(path, separator)
     return from_folder(path)
 
 
 def resolve_in_root(relative: str, root: str | Path) -> Path:
-    """A server folder chosen in the dashboard: it must exist inside the configured data root."""
+    """A server folder or label CSV chosen in the dashboard: it must exist inside the configured data root."""
     root = Path(root).resolve()
     path = (root / relative).resolve()
     if not path.is_relative_to(root):
         raise DatasetError(f"{relative} is outside the data root {root}; only folders inside it can be used.")
-    if not path.is_dir():
-        raise DatasetError(f"{relative} is not a folder inside {root}.")
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".csv")):
+        raise DatasetError(f"{relative} is not a folder or a .csv file inside {root}.")
     return path
+
+
+def server_sources(root: str | Path) -> list[str]:
+    """What the dashboard offers inside the data root: its folders, and label CSVs up to one folder down."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
+    found += [p for p in [*root.glob("*.csv"), *root.glob("*/*.csv")] if not is_hidden(p.name)]
+    return sorted(str(p.relative_to(root)) for p in found)

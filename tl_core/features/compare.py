@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, replace
 
 from tl_core import plan
 from tl_core.config import TrainConfig
+from tl_core.data import targets
 from tl_core.data.overrides import apply_overrides
 from tl_core.data.sources import DatasetError, ImageDataset
 from tl_core.features.frozen import FrozenBackbone, embed_dataset
-from tl_core.features.probe import fit_head, predict_proba
+from tl_core.features.probe import fit_head
 from tl_core.measure import speed
 from tl_core.models import backbones
 
@@ -53,8 +54,11 @@ def evaluate_backbone(ds: ImageDataset, name: str, config: TrainConfig,
         return Comparison(name, None, None, None, None, None, None, time.perf_counter() - t0, str(e))
     parts = embed_dataset(ds, frozen, run.views, config.augment, config.seed, progress, should_stop)
     train, val = parts["train"], parts["val"]
-    head = fit_head(train.x, train.labels, len(ds.classes), seed=config.seed, should_stop=should_stop)
-    accuracy = (predict_proba(head, val.x).argmax(1) == val.labels).float().mean().item()
+    answers, n = targets.of(ds.multi_label), len(ds.classes)
+    y_train, y_val = (answers.tensor([s.target for s in e.samples], n) for e in (train, val))
+    head = fit_head(train.x, y_train, n, seed=config.seed, should_stop=should_stop, targets=answers)
+    logits = val.x[0].float() @ head.weight.T + head.bias  # exact-set accuracy for label sets
+    accuracy = answers.correct(logits, y_val).float().mean().item()
     measured = speed.load_speeds(frozen.device).get(name) or speed.measure(name, frozen.device)
     return Comparison(name, round(accuracy, 4), round(head.cv_accuracy, 4), head.l2, head.views,
                       measured.ms_per_image, size_mb, round(time.perf_counter() - t0, 2))

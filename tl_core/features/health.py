@@ -22,6 +22,7 @@ from PIL import Image
 
 from tl_core import plan
 from tl_core.config import TrainConfig
+from tl_core.data import targets
 from tl_core.data.images import content_hash
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
@@ -147,6 +148,30 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
+def label_names(s: Sample, classes: list[str]) -> str:
+    """A picture's class, or its label set joined by '; '."""
+    return "; ".join(classes[y] for y in s.labels) if s.labels else classes[s.label]
+
+
+def label_set_suspects(proba: torch.Tensor, truth: torch.Tensor, samples: list[Sample], classes: list[str]) -> list[Suspect]:
+    """Multi-label pictures whose given label set the out-of-fold heads dispute: cleanlab's multi-label filter,
+    ranked by its label-quality score, then the pictures whose out-of-fold set (each sigmoid at 0.5) differs."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification import get_label_quality_scores
+
+    p, given = proba.double().numpy(), [[c for c in range(len(classes)) if row[c] > 0.5] for row in truth.tolist()]
+    quality = get_label_quality_scores(given, p)
+    flagged = [int(i) for i in find_label_issues(given, p, multi_label=True, return_indices_ranked_by="self_confidence",
+                                                 n_jobs=1)]
+    said = p >= 0.5
+    rest = [int(i) for i in np.argsort(quality, kind="stable")
+            if (said[i] != (truth[i].numpy() > 0.5)).any() and i not in set(flagged)]
+    return [Suspect(samples[i].path, samples[i].split, label_names(samples[i], classes),
+                    "; ".join(c for c, on in zip(classes, said[i]) if on) or "none of the labels",
+                    round(float(quality[i]), 4), round(float(np.abs(p[i] - 0.5).min() + 0.5), 4), n < len(flagged))
+            for n, i in enumerate(flagged + rest)]
+
+
 def mislabel_suspects(proba: torch.Tensor, labels: torch.Tensor, samples: list[Sample], classes: list[str]) -> list[Suspect]:
     """cleanlab's confident-learning filter (prune by noise rate) ranked by self-confidence, most suspect first;
     then the other images whose out-of-fold head prefers another class, also by self-confidence."""
@@ -177,7 +202,7 @@ def near_duplicates(e: torch.Tensor, samples: list[Sample], classes: list[str],
                 found.append((sim[r, c].item(), start + r, c))
     found.sort(reverse=True)
     return [NearDuplicate(samples[i].path, samples[j].path, samples[i].split, samples[j].split,
-                          classes[samples[i].label], classes[samples[j].label], round(s, 4))
+                          label_names(samples[i], classes), label_names(samples[j], classes), round(s, 4))
             for s, i, j in found[:MAX_PAIRS]]
 
 
@@ -213,7 +238,7 @@ def hash_duplicates(samples: list[Sample], classes: list[str], max_bits: int = H
             if i < j:
                 a, b = samples[i], samples[j]
                 same = bits[r, c] == 0 and content_hash(a.path) == content_hash(b.path)
-                found.append(NearDuplicate(a.path, b.path, a.split, b.split, classes[a.label], classes[b.label],
+                found.append(NearDuplicate(a.path, b.path, a.split, b.split, label_names(a, classes), label_names(b, classes),
                                            round(1 - int(bits[r, c]) / 64, 4), IDENTICAL if same else HASHED))
     return found
 
@@ -250,15 +275,25 @@ def neighbour_outliers(x: torch.Tensor, samples: list[Sample], classes: list[str
     mad = (score - median).abs().median().clamp_min(1e-6) * 1.4826
     z = (median - score) / mad
     order = torch.argsort(z, descending=True)
-    return [Outlier(samples[i].path, samples[i].split, classes[samples[i].label], round(z[i].item(), 2))
+    return [Outlier(samples[i].path, samples[i].split, label_names(samples[i], classes), round(z[i].item(), 2))
             for i in order.tolist() if z[i] > OUTLIER_Z]
 
 
 def class_balance(proba: torch.Tensor, labels: torch.Tensor, samples: list[Sample], classes: list[str]) -> ClassBalance:
+    """Training pictures per class (per label: a multi-label picture counts under each of its labels) and the
+    out-of-fold recall of each; accuracy is exact-set accuracy for label sets."""
     counts = dict.fromkeys(classes, 0)
     for s in samples:
         if s.split == "train":
-            counts[classes[s.label]] += 1
+            for y in s.labels or (s.label,):
+                counts[classes[y]] += 1
+    if labels.dim() == 2:  # label sets: each label's recall among the pictures that have it
+        said, has = proba >= 0.5, labels > 0.5
+        correct = (said == has).all(1)
+        recall = {c: said[has[:, i], i].float().mean().item() for i, c in enumerate(classes) if has[:, i].any()}
+        present = [n for n in counts.values() if n]
+        return ClassBalance(counts, max(present) / min(present) if present else 1.0, recall,
+                            correct.float().mean().item(), float(np.mean(list(recall.values()))))
     correct = proba.argmax(1) == labels
     recall = {c: correct[labels == i].float().mean().item() for i, c in enumerate(classes) if (labels == i).any()}
     present = [n for n in counts.values() if n]
@@ -289,14 +324,15 @@ def health_from_embeddings(x: torch.Tensor, samples: list[Sample], classes: list
                            should_stop: Callable[[], bool] | None = None, seed: int = 0) -> HealthReport:
     """Every check on clean-view embeddings x [N, D] of `samples` (all splits together)."""
     t0 = time.perf_counter()
-    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    proba, l2 = out_of_fold_proba(x, labels, len(classes), seed=seed, should_stop=should_stop)
+    answers = targets.of(any(s.labels for s in samples))
+    labels = answers.tensor([s.target for s in samples], len(classes))
+    proba, l2 = out_of_fold_proba(x, labels, len(classes), seed=seed, should_stop=should_stop, targets=answers)
     e = unit_rows(x)
-    suspects = mislabel_suspects(proba, labels, samples, classes)
+    suspects = (label_set_suspects if answers.multi_label else mislabel_suspects)(proba, labels, samples, classes)
     outliers = neighbour_outliers(x, samples, classes)
     coords, projection = project(x, seed)
     flagged, far = {s.path for s in suspects}, {o.path for o in outliers}
-    points = [MapPoint(s.path, s.split, classes[s.label], float(cx), float(cy), s.path in flagged, s.path in far)
+    points = [MapPoint(s.path, s.split, label_names(s, classes), float(cx), float(cy), s.path in flagged, s.path in far)
               for s, (cx, cy) in zip(samples, coords)]
     return HealthReport(backbone, classes, len(samples), suspects, copies_and_near_duplicates(e, samples, classes),
                         outliers, class_balance(proba, labels, samples, classes),

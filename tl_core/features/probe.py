@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from tl_core.data.targets import Targets
 
 DEFAULT_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 3))  # 1e-4 ... 10, half a decade apart
 MAX_ITER = 100  # as scikit-learn's lbfgs: past this, held-out accuracy no longer moves
@@ -80,32 +81,33 @@ def _threads_for(flops_per_iteration: float) -> Iterator[None]:
 
 def _fit_all(
     x: torch.Tensor,
-    y: torch.Tensor,
+    target: torch.Tensor,
     row_weight: torch.Tensor,
-    num_classes: int,
     strengths: torch.Tensor,
     should_stop: Callable[[], bool] | None,
     report: Callable[[int, float], None] | None,
+    targets: Targets,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Many independent problems solved as one: for fold f (rows weighted by row_weight[:, f], each column
-    summing to 1) and strength g, minimise sum_r w_rf CE(x_r W_fg + b_fg, y_r) + l2_g/2 |W_fg|^2.
+    summing to 1) and strength g, minimise sum_r w_rf L(x_r W_fg + b_fg, t_r) + l2_g/2 |W_fg|^2, with L the
+    cross-entropy of one class, or the binary cross-entropies of every label (`targets.row_loss`; t: dense rows).
 
     The sum of independent problems has the same minimisers, and one [R, D] x [D, F*G*C] product per L-BFGS
     iteration costs about what one problem's does, so the whole cross-validation runs in one optimiser loop.
     Returns (W [F, G, C, D], b [F, G, C], iterations).
     """
-    n_folds, n_grid, d = row_weight.shape[1], len(strengths), x.shape[1]
+    n_folds, n_grid, d, num_classes = row_weight.shape[1], len(strengths), x.shape[1], target.shape[1]
     w = torch.zeros(n_folds, n_grid, num_classes, d, dtype=x.dtype, requires_grad=True)
     b = torch.zeros(n_folds, n_grid, num_classes, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=CHUNK, history_size=20, tolerance_grad=1e-5,
                             tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    onehot = F.one_hot(y, num_classes).to(x.dtype).view(-1, 1, 1, num_classes)
+    dense = target.to(x.dtype).view(-1, 1, 1, num_classes)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logits = (x @ w.reshape(-1, d).T).view(len(y), n_folds, n_grid, num_classes) + b
-        ce = torch.logsumexp(logits, -1) - (logits * onehot).sum(-1)  # [R, F, G]
-        loss = torch.einsum("rfg,rf->", ce, row_weight) + 0.5 * (strengths.view(1, -1) * (w * w).sum((2, 3))).sum()
+        logits = (x @ w.reshape(-1, d).T).view(len(target), n_folds, n_grid, num_classes) + b
+        per_row = targets.row_loss(logits, dense)  # [R, F, G]
+        loss = torch.einsum("rfg,rf->", per_row, row_weight) + 0.5 * (strengths.view(1, -1) * (w * w).sum((2, 3))).sum()
         loss.backward()
         return loss
 
@@ -123,8 +125,14 @@ def _fit_all(
     return w.detach(), b.detach(), done
 
 
+def groups(y: torch.Tensor) -> torch.Tensor:
+    """A group per row for stratifying: its class, or in a multi-label set ([N, C] rows) its label set."""
+    return y if y.dim() == 1 else torch.unique(y, dim=0, return_inverse=True)[1]
+
+
 def stratified_folds(y: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
-    """A fold number per row: each class shuffled and dealt round-robin, so every fold keeps the class mix."""
+    """A fold number per row: each class (label set) shuffled and dealt round-robin, so every fold keeps the mix."""
+    y = groups(y)
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty(len(y), dtype=torch.long)
     offset = 0
@@ -147,13 +155,13 @@ class _Fitted:
     fold: torch.Tensor  # [N] fold of each image
     iterations: int
 
-    def held_out_proba(self, x0: torch.Tensor) -> torch.Tensor:
+    def held_out_logits(self, x0: torch.Tensor) -> torch.Tensor:
         """[N, A, G, C]: each image scored by the heads of the fold that held it out."""
         a, f, g, c, _ = self.weight.shape
         out = torch.empty(len(x0), a, g, c, dtype=x0.dtype)
         for k in range(f - 1):
             rows = self.fold == k
-            out[rows] = torch.softmax(torch.einsum("nd,agcd->nagc", x0[rows], self.weight[:, k]) + self.bias[:, k], -1)
+            out[rows] = torch.einsum("nd,agcd->nagc", x0[rows], self.weight[:, k]) + self.bias[:, k]
         return out
 
 
@@ -174,7 +182,7 @@ def _row_weights(n_views: int, fold: torch.Tensor, folds: int) -> tuple[torch.Te
 
 def _fit_grid(
     xv: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int, grid: tuple[float, ...], seed: int,
-    should_stop: Callable[[], bool] | None, on_iteration: Callable[[ProbeStep], None] | None,
+    should_stop: Callable[[], bool] | None, on_iteration: Callable[[ProbeStep], None] | None, targets: Targets,
 ) -> _Fitted:
     """Heads for every strength, with and without the augmented views, on every fold's training rows and on all
     rows, in one optimisation.
@@ -195,7 +203,8 @@ def _fit_grid(
     strengths = torch.tensor(grid, dtype=x.dtype)
     report = (lambda it, loss: on_iteration(ProbeStep(it, MAX_ITER, loss))) if on_iteration else None
     with _threads_for(4.0 * z.shape[0] * z.shape[1] * row_weight.shape[1] * len(grid) * num_classes):
-        w, b, iterations = _fit_all(z, y.repeat(n_views), row_weight, num_classes, strengths, should_stop, report)
+        dense = targets.dense(y, num_classes).repeat(n_views, 1)
+        w, b, iterations = _fit_all(z, dense, row_weight, strengths, should_stop, report, targets)
     if basis is not None:
         w = w @ basis
     weight = w / std.scale  # fold the standardisation in: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
@@ -204,35 +213,41 @@ def _fit_grid(
     return _Fitted(weight.view(*shape, d), bias.view(shape), views, list(grid), fold, iterations)
 
 
-def _choose(fitted: _Fitted, x0: torch.Tensor, y: torch.Tensor) -> tuple[tuple[int, int], list[tuple[float, int, float]], torch.Tensor]:
-    """The (variant, strength) with the best held-out accuracy, ties to the lower log-loss.
+def _choose(fitted: _Fitted, x0: torch.Tensor, y: torch.Tensor,
+            targets: Targets) -> tuple[tuple[int, int], list[tuple[float, int, float]], torch.Tensor]:
+    """The (variant, strength) with the best held-out accuracy (exact-set accuracy for label sets), ties to the
+    lower log-loss.
 
     Returns ((variant, strength index), [(l2, views, accuracy)] for every pair, its out-of-fold probabilities).
     """
-    proba = fitted.held_out_proba(x0)  # [N, A, G, C]
-    truth = y.view(-1, 1, 1)
-    acc = (proba.argmax(-1) == truth).double().mean(0)
-    nll = -proba.gather(-1, truth.unsqueeze(-1).expand(-1, *proba.shape[1:3], 1)).clamp_min(1e-12).log().mean((0, 3))
+    logits = fitted.held_out_logits(x0)  # [N, A, G, C]
+    n, c = len(x0), logits.shape[-1]
+    acc = targets.correct(logits, y.view(n, 1, 1, *y.shape[1:])).double().mean(0)
+    nll = targets.row_loss(logits, targets.dense(y, c).to(logits.dtype).view(n, 1, 1, c)).mean(0)
     pairs = [(a, g) for a in range(len(fitted.views)) for g in range(len(fitted.strengths))]
     best = max(pairs, key=lambda p: (round(acc[p].item(), 9), -nll[p].item()))
     scores = [(fitted.strengths[g], fitted.views[a], acc[a, g].item()) for a, g in pairs]
-    return best, scores, proba[:, best[0], best[1]]
+    return best, scores, targets.probabilities(logits[:, best[0], best[1]])
 
 
 def _prepare(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views [V, N, D] as float, and the labels: class indices [N], or multi-hot label sets [N, C]."""
     xv = _as_views(x_train.detach().cpu())
     xv = xv.float()
-    y = torch.as_tensor(y_train).long().cpu()
+    y = torch.as_tensor(y_train).cpu()
+    y = y.float() if y.dim() == 2 else y.long()
     if xv.shape[1] != len(y):
         raise ValueError(f"{xv.shape[1]} embeddings but {len(y)} labels")
-    if len(y) == 0 or int(y.min()) < 0 or int(y.max()) >= num_classes:
+    if y.dim() == 2 and y.shape[1] != num_classes:
+        raise ValueError(f"label sets must have {num_classes} columns, not {y.shape[1]}")
+    if len(y) == 0 or (y.dim() == 1 and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
         raise ValueError(f"labels must be in 0..{num_classes - 1} and there must be at least one row")
     return xv, y
 
 
 def _n_folds(y: torch.Tensor, folds: int) -> int:
-    """No more folds than the largest class has images (every fold must hold some); at least two."""
-    k = min(folds, int(torch.bincount(y).max()))
+    """No more folds than the largest class (label set) has images (every fold must hold some); at least two."""
+    k = min(folds, int(torch.bincount(groups(y)).max()))
     if k < 2:
         raise ValueError("cross-validation needs at least two images of some class")
     return k
@@ -248,17 +263,19 @@ def fit_head(
     seed: int = 0,
     should_stop: Callable[[], bool] | None = None,
     on_iteration: Callable[[ProbeStep], None] | None = None,
+    targets: Targets = Targets(),
 ) -> ProbeResult:
     """Choose the L2 strength (and whether the augmented views help) by stratified k-fold CV on these rows;
     return the head refitted on all of them with that choice.
 
-    `x_train` is [N, D] or [V, N, D] (view 0 clean). Raises InterruptedError when `should_stop()` turns true.
+    `x_train` is [N, D] or [V, N, D] (view 0 clean); `y_train` class indices [N], or with `MultiLabel` targets
+    multi-hot rows [N, C] (one logistic regression per label). Raises InterruptedError when `should_stop()` turns true.
     """
     t0 = time.perf_counter()
     xv, y = _prepare(x_train, y_train, num_classes)
     k = _n_folds(y, folds)
-    fitted = _fit_grid(xv, y, num_classes, k, tuple(grid), seed, should_stop, on_iteration)
-    (a, g), scores, _ = _choose(fitted, xv[0], y)
+    fitted = _fit_grid(xv, y, num_classes, k, tuple(grid), seed, should_stop, on_iteration, targets)
+    (a, g), scores, _ = _choose(fitted, xv[0], y, targets)
     cv = next(s for l2, v, s in scores if l2 == grid[g] and v == fitted.views[a])
     return ProbeResult(fitted.weight[a, -1, g].float(), fitted.bias[a, -1, g].float(), float(grid[g]), cv,
                        fitted.iterations, time.perf_counter() - t0, fitted.views[a], scores)
@@ -280,12 +297,13 @@ def out_of_fold_proba(
     seed: int = 0,
     should_stop: Callable[[], bool] | None = None,
     on_iteration: Callable[[ProbeStep], None] | None = None,
+    targets: Targets = Targets(),
 ) -> tuple[torch.Tensor, float]:
     """Every row's probabilities from a head that never saw it (confident learning needs exactly this).
 
     Returns ([N, C] float32, the L2 strength whose folds produced them, chosen by held-out accuracy).
     """
     xv, yy = _prepare(x, y, num_classes)
-    fitted = _fit_grid(xv, yy, num_classes, _n_folds(yy, folds), tuple(grid), seed, should_stop, on_iteration)
-    (_, g), _, proba = _choose(fitted, xv[0], yy)
+    fitted = _fit_grid(xv, yy, num_classes, _n_folds(yy, folds), tuple(grid), seed, should_stop, on_iteration, targets)
+    (_, g), _, proba = _choose(fitted, xv[0], yy, targets)
     return proba.float(), float(grid[g])

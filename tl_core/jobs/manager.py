@@ -69,8 +69,7 @@ def train_command(spec: DatasetSpec, config: TrainConfig, runs_dir: str | Path, 
         what = ["resume", str(resume_dir), f"--epochs={config.epochs}"]
     else:
         source = str(Path(spec.source).resolve()) if Path(spec.source).exists() else spec.source
-        what = ["train", source, f"--val-fraction={spec.val_fraction}", f"--split-seed={spec.split_seed}",
-                *to_arguments(config), f"--runs-dir={Path(runs_dir).resolve()}"]
+        what = ["train", source, *spec.to_arguments(), *to_arguments(config), f"--runs-dir={Path(runs_dir).resolve()}"]
     return [*launcher, *what, f"--events={events}", "--json"]
 
 

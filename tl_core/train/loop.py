@@ -97,7 +97,7 @@ class Loop:
                 loss_value, logits, y = strategy.step(idx, gen, self.opt, self.sched, scaler, cfg.label_smoothing, ctx.device)
                 train_time += time.perf_counter() - t_step
                 total, seen, steps_done = total + len(y), seen + len(y), steps_done + 1
-                correct += (logits.argmax(1) == y).sum().item()
+                correct += ctx.targets.correct(logits, y).sum().item()
                 loss_sum += loss_value * len(y)
                 # the ranks step in lockstep, so the whole job's rate is this rank's times their number
                 self.images_per_s = seen * distributed.size() / max(train_time, 1e-9) if strategy.has_rate else 0.0

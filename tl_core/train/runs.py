@@ -29,6 +29,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
     import msvcrt
+from tl_core.data import targets
+from tl_core.data.targets import Targets
 from tl_core.formats import percent
 
 
@@ -416,8 +418,18 @@ class Run:
                 pass
         return rows
 
-    def split(self, name: str) -> list[tuple[str, int]]:
-        return [tuple(x) for x in json.loads((self.dir / "split.json").read_text()).get(name, [])]
+    def split(self, name: str) -> list[tuple[str, int | tuple[int, ...]]]:
+        """(path, class) per picture of one split; a multi-label run's pictures have their label set as a tuple."""
+        rows = json.loads((self.dir / "split.json").read_text()).get(name, [])
+        return [(path, tuple(label) if isinstance(label, list) else label) for path, label in rows]
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.info.get("multi_label", False))
+
+    @property
+    def targets(self) -> Targets:
+        return targets.of(self.multi_label)
 
     def model_state(self, which: str = "best") -> dict[str, torch.Tensor]:
         """Full state dict: the frozen backbone file (if any) overlaid with the checkpoint."""

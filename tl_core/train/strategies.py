@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tl_core.config import TrainConfig
 from tl_core.data.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.data.sources import DatasetError, Problem, Sample
+from tl_core.data.targets import Targets
 from tl_core.devices import inference_batch, memory_format
 from tl_core.features import frozen as frozen_features
 from tl_core.features.cache import inference_copy
@@ -67,6 +67,7 @@ class Context:
     backbone_file: Path | None = None  # where a fitted head's frozen backbone is kept (None: a throw-away run)
     skipped: list[Problem] = field(default_factory=list)
     head_fit: dict | None = None  # how a fitted head was chosen, for the run's summary
+    targets: Targets = field(default_factory=Targets)  # one class per picture, or a label set
 
     @property
     def config(self) -> TrainConfig:
@@ -92,6 +93,7 @@ class Strategy:
     """Hooks the loop calls. The default step is a gradient step on a batch of training indices; `forward`
     returns (logits, labels) for it."""
 
+    ctx: Context
     autocast: torch.dtype | None = None
     n_train: int = 0
     has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
@@ -115,7 +117,7 @@ class Strategy:
         """One optimiser step; returns (loss, logits, labels)."""
         with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
             logits, y = self.forward(idx, gen)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            loss = self.ctx.targets.loss(logits, y, label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -144,8 +146,8 @@ class ImageStore:
         if self.data is not None and device.type == "cuda" and self.data.numel() <= MAX_DEVICE_IMAGE_BYTES:
             self.data = self.data.to(device)
 
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([s.label for s in self.samples])
+    def labels(self, targets: Targets, num_classes: int) -> torch.Tensor:
+        return targets.tensor([s.target for s in self.samples], num_classes)
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.data is not None:
@@ -182,7 +184,7 @@ class WholeNetwork(Strategy):
         self.eval_net = torch.compile(model) if cfg.compile else model
         self.net = distributed.wrap(self.eval_net, ctx.device)  # DDP under torchrun; validation needs no gradient sync
         self.batcher = Batcher(ctx.prep, ctx.device, cfg.augment)
-        self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
+        self.y_train, self.y_val = (store.labels(ctx.targets, len(ctx.classes)) for store in (self.train_store, self.val_store))
         self.autocast = ctx.dtype
         sizes = ctx.plan.sizes
         if len(set(sizes)) > 1:
@@ -232,8 +234,8 @@ class WholeNetwork(Strategy):
                 check_stop()
                 logits = net(self.batcher.eval(store.get(idx))).float()
                 y = self.y_val[idx].to(ctx.device)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
+                loss_sum += ctx.targets.loss(logits, y, reduction="sum").item()
+                correct += ctx.targets.correct(logits, y).sum().item()
         loss_sum, correct, n = distributed.all_sum(loss_sum, correct, len(store))  # every rank: the same figures
         return loss_sum / n, correct / n
 
@@ -271,7 +273,8 @@ class FittedHead(Strategy):
         except InterruptedError:
             raise Stopped from None
         ctx.skipped += train.problems + val.problems
-        self.x_train, self.y_train, self.x_val, self.y_val = train.x, train.labels, val.x[0], val.labels
+        self.x_train, self.x_val = train.x, val.x[0]
+        self.y_train, self.y_val = (ctx.targets.tensor([s.target for s in e.samples], len(ctx.classes)) for e in (train, val))
         self.n_train = len(self.y_train)
         self.layer: nn.Linear = ctx.model.get_submodule(ctx.head).float().to(ctx.device)
         self.prefix = ctx.head + "."
@@ -304,12 +307,15 @@ class FittedHead(Strategy):
         report = ctx.progress("fitting the head (L-BFGS iterations)")
         try:
             fit = fit_head(self.x_train.cpu(), self.y_train.cpu(), len(ctx.classes), seed=ctx.config.seed,
-                           should_stop=ctx.stop.is_set, on_iteration=lambda s: report(s.iteration, s.max_iterations))
+                           should_stop=ctx.stop.is_set, on_iteration=lambda s: report(s.iteration, s.max_iterations),
+                           targets=ctx.targets)
         except InterruptedError:
             raise Stopped from None
-        ctx.head_fit = {"method": "L-BFGS logistic regression", "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
+        method = "L-BFGS logistic regression" + (", one per label" if ctx.targets.multi_label else "")
+        ctx.head_fit = {"method": method, "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
                         "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
-        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV accuracy "
+        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split "
+                               f"(CV {ctx.targets.accuracy_name} "
                                f"{percent(fit.cv_accuracy)}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
                                f"{fit.iterations} L-BFGS iterations in {seconds(fit.seconds)}."))
         return fit
@@ -331,12 +337,13 @@ class FittedHead(Strategy):
             self.layer.weight.copy_(self.fit.weight)
             self.layer.bias.copy_(self.fit.bias)
             logits = self.layer(self.x_train[0])
-        return F.cross_entropy(logits, self.y_train).item(), logits, self.y_train
+        return self.ctx.targets.loss(logits, self.y_train).item(), logits, self.y_train
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
+        targets = self.ctx.targets
         with torch.no_grad():
             logits = self.layer(self.x_val)
-            return F.cross_entropy(logits, self.y_val).item(), (logits.argmax(1) == self.y_val).float().mean().item()
+            return targets.loss(logits, self.y_val).item(), targets.correct(logits, self.y_val).float().mean().item()
 
     def state(self) -> dict[str, torch.Tensor]:
         return {self.prefix + k: v for k, v in self.layer.state_dict().items()}

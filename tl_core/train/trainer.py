@@ -19,6 +19,7 @@ import torch
 
 from tl_core import paths, plan
 from tl_core.config import TrainConfig
+from tl_core.data import targets
 from tl_core.data.scan import check_files, scan
 from tl_core.data.sources import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, pick_device
@@ -73,11 +74,12 @@ def explain(exc: BaseException, config: TrainConfig, has_checkpoint: bool = Fals
 def check_trainable(ds: ImageDataset) -> None:
     """Refuse, before any run folder exists, data that cannot train a classifier."""
     train, val = ds.split("train"), ds.split("val")
-    if len({s.label for s in train}) < 2:
+    trained = {y for s in train for y in s.labels or (s.label,)}
+    if len(trained) < 2:
         raise DatasetError("Training needs usable images of at least two classes in the training split.")
     if not val:
         raise DatasetError("There are no usable validation images; add a val/ folder or use a random split.")
-    if untrained := sorted({ds.classes[s.label] for s in val} - {ds.classes[s.label] for s in train}):
+    if untrained := sorted({ds.classes[y] for s in val for y in s.labels or (s.label,)} - {ds.classes[y] for y in trained}):
         raise DatasetError(f"{', '.join(untrained)}: validation images but no training images, so that output could never "
                            "learn; add training images of it or take it out of val/.")
 
@@ -156,10 +158,11 @@ class Trainer:
         write_json(run.dir / "run.json", {
             "id": run.id, "created": time.time(), "config": self.config.to_dict(),
             "dataset": {**spec.to_dict(), "name": ds.name, "root": ds.root, "split_source": ds.split_source},
-            "classes": ds.classes, "device": str(self.device), "dtype": str(self.dtype), "head": self.head,
+            "classes": ds.classes, "multi_label": ds.multi_label, "device": str(self.device), "dtype": str(self.dtype), "head": self.head,
             "preprocessing": asdict(prep), "weights": weights_id(self.config), "processes": distributed.size(),
         })
-        write_json(run.dir / "split.json", {sp: [[s.path, s.label] for s in ds.split(sp)] for sp in ds.splits})
+        write_json(run.dir / "split.json", {sp: [[s.path, list(s.labels) if s.labels else s.label] for s in ds.split(sp)]
+                                            for sp in ds.splits})
         return run, ds, skipped, hashes, prep
 
     def _follow(self, num_classes: int, prep: backbones.Preprocessing) -> None:
@@ -176,7 +179,8 @@ class Trainer:
         checks = check_files(info["dataset"]["root"], [p for p, _, _ in items], self.progress("checking images"))
         gone = [Problem(p, checks[p].reason) for p, _, _ in items if not checks[p].usable]
         ds = ImageDataset(info["dataset"]["name"], info["dataset"]["root"], info["classes"],
-                          [Sample(p, y, sp) for p, y, sp in items if checks[p].usable])
+                          [Sample(p, y[0], sp, y) if isinstance(y, tuple) else Sample(p, y, sp)
+                           for p, y, sp in items if checks[p].usable], multi_label=run.multi_label)
         try:
             check_trainable(ds)
             self._build(len(ds.classes))
@@ -211,7 +215,7 @@ class Trainer:
 
     def _context(self, ds: ImageDataset, prep: backbones.Preprocessing, backbone_file: Path | None) -> Context:
         return Context(plan.make(self.config, prep), self.model, self.head, ds.classes, self.device, self.dtype,
-                       self.events, self.progress, self.stop, backbone_file)
+                       self.events, self.progress, self.stop, backbone_file, targets=targets.of(ds.multi_label))
 
     def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
         """One writer per run: a second resume of a run that is still training is refused, not interleaved.

@@ -47,7 +47,8 @@ def _names(classes: list[str], shown: int = 20) -> str:
 
 def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None,
             target: CamTarget | None = None) -> Explanation:
-    """Grad-CAM for `class_name` (default: the predicted class). Raises BadImage for an unreadable image, and
+    """Grad-CAM for `class_name` (default: the predicted class; for a multi-label run any of its labels, each with
+    its own map from its own logit). Raises BadImage for an unreadable image, and
     ValueError naming the run's classes for a class it does not have."""
     if class_name is not None and class_name not in predictor.classes:
         raise ValueError(f"The run has no class {class_name!r}; its classes are {_names(predictor.classes)}.")
@@ -59,7 +60,7 @@ def explain(predictor: Predictor, image: ImageInput, class_name: str | None = No
     x = predictor.batcher.eval(u8).float()
     with GradCAM(model, target_layer=target.layer_name(model), reshape_transform=target.reshape) as cam, torch.enable_grad():
         scores = model(x.requires_grad_())
-        probs = (scores.detach().float() / predictor.temperature).softmax(1)[0]
+        probs = predictor.targets.probabilities(scores.detach().float() / predictor.temperature)[0]  # a label's own sigmoid
         index = int(probs.argmax()) if class_name is None else predictor.classes.index(class_name)
         raw = cam(index, scores, normalized=False)[0].float().nan_to_num(0)
     heat = F.interpolate(raw[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].clamp(min=0)

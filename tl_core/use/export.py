@@ -29,6 +29,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from tl_core.config import EXPORT_FORMATS
+from tl_core.data import targets
 from tl_core.data.images import BadImage
 from tl_core.data.pipeline import decode_filled
 from tl_core.data.sources import Sample
@@ -37,6 +38,7 @@ from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import Run, load_run
 from tl_core.use import familiarity, model_card, onnx_pictures
 from tl_core.use.calibration import Calibration
+from tl_core.use.label_sets import LabelThresholds
 from tl_core.use.predict import Predictor, build_model
 
 FORMATS = EXPORT_FORMATS
@@ -44,11 +46,13 @@ FORMAT_TAG = "tl-studio-model/1"
 MODEL_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "onnx-int8": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-3  # max abs difference of probabilities allowed between a tensor-input file and TL Studio
 PICTURE_TOLERANCE = 0.01  # ... for the pictures-in ONNX file, whose resize is onnxruntime's, not torch's
-INT8_ACCURACY_DROP = 0.01  # validation accuracy the int8 file may lose against the float one
+INT8_ACCURACY_DROP = 0.01  # validation accuracy the int8 file may lose against the float one (or one picture of few)
 INT8_SIZE_SHARE = 0.35  # largest int8 file size as a share of the float one
 CHECK_IMAGES = 16
 CHECK_PICTURES = 200  # validation pictures the ONNX files are run on (all of a small split)
 CALIBRATION_PICTURES = 64  # training pictures the int8 ranges are calibrated on
+MULTI_LABEL_OUTPUT = ("probabilities N x labels, one sigmoid per label (multi-label): a picture has every label whose "
+                      "probability reaches its threshold in `label_thresholds`")
 PICTURE_INPUT = "uint8 N x H x W x 3 RGB picture as decoded, any height and width (input name `pixels`)"
 
 
@@ -57,15 +61,17 @@ class ExportError(RuntimeError):
 
 
 class Probabilities(nn.Module):
-    """The trained network plus temperature and softmax: what the exported file computes."""
+    """The trained network plus temperature and softmax (a sigmoid per label for a multi-label run): what the
+    exported file computes."""
 
-    def __init__(self, model: nn.Module, temperature: float):
+    def __init__(self, model: nn.Module, temperature: float, multi_label: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.multi_label = model, multi_label
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) / self.temperature).softmax(1)
+        logits = self.model(x) / self.temperature
+        return logits.sigmoid() if self.multi_label else logits.softmax(1)
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ def export(run: Run | str | Path, dest: str | Path, fmt: str = "safetensors") ->
     work = Path(tempfile.mkdtemp(prefix="tl-export-"))
     try:
         model_file = work / MODEL_FILES[fmt]
-        net = Probabilities(predictor.model.float().to(memory_format=torch.contiguous_format), predictor.temperature)
+        net = Probabilities(predictor.model.float().to(memory_format=torch.contiguous_format), predictor.temperature,
+                            run.multi_label)
         if fmt.startswith("onnx"):
             meta["check"] = _export_onnx(net.eval(), model_file, run, predictor, meta, int8=fmt == "onnx-int8")
         else:
@@ -154,7 +161,8 @@ def _meta(run: Run, predictor: Predictor, fmt: str) -> dict:
             "preprocessing": info["preprocessing"],
             "input": PICTURE_INPUT if pictures_in else "float32 N x 3 x crop x crop, RGB / 255, minus mean, divided by std",
             "preprocessing_in_file": pictures_in,
-            "output": "probabilities N x classes (temperature-calibrated softmax)",
+            "output": MULTI_LABEL_OUTPUT if run.multi_label else "probabilities N x classes (temperature-calibrated softmax)",
+            "multi_label": run.multi_label, "label_thresholds": predictor.thresholds if run.multi_label else None,
             "temperature": predictor.temperature, "unsure_below": predictor.threshold, "run": run.id,
             "calibration": predictor.calibration.to_dict() if predictor.calibration else None,
             "familiarity": _familiarity_meta(predictor), "best_val_accuracy": run.accuracy().value}
@@ -181,7 +189,8 @@ def _check_batch(run: Run, predictor: Predictor) -> torch.Tensor:
 
 
 def _check_pictures(run: Run) -> tuple[list[np.ndarray], np.ndarray]:
-    """Decoded validation pictures (training ones when there is no validation split) and their labels."""
+    """Decoded validation pictures (training ones when there is no validation split) and their labels (multi-hot
+    rows for a multi-label run)."""
     pictures, labels = [], []
     for path, label in (run.split("val") or run.split("train"))[:CHECK_PICTURES]:
         try:
@@ -191,7 +200,7 @@ def _check_pictures(run: Run) -> tuple[list[np.ndarray], np.ndarray]:
             continue
     if not pictures:
         raise ExportError(f"Run {run.id} has no readable validation picture to check the export on.")
-    return pictures, np.asarray(labels)
+    return pictures, run.targets.tensor(labels, len(run.classes)).numpy()
 
 
 def _calibration_batches(run: Run, predictor: Predictor) -> list[np.ndarray]:
@@ -205,7 +214,8 @@ def _calibration_batches(run: Run, predictor: Predictor) -> list[np.ndarray]:
 
 def _pictures_model(network: Path, predictor: Predictor, meta: dict) -> onnx.ModelProto:
     extra = {"format": FORMAT_TAG, "run": meta["run"], "temperature": str(meta["temperature"]),
-             "unsure_below": str(meta["unsure_below"]), "preprocessing": json.dumps(meta["preprocessing"])}
+             "unsure_below": str(meta["unsure_below"]), "preprocessing": json.dumps(meta["preprocessing"]),
+             "multi_label": json.dumps(meta["multi_label"]), "label_thresholds": json.dumps(meta["label_thresholds"])}
     return onnx_pictures.add_preprocessing(onnx.load(str(network)), predictor.prep, predictor.classes, extra)
 
 
@@ -221,7 +231,7 @@ def _export_onnx(net: Probabilities, path: Path, run: Run, predictor: Predictor,
     quantized = path.with_name("network-int8.onnx")
     onnx_pictures.quantize_network(network, quantized, _calibration_batches(run, predictor))
     onnx.save(_pictures_model(quantized, predictor, meta), str(path))
-    return check_int8(path, float_model.SerializeToString(), pictures, labels).to_dict()
+    return check_int8(path, float_model.SerializeToString(), pictures, labels, meta["label_thresholds"]).to_dict()
 
 
 def check_pictures(path: Path, predictor: Predictor, pictures: list[np.ndarray]) -> PictureCheck:
@@ -241,13 +251,21 @@ def check_pictures(path: Path, predictor: Predictor, pictures: list[np.ndarray])
     return result
 
 
-def check_int8(path: Path, float_model: bytes, pictures: list[np.ndarray], labels: np.ndarray) -> Int8Check:
-    """Accuracy, size and speed of the int8 file against the float one; a larger drop or file is an ExportError."""
-    accuracy = [float((onnx_pictures.probabilities(m, pictures).argmax(1) == labels).mean()) for m in (float_model, path)]
+def check_int8(path: Path, float_model: bytes, pictures: list[np.ndarray], labels: np.ndarray,
+               thresholds: list[float] | None = None) -> Int8Check:
+    """Accuracy (exact-set accuracy at `thresholds` for multi-hot `labels`), size and speed of the int8 file against
+    the float one; a larger drop or file is an ExportError."""
+    def accuracy_of(model: bytes | Path) -> float:
+        probs = onnx_pictures.probabilities(model, pictures)
+        if thresholds is not None:
+            return float(((probs >= np.asarray(thresholds)) == (labels > 0.5)).all(1).mean())
+        return float((probs.argmax(1) == labels).mean())
+
+    accuracy = [accuracy_of(m) for m in (float_model, path)]
     timed = pictures[:32]
     result = Int8Check(len(pictures), accuracy[0], accuracy[1], len(float_model), path.stat().st_size,
                        onnx_pictures.seconds_per_picture(float_model, timed), onnx_pictures.seconds_per_picture(path, timed))
-    if result.accuracy_int8 < result.accuracy_float - INT8_ACCURACY_DROP:
+    if result.accuracy_int8 < result.accuracy_float - max(INT8_ACCURACY_DROP, 1.5 / len(pictures)):  # one picture of a few
         raise ExportError(f"The int8 file loses too much accuracy: {result.describe()}.")
     if result.size_int8 > INT8_SIZE_SHARE * result.size_float:
         raise ExportError(f"The int8 file is not small enough (limit {INT8_SIZE_SHARE:.0%}): {result.describe()}.")
@@ -290,13 +308,13 @@ def run_file(path: Path, fmt: str, x: np.ndarray, meta: dict) -> np.ndarray:
         if fmt == "torchscript":
             return torch.jit.load(str(path), map_location="cpu")(torch.from_numpy(x)).numpy()
         model = build_model(meta["backbone"], len(meta["classes"]), meta["head"], load(path.read_bytes()))
-        return Probabilities(model, meta["temperature"])(torch.from_numpy(x)).numpy()
+        return Probabilities(model, meta["temperature"], meta.get("multi_label", False))(torch.from_numpy(x)).numpy()
 
 
 def check(path: Path, fmt: str, predictor: Predictor, x: torch.Tensor, meta: dict) -> dict:
     """Run the file on `x` and compare with TL Studio's probabilities; over TOLERANCE is an ExportError."""
     with torch.no_grad():
-        expected = Probabilities(predictor.model, predictor.temperature).eval()(x).numpy()
+        expected = Probabilities(predictor.model, predictor.temperature, predictor.targets.multi_label).eval()(x).numpy()
     got = run_file(path, fmt, x.numpy(), meta)
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= TOLERANCE:
@@ -331,8 +349,10 @@ def load_export(path: str | Path, device: str | None = None) -> Predictor:
         fam = familiarity.from_bytes(zf.read(familiarity.FILE)) if meta.get("familiarity") else None
     model = build_model(meta["backbone"], len(meta["classes"]), meta["head"], state)
     cal = Calibration(**meta["calibration"]) if meta.get("calibration") else None
+    multi = bool(meta.get("multi_label"))
+    cuts = LabelThresholds(meta["label_thresholds"], 0.0) if multi and meta.get("label_thresholds") else None
     return Predictor(model, meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), pick_device(device), meta["backbone"], cal,
-                     meta["head"], fam)
+                     meta["head"], fam, targets.of(multi), cuts)
 
 
 # ---------------------------------------------------------------- the card's file section and examples
@@ -381,9 +401,11 @@ def describe_check(meta: dict) -> str:
 
 
 def file_section(meta: dict) -> str:
+    cuts = (f"- Multi-label: label thresholds {', '.join(f'{t:.3f}' for t in meta['label_thresholds'])} (output order).\n"
+            if meta.get("multi_label") else "")
     return f"""- `{meta["file"]}`: the network. Input: {meta["input"]}. Output `probabilities`: {meta["output"]},
   temperature {meta["temperature"]:.4f}.
-- `model.json`: classes (output order), preprocessing, temperature, unsure threshold, this check.
+{cuts}- `model.json`: classes (output order), preprocessing, temperature, unsure threshold, this check.
 {_familiarity_readme(meta)}- Checked after writing: {describe_check(meta)}."""
 
 

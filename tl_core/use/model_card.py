@@ -31,18 +31,24 @@ class CardFacts:
     counts: dict[str, list[int]]  # split -> images per class, in class order
     preprocessing: Preprocessing
     evaluation: Evaluation | None  # None when the run has no validation split
+    multi_label: bool = False  # a set of labels per picture
+    pictures: dict[str, int] | None = None  # split -> pictures (a multi-label picture counts under each of its labels)
 
 
 def facts(run: Run) -> CardFacts:
     classes = run.classes
     counts = {}
+    pictures = {}
     for split in SPLITS:
-        per = Counter(label for _, label in run.split(split))
+        items = run.split(split)
+        per = Counter(y for _, label in items for y in (label if isinstance(label, tuple) else (label,)))
         if per:
             counts[split] = [per.get(i, 0) for i in range(len(classes))]
+            pictures[split] = len(items)
     config = run.info["config"]
     return CardFacts(run.id, config["backbone"], config["strategy"], classes, counts,
-                     Preprocessing(**run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None)
+                     Preprocessing(**run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None,
+                     run.multi_label, pictures)
 
 
 def _data_table(f: CardFacts) -> str:
@@ -50,7 +56,8 @@ def _data_table(f: CardFacts) -> str:
     rows = ["| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for i, c in enumerate(f.classes):
         rows.append(f"| {_cell(c)} | " + " | ".join(str(f.counts[s][i]) for s in splits) + " |")
-    rows.append("| **total** | " + " | ".join(str(sum(f.counts[s])) for s in splits) + " |")
+    totals = f.pictures or {s: sum(f.counts[s]) for s in splits}
+    rows.append("| **pictures** | " + " | ".join(str(totals[s]) for s in splits) + " |")
     return "\n".join(rows)
 
 
@@ -63,6 +70,14 @@ def _cell(text: str) -> str:
 def _quality(ev: Evaluation | None) -> str:
     if ev is None:
         return "The run has no validation split: no accuracy, per-class figures or calibration can be stated."
+    if ev.multi_label:
+        rows = [f"Exact-set accuracy (every label of the picture right): **{ev.accuracy:.1%}**; micro F1 "
+                f"{ev.micro_f1:.1%}, macro F1 {ev.macro_f1:.1%}, mAP {ev.mean_average_precision:.1%}.", "",
+                "| label | precision | recall | F1 | threshold | pictures |", "|---|---|---|---|---|---|"]
+        rows += [f"| {_cell(p['class'])} | {p['precision']:.1%} | {p['recall']:.1%} | {p['f1']:.1%} | {p['threshold']:.2f} "
+                 f"| {p['support']} |" for p in ev.per_class]
+        return "\n".join(rows + ["", "A picture has each label whose probability reaches that label's threshold, chosen on "
+                                 "the validation split; it may have none, one or several."])
     rows = [f"Validation accuracy: **{ev.accuracy:.1%}** on {sum(p['support'] for p in ev.per_class)} images.", "",
             "| class | precision | recall | images |", "|---|---|---|---|"]
     rows += [f"| {_cell(p['class'])} | {p['precision']:.1%} | {p['recall']:.1%} | {p['support']} |" for p in ev.per_class]
@@ -75,16 +90,31 @@ def _quality(ev: Evaluation | None) -> str:
     return "\n".join(rows)
 
 
+def _trained_on(f: CardFacts) -> int:
+    return (f.pictures or {}).get("train", sum(f.counts.get("train", [0])))
+
+
+def _use(f: CardFacts) -> str:
+    if f.multi_label:
+        return (f"Naming which of these {len(f.classes)} labels a picture shows, on pictures like the training ones (same "
+                "kind of camera, framing and subject). Labels the model never saw are never named.")
+    return (f"Sorting pictures into exactly these {len(f.classes)} classes, on pictures like the training ones (same kind of\n"
+            "  camera, framing and subject). A picture of anything else still gets one of these classes: use the unsure\n"
+            "  threshold, and look at low-confidence answers yourself.")
+
+
 def render(f: CardFacts, fmt: str, file_section: str, example: str) -> str:
     """The card as Markdown; `file_section` says what the file computes and how it was checked."""
     names = ", ".join(_cell(c) for c in f.classes)
+    kind = (f"**Multi-label**: {len(f.classes)} labels, any number per picture (one sigmoid each), in output order: {names}."
+            if f.multi_label else f"{len(f.classes)} classes, in output order: {names}.")
     return f"""# Model card: {f.run_id}
 
 {f.backbone} trained with TL Studio by {STRATEGY_WORDS.get(f.strategy, f.strategy)}; exported as {fmt}.
 
 ## Classes and data
 
-{len(f.classes)} classes, in output order: {names}.
+{kind}
 
 {_data_table(f)}
 
@@ -103,10 +133,8 @@ def render(f: CardFacts, fmt: str, file_section: str, example: str) -> str:
 
 ## Intended use and limits
 
-- Sorting pictures into exactly these {len(f.classes)} classes, on pictures like the training ones (same kind of
-  camera, framing and subject). A picture of anything else still gets one of these classes: use the unsure
-  threshold, and look at low-confidence answers yourself.
-- Trained on {sum(f.counts.get("train", [0]))} images: accuracy on other sources can be much lower than above.
+- {_use(f)}
+- Trained on {_trained_on(f)} images: accuracy on other sources can be much lower than above.
   Measure it on your own pictures before relying on it; do not use it for decisions about people.
 
 ## Minimal example

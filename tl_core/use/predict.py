@@ -18,21 +18,25 @@ from PIL import Image
 from torch import nn
 
 from tl_core import paths
+from tl_core.data import targets as answers
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.data.pipeline import Batcher, decode_square, square
-from tl_core.data.sources import safe_extract
+from tl_core.data.sources import DatasetSpec, safe_extract
+from tl_core.data.targets import Targets
 from tl_core.devices import fast_dtype, inference_batch, pick_device
 from tl_core.formats import percent
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import Run, load_run, record_checked_accuracy
-from tl_core.use import calibration, familiarity
+from tl_core.use import calibration, familiarity, label_sets
 from tl_core.use.calibration import Calibration
 from tl_core.use.familiarity import Familiarity
+from tl_core.use.label_sets import LabelThresholds
 
 ImageInput = str | Path | Image.Image | BinaryIO
 UNSURE = "unsure / none of these"
 NONE_OF_THESE = "looks like none of the classes"
+NO_LABEL = "none of the labels"  # a multi-label answer with no label over its threshold
 
 
 @dataclass
@@ -42,9 +46,11 @@ class Prediction:
     error: str | None = None
     distance: float | None = None  # from the training pictures (tl_core.use.familiarity); None: not measured
     familiar_within: float | None = None  # the run's threshold on that distance
+    labels: list[tuple[str, float]] | None = None  # a multi-label run's answer: each label over its own threshold
 
     def to_dict(self) -> dict:
         return {"file": self.file, "top": [list(t) for t in self.top], **({"error": self.error} if self.error else {}),
+                **({"labels": [{"label": c, "probability": v} for c, v in self.labels]} if self.labels is not None else {}),
                 **({"distance": self.distance, "familiar_within": self.familiar_within} if self.distance is not None else {})}
 
     @property
@@ -57,7 +63,11 @@ class Prediction:
         `threshold` (calibrated confidence)."""
         if not self.top:
             return ""
-        return UNSURE if self.reason(threshold) else self.top[0][0]
+        if self.reason(threshold):
+            return UNSURE
+        if self.labels is not None:
+            return "; ".join(c for c, _ in self.labels) or NO_LABEL
+        return self.top[0][0]
 
     def reason(self, threshold: float) -> str:
         """Why the answer is UNSURE, in words; "" when it is a class."""
@@ -67,7 +77,7 @@ class Prediction:
         if self.unfamiliar:
             return (f"{NONE_OF_THESE}: unlike every training picture (distance {self.distance:.2f}, validation pictures "
                     f"lie within {self.familiar_within:.2f}); the softmax alone would say {best} {percent(prob)}")
-        if prob < threshold:
+        if prob < threshold and self.labels is None:  # a label set has each label's own threshold instead
             return f"not sure which class: best guess {best} at {percent(prob)}, below {percent(threshold)}"
         return ""
 
@@ -95,13 +105,15 @@ class Predictor:
 
     def __init__(self, model: nn.Module, classes: list[str], prep: Preprocessing, device: torch.device,
                  backbone: str | None = None, calibration: Calibration | None = None, head: str | None = None,
-                 familiarity: Familiarity | None = None):
+                 familiarity: Familiarity | None = None, targets: Targets = Targets(),
+                 label_thresholds: LabelThresholds | None = None):
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.classes, self.prep, self.device, self.backbone, self.head = classes, prep, device, backbone, head
         self.batcher = Batcher(prep, device, "none")
         self.dtype = fast_dtype(device)
         self.calibration = calibration
         self.familiarity = familiarity
+        self.targets, self.label_thresholds = targets, label_thresholds
 
     @property
     def temperature(self) -> float:
@@ -109,15 +121,24 @@ class Predictor:
 
     @property
     def threshold(self) -> float:
-        """Default "unsure" confidence: from the validation split, else chance level."""
+        """Default "unsure" confidence: from the validation split, else chance level (a label set has none: each
+        label has its own threshold instead)."""
+        if self.targets.multi_label:
+            return 0.0
         return self.calibration.threshold if self.calibration else 1.0 / len(self.classes)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Each label's threshold of a multi-label run (0.5 each until chosen on validation)."""
+        return self.label_thresholds.thresholds if self.label_thresholds else [label_sets.DEFAULT] * len(self.classes)
 
     @classmethod
     def from_run(cls, run: Run | str | Path, device: str | None = None, which: str = "best") -> Predictor:
         run = run if isinstance(run, Run) else load_run(run)
-        predictor = cls(*model_parts(run, which), pick_device(device), run.info["config"]["backbone"], head=run.info["head"])
+        predictor = cls(*model_parts(run, which), pick_device(device), run.info["config"]["backbone"], head=run.info["head"],
+                        targets=run.targets)
         if which == "best":
-            predictor.calibration, predictor.familiarity = held_out_records(run, predictor)
+            predictor.calibration, predictor.familiarity, predictor.label_thresholds = held_out_records(run, predictor)
         return predictor
 
     @contextmanager
@@ -144,7 +165,7 @@ class Predictor:
         return logits, torch.cat(caught) if caught else torch.empty(len(logits), 0)
 
     def probabilities(self, u8: torch.Tensor) -> torch.Tensor:
-        return (self.outputs(u8)[0] / self.temperature).softmax(1)
+        return self.targets.probabilities(self.outputs(u8)[0] / self.temperature)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) per image; an unreadable image gets its reason, not an exception."""
@@ -161,8 +182,9 @@ class Predictor:
         logits, features = self.outputs(u8)
         fam = self.familiarity if self.familiarity is not None and features.shape[1] else None
         distances = iter(fam.distance(features).tolist() if fam else [None] * len(logits))
-        probs = iter((logits / self.temperature).softmax(1))
+        probs = iter(self.targets.probabilities(logits / self.temperature))
         k = min(top_k, len(self.classes))
+        cut = self.thresholds if self.targets.multi_label else None
         results = []
         for i, name in enumerate(names):
             if i in errors:
@@ -170,8 +192,9 @@ class Predictor:
                 continue
             p, d = next(probs), next(distances)
             values, idx = p.topk(k)
+            labels = None if cut is None else [(c, round(float(v), 6)) for c, v, t in zip(self.classes, p, cut) if v >= t]
             results.append(Prediction(name, [(self.classes[j], round(float(v), 6)) for v, j in zip(values, idx)], None,
-                                      None if d is None else round(d, 6), fam.threshold if fam else None))
+                                      None if d is None else round(d, 6), fam.threshold if fam else None, labels))
         return results
 
 
@@ -281,9 +304,9 @@ def named_inputs(items: Sequence[str]) -> list[tuple[str, str]]:
 class Evaluation:
     split: str
     classes: list[str]
-    accuracy: float
+    accuracy: float  # a multi-label run's: exact-set accuracy (every label of the picture right)
     per_class: list[dict]
-    confusion_matrix: list[list[int]]
+    confusion_matrix: list[list[int]]  # one-class runs only ([] for label sets)
     mistakes: list[dict]
     predictions: list[dict] = field(default_factory=list)  # every image: file, true, predicted, confidence
     skipped: list[dict] = field(default_factory=list)
@@ -294,9 +317,17 @@ class Evaluation:
     calibration: str = ""  # what was done to the confidences, in a sentence
     checkpoint: str = "best"
     epoch: int | None = None  # the epoch that checkpoint is from
+    multi_label: bool = False
+    micro_f1: float | None = None  # label sets: F1 over every (picture, label) decision
+    macro_f1: float | None = None  # label sets: mean of the labels' F1
+    mean_average_precision: float | None = None  # label sets: mAP, threshold-free
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def accuracy_name(self) -> str:
+        return answers.of(self.multi_label).accuracy_name
 
     @property
     def accuracy_label(self) -> str:
@@ -314,30 +345,29 @@ def checkpoint_stamp(run: Run) -> float:
     return (run.dir / "best.safetensors").stat().st_mtime
 
 
+Item = tuple[str, "int | tuple[int, ...]"]  # (path, class or label set), as `Run.split` gives them
+
+
 @dataclass
 class SplitOutputs:
-    """One pass of the predictor over one of the run's own splits."""
+    """One pass of the predictor over labelled pictures (one of the run's splits, or another dataset)."""
 
     logits: torch.Tensor
     features: torch.Tensor  # penultimate features (the head's input); [N, 0] when the head is unknown
-    labels: torch.Tensor
+    labels: torch.Tensor  # class indices [N], or multi-hot label sets [N, C]
     files: list[str]
     skipped: list[dict]  # files that could not be read, with why
+    targets: Targets = field(default_factory=Targets)
 
     @property
     def accuracy(self) -> float:
-        return int((self.logits.argmax(1) == self.labels).sum()) / len(self.labels) if len(self.labels) else 0.0
+        """Top-1 accuracy, or exact-set accuracy at 0.5 (`label_sets` scores sets at each label's threshold)."""
+        return float(self.targets.correct(self.logits, self.labels).double().mean()) if len(self.labels) else 0.0
 
 
-def split_outputs(run: Run, predictor: Predictor, split: str, progress: Callable[[int, int], None] | None = None,
-                  at_most: int | None = None) -> SplitOutputs:
-    """Logits and features of one of the run's splits (`at_most` images, evenly spaced, when given)."""
-    items = run.split(split)
-    if not items:
-        raise ValueError(f"Run {run.id} has no {split!r} split.")
-    if at_most:
-        items = items[:: max(1, -(-len(items) // at_most))]
-    size = predictor.prep.resize
+def outputs_of(items: list[Item], predictor: Predictor, progress: Callable[[int, int], None] | None = None) -> SplitOutputs:
+    """Logits and features of labelled pictures; unreadable ones are listed with why."""
+    size, classes = predictor.prep.resize, len(predictor.classes)
     logits, features, labels, files, skipped = [], [], [], [], []
     for start in range(0, len(items), 64):
         arrays = []
@@ -354,14 +384,28 @@ def split_outputs(run: Run, predictor: Predictor, split: str, progress: Callable
             features.append(ft)
         if progress:
             progress(min(start + 64, len(items)), len(items))
-    return SplitOutputs(torch.cat(logits) if logits else torch.empty(0, len(run.classes)),
+    return SplitOutputs(torch.cat(logits) if logits else torch.empty(0, classes),
                         torch.cat(features) if features else torch.empty(0, 0),
-                        torch.tensor(labels, dtype=torch.long), files, skipped)
+                        predictor.targets.tensor(labels, classes), files, skipped, predictor.targets)
+
+
+def split_outputs(run: Run, predictor: Predictor, split: str, progress: Callable[[int, int], None] | None = None,
+                  at_most: int | None = None) -> SplitOutputs:
+    """Logits and features of one of the run's splits (`at_most` images, evenly spaced, when given)."""
+    items = run.split(split)
+    if not items:
+        raise ValueError(f"Run {run.id} has no {split!r} split.")
+    if at_most:
+        items = items[:: max(1, -(-len(items) // at_most))]
+    return outputs_of(items, predictor, progress)
 
 
 def calibration_of(run: Run, predictor: Predictor, val: SplitOutputs | None = None) -> Calibration | None:
     """The run's calibration for its current best checkpoint, fitted on the validation split when missing (from
-    `val` when that pass is already done); the checkpoint's validation accuracy is recorded with it."""
+    `val` when that pass is already done); the checkpoint's validation accuracy is recorded with it. A multi-label
+    run has none: its labels are cut at thresholds chosen on validation instead (`label_thresholds_of`)."""
+    if run.multi_label:
+        return None
     stamp = checkpoint_stamp(run)
     cal = calibration.load(run.dir, stamp)
     if cal is None and run.split("val"):
@@ -370,6 +414,22 @@ def calibration_of(run: Run, predictor: Predictor, val: SplitOutputs | None = No
         calibration.save(run.dir, cal)
         record_checked_accuracy(run, val.accuracy, stamp)
     return cal
+
+
+def label_thresholds_of(run: Run, predictor: Predictor, val: SplitOutputs | None = None) -> LabelThresholds | None:
+    """A multi-label run's per-label thresholds for its best checkpoint, chosen on the validation split when missing;
+    the exact-set accuracy at them is recorded as the run's checked accuracy. None for a one-class run."""
+    if not run.multi_label:
+        return None
+    stamp = checkpoint_stamp(run)
+    found = label_sets.load(run.dir, stamp)
+    if found is None and run.split("val"):
+        val = val or split_outputs(run, predictor, "val")
+        probs = run.targets.probabilities(val.logits)
+        found = label_sets.choose(probs, val.labels, stamp)
+        found.save(run.dir)
+        record_checked_accuracy(run, label_sets.scores(probs, val.labels, found, run.classes).exact_set_accuracy, stamp)
+    return found
 
 
 def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = None) -> Familiarity | None:
@@ -385,23 +445,57 @@ def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = No
     return fam
 
 
-def held_out_records(run: Run, predictor: Predictor) -> tuple[Calibration | None, Familiarity | None]:
-    """Calibration and familiarity of the best checkpoint, sharing one validation pass when either is missing."""
+def held_out_records(run: Run, predictor: Predictor) -> tuple[Calibration | None, Familiarity | None, LabelThresholds | None]:
+    """Calibration (or a label set's thresholds) and familiarity of the best checkpoint, sharing one validation
+    pass when any is missing."""
     stamp = checkpoint_stamp(run)
-    missing = calibration.load(run.dir, stamp) is None or familiarity.load(run.dir / familiarity.FILE, stamp) is None
+    missing = (familiarity.load(run.dir / familiarity.FILE, stamp) is None
+               or (label_sets.load(run.dir, stamp) if run.multi_label else calibration.load(run.dir, stamp)) is None)
     val = split_outputs(run, predictor, "val") if missing and run.split("val") else None
-    return calibration_of(run, predictor, val), familiarity_of(run, predictor, val)
+    return calibration_of(run, predictor, val), familiarity_of(run, predictor, val), label_thresholds_of(run, predictor, val)
+
+
+def other_items(run: Run, data: DatasetSpec) -> tuple[list[Item], str, list[dict]]:
+    """Every usable picture of another dataset, labelled in the run's class order: (items, a name for them, pictures
+    left out with why). A picture with a label the run does not know is left out; labels are matched by name."""
+    from tl_core.data.scan import scan
+
+    report = scan(data)
+    index = {c: i for i, c in enumerate(run.classes)}
+    items, skipped = [], [{"file": p.path, "reason": p.reason} for p in report.skipped]
+    for im in report.images:
+        names = [report.classes[y] for y in im.label_set]
+        if unknown := [n for n in names if n not in index]:
+            skipped.append({"file": im.path, "reason": f"label {', '.join(unknown)} is not one of the run's"})
+            continue
+        ids = tuple(sorted(index[n] for n in names))
+        items.append((im.path, ids if run.multi_label else ids[0]))
+    if not items:
+        raise ValueError(f"{report.name} has no picture of the run's classes ({', '.join(run.classes)}).")
+    return items, f"{report.name} (all {len(items)} pictures)", skipped
 
 
 def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Evaluation:
+             progress: Callable[[int, int], None] | None = None, data: DatasetSpec | None = None) -> Evaluation:
     """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of the best checkpoint
-    on one of the run's own splits. The validation accuracy is recorded, so the run picker and `runs` show it."""
+    on one of the run's own splits, or on every picture of another dataset (`data`, labels matched by name). A
+    multi-label run gets per-label scores, micro and macro F1, mAP and exact-set accuracy instead of a confusion
+    matrix. The validation accuracy is recorded, so the run picker and `runs` show it."""
     run = run if isinstance(run, Run) else load_run(run)
-    predictor = Predictor(*model_parts(run), pick_device(device), run.info["config"]["backbone"], head=run.info["head"])
-    out = split_outputs(run, predictor, split, progress)
-    predictor.calibration = cal = calibration_of(run, predictor, out if split == "val" else None)
-    if split == "val":
+    predictor = Predictor(*model_parts(run), pick_device(device), run.info["config"]["backbone"], head=run.info["head"],
+                          targets=run.targets)
+    skipped: list[dict] = []
+    if data is None:
+        out = split_outputs(run, predictor, split, progress)
+    else:
+        items, split, skipped = other_items(run, data)
+        out = outputs_of(items, predictor, progress)
+    own_val = data is None and split == "val"
+    out.skipped = skipped + out.skipped
+    if run.multi_label:
+        return _evaluate_sets(run, predictor, out, split, own_val)
+    predictor.calibration = cal = calibration_of(run, predictor, out if own_val else None)
+    if own_val:
         record_checked_accuracy(run, out.accuracy, checkpoint_stamp(run))
     logits, labels, probs = out.logits, out.labels, (out.logits / predictor.temperature).softmax(1)
     classes = run.classes
@@ -424,13 +518,35 @@ def evaluate(run: Run | str | Path, split: str = "val", device: str | None = Non
                           "f1": round(float(f1), 4), "support": int(cm[i].sum())})
     mistakes = sorted((p for p in preds if p["true"] != p["predicted"]), key=lambda p: -p["confidence"])
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0
-    if split == "val" and cal is not None:  # the held-out figures the calibration decision was made on
+    if own_val and cal is not None:  # the held-out figures the calibration decision was made on
         ece_raw, ece_used = cal.ece, cal.ece_calibrated
     else:
         ece_raw, ece_used = round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6)
     return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, out.skipped, ece_raw, ece_used,
                       predictor.temperature, predictor.threshold, cal.sentence() if cal else "", "best",
                       run.summary.get("best_epoch"))
+
+
+def _evaluate_sets(run: Run, predictor: Predictor, out: SplitOutputs, split: str, own_val: bool) -> Evaluation:
+    """A multi-label run's evaluation: each label cut at its validation threshold, scored per label and as sets."""
+    cuts = label_thresholds_of(run, predictor, out if own_val else None)
+    cuts = cuts or LabelThresholds([label_sets.DEFAULT] * len(run.classes), checkpoint_stamp(run))
+    probs = run.targets.probabilities(out.logits)
+    found = label_sets.scores(probs, out.labels, cuts, run.classes)
+    said, truth = cuts.cut(probs), out.labels > 0.5
+    preds = []
+    for path, p, s_row, t_row in zip(out.files, probs, said, truth):
+        named = lambda row: "; ".join(c for c, on in zip(run.classes, row.tolist()) if on) or NO_LABEL  # noqa: E731
+        margin = (p - torch.tensor(cuts.thresholds)).abs().min()  # how near the closest call was to its cut
+        preds.append({"file": path, "true": named(t_row), "predicted": named(s_row),
+                      "confidence": round(float(1 - margin), 6),
+                      "probabilities": {c: round(float(v), 6) for c, v in zip(run.classes, p)}})
+    mistakes = [p for p, s_row, t_row in zip(preds, said, truth) if not bool((s_row == t_row).all())]
+    per_label = [{"class": row.pop("label"), **row} for row in (dict(r) for r in found.per_label)]
+    return Evaluation(split, run.classes, found.exact_set_accuracy, per_label, [], mistakes, preds, out.skipped,
+                      threshold=None, calibration=cuts.sentence(), epoch=run.summary.get("best_epoch"), multi_label=True,
+                      micro_f1=found.micro_f1, macro_f1=found.macro_f1,
+                      mean_average_precision=found.mean_average_precision)
 
 
 def pooled(x: torch.Tensor) -> torch.Tensor:
