@@ -10,7 +10,7 @@ from app_pages.ui.data_health import relative_name, render_data_health
 from app_pages.ui.shared import choices, choose, dataset_label, flash, plain, scan_report
 from tl_core import paths
 from tl_core.data import builder
-from tl_core.data.sources import TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload
+from tl_core.data.sources import DEMO_LABELS, TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload, server_sources
 
 
 def add_class(folder: Path) -> None:
@@ -24,29 +24,39 @@ def add_class(folder: Path) -> None:
 
 spec = choices().dataset
 
-kinds = ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset", "Build in the browser"]
-current_kind = (0 if spec.source == "demo" else 3 if spec.source.startswith("torchvision:")
+kinds = ["Built-in demo", "Folder or CSV on the server", "Upload a .zip", "torchvision dataset", "Build in the browser"]
+current_kind = (0 if spec.source in ("demo", DEMO_LABELS) else 3 if spec.source.startswith("torchvision:")
                 else 2 if spec.source.lower().endswith(".zip") else 1)
 source = st.radio("Source", kinds, index=current_kind, horizontal=True, key="dataset_kind")
 if source == "Built-in demo":
-    st.caption("Five classes of shapes drawn on noisy backgrounds, generated on this machine (no download).")
-    if st.button("Use the demo dataset", key="use_demo"):
+    st.caption("Five classes of shapes drawn on noisy backgrounds, generated on this machine (no download); or pictures "
+               "of one or two shapes each, described by a label CSV (multi-label).")
+    left, right = st.columns(2)
+    if left.button("Use the demo dataset", key="use_demo"):
         choose("Using the demo dataset.", source="demo")
-elif source == "Folder on the server":
+    if right.button("Use the multi-label demo", key="use_demo_labels"):
+        choose("Using the multi-label demo.", source=DEMO_LABELS)
+elif source == "Folder or CSV on the server":
     root = paths.data_root()
-    st.caption(f"Folders inside the data root `{root}` (set TL_STUDIO_DATA_ROOT to change it). Use `train/` and "
-               "`val/` folders of class folders, or class folders only.")
-    folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir()) if root.exists() else []
-    rel = st.selectbox("Folder", folders, key="server_folder") if folders else st.text_input("Folder (relative to the data root)")
-    if st.button("Use this folder", key="use_folder", disabled=not rel):
+    st.caption(f"Folders and label CSVs inside the data root `{root}` (set TL_STUDIO_DATA_ROOT to change it). A folder: "
+               "`train/` and `val/` folders of class folders, or class folders only. A CSV: a header naming the picture "
+               "column and the label column (such as `image,labels`), paths relative to the CSV's folder, an optional "
+               "`split` column; labels joined by the separator below make a multi-label dataset.")
+    folders = server_sources(root)
+    rel = (st.selectbox("Folder or CSV", folders, key="server_folder") if folders
+           else st.text_input("Folder or CSV (relative to the data root)"))
+    separator = st.text_input("Label separator (CSV)", spec.separator, max_chars=1, key="label_separator",
+                              help="A CSV cell such as `ant;bee` gives the picture both labels")
+    if st.button("Use this folder", key="use_folder", disabled=not rel or not separator):
         try:
             folder = resolve_in_root(rel, root)
         except DatasetError as e:
             st.error(plain(e))
         else:
-            choose(f"Using {plain(folder.name)}.", source=str(folder))
+            choose(f"Using {plain(folder.name)}.", source=str(folder), separator=separator)
 elif source == "Upload a .zip":
-    up = st.file_uploader("A .zip of train/ and val/ folders, or of class folders", type=["zip"], key="zip_upload")
+    up = st.file_uploader("A .zip of train/ and val/ folders, of class folders, or of pictures with one label .csv at "
+                          "its top", type=["zip"], key="zip_upload")
     if up is not None and st.button("Unpack and use", key="use_zip"):
         bar = st.progress(0.0, text="Saving the upload...")
         dest = save_upload(up.name, up.getbuffer(), lambda f: bar.progress(f, text="Saving the upload..."))
@@ -128,6 +138,11 @@ if report.split_source != "folders":
     if frac != spec.val_fraction or seed != spec.split_seed:
         choose(val_fraction=frac, split_seed=int(seed))
 
+if report.multi_label:
+    sets = pd.Series(["; ".join(report.classes[y] for y in im.label_set) for im in report.images]).value_counts()
+    st.info(f"Multi-label: {len(report.images)} pictures with {len(sets)} different label sets (each picture may have "
+            "several labels). Training fits one yes/no output per label; accuracy counts a picture right when its whole "
+            "label set is. The counts below are per label.")
 counts = report.counts
 m = st.columns(4)
 m[0].metric("Classes", len(report.classes))
@@ -143,16 +158,17 @@ st.plotly_chart(px.bar(pd.DataFrame(rows), x="class", y="images", color="split",
 
 st.subheader("Samples")
 g1, g2 = st.columns([3, 1])
-cls = g1.selectbox("Class", report.classes, key="sample_class")
+cls = g1.selectbox("Label" if report.multi_label else "Class", report.classes, key="sample_class")
 label = report.classes.index(cls)
-files = [im.path for im in report.images if im.label == label]
+files = [im.path for im in report.images if label in im.label_set]
 per_page = 12
 pages = max(1, -(-len(files) // per_page))
 page = g2.number_input(f"Page (of {pages})", 1, pages, 1, key="sample_page")
 shown = files[(page - 1) * per_page : page * per_page]
 cols = st.columns(6)
+labels_of = {im.path: "; ".join(report.classes[y] for y in im.label_set) for im in report.images} if report.multi_label else {}
 for i, f in enumerate(shown):
-    cols[i % 6].image(f, caption=Path(f).name, width="stretch")
+    cols[i % 6].image(f, caption=Path(f).name + (f" ({labels_of[f]})" if f in labels_of else ""), width="stretch")
 
 if report.images:
     sizes = pd.DataFrame([{"width": im.width, "height": im.height, "class": report.classes[im.label], "mode": im.mode}

@@ -94,12 +94,14 @@ WATCH_EVERY_S = 4.0  # status, progress, log and chart in one refresh: each refr
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def run_split(run_dir: str) -> str | None:
-    """The run's own record of how it was split (run.json), read once per run, not on every refresh."""
+def run_facts(run_dir: str) -> tuple[str | None, str]:
+    """The run's own record of how it was split and what its accuracy counts (run.json), read once per run, not on
+    every refresh."""
     try:
-        return load_run(run_dir).info["dataset"].get("split_source")
+        run = load_run(run_dir)
+        return run.info["dataset"].get("split_source"), run.targets.accuracy_name
     except (OSError, RunBroken, FileNotFoundError, AttributeError):
-        return None
+        return None, "accuracy"
 
 
 def live() -> None:
@@ -113,7 +115,7 @@ def live() -> None:
     if s.active:
         st.session_state.seen_active = s.id
     st.subheader(f"Job {s.id}: {s.status_text}" + (f" ({plain(s.run_name)})" if s.run_name else ""))
-    split = run_split(s.run_dir) if s.run_dir else None  # known once the run has scanned its data
+    split, accuracy_name = run_facts(s.run_dir) if s.run_dir else (None, "accuracy")  # known once the run has scanned its data
     st.caption(f"Dataset {plain(dataset_label(s.dataset))}" + (f" ({describe_split(split)})" if split else "")
                + f", {s.config.backbone}, {s.config.strategy}, on {s.device}")
     if s.active and not s.in_training_phase and s.progress[1]:
@@ -125,7 +127,7 @@ def live() -> None:
         st.info(f"Suggestion: {plain(s.suggestion)}")
     if s.history:
         m = st.columns(3)
-        m[0].metric("Best val accuracy", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
+        m[0].metric(f"Best val {accuracy_name}", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
         m[1].metric("Last val loss", loss(s.history[-1].val_loss))
         m[2].metric("Elapsed", seconds(s.elapsed))
     job_controls(job, s)

@@ -74,6 +74,9 @@ cal = model.calibration
 
 def answer_line(p) -> str:
     best, prob = p.top[0]
+    if p.labels is not None and not p.unfamiliar:  # a label set: every label over its own threshold
+        named = ", ".join(f"{plain(c)} ({percent(v)})" for c, v in p.labels)
+        return f"**{plain(p.answer(threshold))}**" + (f": {named}" if p.labels else f" (highest: {plain(best)} {percent(prob)})")
     if p.unfamiliar:
         return (f"**Unsure — {NONE_OF_THESE}** (unlike every training picture: distance {p.distance:.2f}, validation "
                 f"pictures lie within {p.familiar_within:.2f}; the classes alone would say {best} {percent(prob)})")
@@ -95,11 +98,40 @@ def results_table(preds, key: str) -> None:
     st.download_button("Download results (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv", key=f"{key}_csv")
 
 
+def label_set_evaluation(ev) -> None:
+    """A multi-label run's validation figures: exact-set accuracy, F1 and mAP, per label, and the wrong sets."""
+    m = st.columns(4)
+    m[0].metric("Exact-set accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} wrong sets of {len(ev.predictions)}",
+                delta_color="off", delta_arrow="off", help=f"{ev.accuracy_label}: every label of the picture right.")
+    m[1].metric("Micro F1", percent(ev.micro_f1), help="F1 over every (picture, label) decision together")
+    m[2].metric("Macro F1", percent(ev.macro_f1), help="The mean of the labels' F1: every label weighs the same")
+    m[3].metric("mAP", percent(ev.mean_average_precision), help="Mean average precision over labels (no threshold)")
+    st.caption(ev.calibration)
+    st.subheader("Per label")
+    table = pd.DataFrame(ev.per_class)
+    scored = ("precision", "recall", "f1", "average_precision", "threshold")
+    for col in scored:
+        table[col] = table[col].map(points)
+    st.dataframe(table, hide_index=True, key="per_label",
+                 column_config={c: st.column_config.NumberColumn(format=TABLE_PERCENT) for c in scored})
+    st.subheader("Pictures whose label set is wrong")
+    if not ev.mistakes:
+        st.success("Every validation picture has exactly its labels.")
+    cols = st.columns(6)
+    for i, m in enumerate(ev.mistakes[:18]):
+        cols[i % 6].image(m["file"], caption=f"{m['true']} -> {m['predicted']}", width="stretch")
+
+
 a, b, c = st.columns([2, 2, 1])
 k = a.slider("Top-k", 1, max(1, len(run.classes)), min(3, len(run.classes)), key=f"top_k_{run.id}")
-threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01,
-                     key=f"unsure_below_{run.id}",  # each run starts from its own threshold
-                     format="percent", help="Default from the validation split: 95% of right answers there are more confident.")
+if model.targets.multi_label:  # each label has its own threshold, chosen on validation: no one slider
+    threshold = model.threshold
+    b.caption("Multi-label: a picture gets every label whose probability reaches that label's threshold ("
+              + ", ".join(f"{plain(c)} {percent(t)}" for c, t in zip(model.classes, model.thresholds)) + ").")
+else:
+    threshold = b.slider("Answer \"unsure\" below this confidence", 0.0, 1.0, round(model.threshold, 2), 0.01,
+                         key=f"unsure_below_{run.id}",  # each run starts from its own threshold
+                         format="percent", help="Default from the validation split: 95% of right answers there are more confident.")
 show_cam = c.toggle("Grad-CAM", True, key="show_cam", help="Colour where the evidence for the answer is (red: strong).")
 if cal:
     st.caption(cal.sentence())
@@ -125,7 +157,11 @@ with tab_predict:
             left.image(img.getvalue(), caption=p.file, width="stretch")
             chart_col = right if show_cam else mid
             if show_cam:
-                overlay, cls = heat_overlay(str(run.dir), stamp, img.getvalue())
+                label = None
+                if p.labels is not None:  # a label set: a map per label, the strongest first
+                    options = [c for c, _ in p.labels] + [c for c, _ in p.top if c not in dict(p.labels)]
+                    label = mid.selectbox("Grad-CAM for", options, key=f"cam_label_{p.file}_{id(img)}")
+                overlay, cls = heat_overlay(str(run.dir), stamp, img.getvalue(), label)
                 mid.image(overlay, caption=f"Grad-CAM: evidence for {cls}", width="stretch")
             chart_col.markdown(answer_line(p))
             chart_col.plotly_chart(topk_bars(p.top), key=f"bars_{p.file}_{id(img)}")
@@ -169,46 +205,49 @@ with tab_eval:
     if st.button("Evaluate on the validation split", key="eval_btn") or st.session_state.get("evaluated") == run.id:
         st.session_state.evaluated = run.id
         ev = evaluation(str(run.dir), stamp)
-        m1, m2 = st.columns(2)
-        m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)} images",
-                  delta_color="off", delta_arrow="off", help=f"{ev.accuracy_label}: the figure the run picker shows.")
-        m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} raw", delta_color="off",
-                  delta_arrow="off", help=f"Average gap between confidence and accuracy. {ev.calibration}")
-        clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",
-                                  selection_mode="points", width="content", config={"displayModeBar": False})
-        cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
-        clicks = clicked.selection.points if clicked and clicked.selection else []
-        picked = (clicks[0].get("y"), clicks[0].get("x")) if clicks else None
-        if picked and picked not in cells:
-            st.info(f"No validation image of {plain(picked[0])} was predicted as {plain(picked[1])}.")
-        index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
-        cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
-        true, pred = cell.split(" -> ")
-        shown = ev.cell(true, pred)
-        st.caption(f"{len(shown)} image(s) of {plain(true)} predicted as {plain(pred)}, most confident first")
-        cols = st.columns(6)
-        for i, p in enumerate(shown[:18]):
-            cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")
-        st.subheader("Per class")
-        per_class = pd.DataFrame(ev.per_class)
-        for col in ("precision", "recall", "f1"):
-            per_class[col] = per_class[col].map(points)
-        st.dataframe(per_class, hide_index=True, key="per_class",
-                     column_config={c: st.column_config.NumberColumn(format=TABLE_PERCENT) for c in ("precision", "recall", "f1")})
-        st.subheader("Most confident mistakes")
-        if not ev.mistakes:
-            st.success("No mistakes on the validation split.")
-        elif show_cam:
-            st.caption("Grad-CAM: where the model saw evidence for the wrong class.")
-        cols = st.columns(6)
-        for i, m in enumerate(ev.mistakes[:12]):
-            shown_image = m["file"]
-            if show_cam:
-                try:
-                    shown_image = heat_overlay(str(run.dir), stamp, m["file"], m["predicted"])[0]
-                except (BadImage, OSError):
-                    pass
-            cols[i % 6].image(shown_image, caption=f"{m['true']} -> {m['predicted']} ({percent(m['confidence'])})", width="stretch")
+        if ev.multi_label:
+            label_set_evaluation(ev)
+        else:
+            m1, m2 = st.columns(2)
+            m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)} images",
+                      delta_color="off", delta_arrow="off", help=f"{ev.accuracy_label}: the figure the run picker shows.")
+            m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} raw", delta_color="off",
+                      delta_arrow="off", help=f"Average gap between confidence and accuracy. {ev.calibration}")
+            clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",
+                                      selection_mode="points", width="content", config={"displayModeBar": False})
+            cells = [(t, p) for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes) if ev.confusion_matrix[i][j]]
+            clicks = clicked.selection.points if clicked and clicked.selection else []
+            picked = (clicks[0].get("y"), clicks[0].get("x")) if clicks else None
+            if picked and picked not in cells:
+                st.info(f"No validation image of {plain(picked[0])} was predicted as {plain(picked[1])}.")
+            index = cells.index(picked) if picked in cells else next((i for i, (t, p) in enumerate(cells) if t != p), 0)
+            cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
+            true, pred = cell.split(" -> ")
+            shown = ev.cell(true, pred)
+            st.caption(f"{len(shown)} image(s) of {plain(true)} predicted as {plain(pred)}, most confident first")
+            cols = st.columns(6)
+            for i, p in enumerate(shown[:18]):
+                cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")
+            st.subheader("Per class")
+            per_class = pd.DataFrame(ev.per_class)
+            for col in ("precision", "recall", "f1"):
+                per_class[col] = per_class[col].map(points)
+            st.dataframe(per_class, hide_index=True, key="per_class",
+                         column_config={c: st.column_config.NumberColumn(format=TABLE_PERCENT) for c in ("precision", "recall", "f1")})
+            st.subheader("Most confident mistakes")
+            if not ev.mistakes:
+                st.success("No mistakes on the validation split.")
+            elif show_cam:
+                st.caption("Grad-CAM: where the model saw evidence for the wrong class.")
+            cols = st.columns(6)
+            for i, m in enumerate(ev.mistakes[:12]):
+                shown_image = m["file"]
+                if show_cam:
+                    try:
+                        shown_image = heat_overlay(str(run.dir), stamp, m["file"], m["predicted"])[0]
+                    except (BadImage, OSError):
+                        pass
+                cols[i % 6].image(shown_image, caption=f"{m['true']} -> {m['predicted']} ({percent(m['confidence'])})", width="stretch")
 
     st.subheader("Download the model")
     fmt = st.selectbox("Format", FORMATS, key="export_format", format_func={

@@ -17,7 +17,8 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Classes"] == "5" and metrics["train images"] == "300" and metrics["val images"] == "80"
     assert metrics["Problems"] == "0" and at.success
-    assert at.radio(key="dataset_kind").options[:4] == ["Built-in demo", "Folder on the server", "Upload a .zip", "torchvision dataset"]
+    assert at.radio(key="dataset_kind").options[:4] == ["Built-in demo", "Folder or CSV on the server", "Upload a .zip",
+                                                        "torchvision dataset"]
     assert len(at.get("plotly_chart")) == 1 and len(at.image) == 12  # one page of samples
     assert any(c.value == "Image sizes: all 380 images are 96 x 96 pixels." for c in at.caption)  # no one-dot chart
     at.radio(key="dataset_kind").set_value("torchvision dataset").run()
@@ -28,7 +29,7 @@ def test_dataset_page_summarises_and_checks_the_demo(ui):
 def test_dataset_page_refuses_folders_outside_the_data_root(ui, monkeypatch, shapes_folder):
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
     at = open_page("app_pages/1_Dataset.py")
-    at.radio(key="dataset_kind").set_value("Folder on the server").run()
+    at.radio(key="dataset_kind").set_value("Folder or CSV on the server").run()
     at.selectbox(key="server_folder").set_value("shapes").run()
     at.button(key="use_folder").click().run()
     assert {m.label: m.value for m in at.metric}["Classes"] == "3"

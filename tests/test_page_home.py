@@ -106,7 +106,7 @@ def test_home_and_predict_name_the_runs_dataset(ui, shapes_folder, monkeypatch):
 def test_a_refresh_keeps_this_tabs_dataset_whatever_another_tab_chose(ui, shapes_folder, monkeypatch):
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(shapes_folder.parent))
     first = open_page("app_pages/1_Dataset.py")
-    first.radio(key="dataset_kind").set_value("Folder on the server").run()
+    first.radio(key="dataset_kind").set_value("Folder or CSV on the server").run()
     first.selectbox(key="server_folder").set_value(shapes_folder.name).run()
     first.button(key="use_folder").click().run()
     assert any(m.value == f"**{plain(shapes_folder.name)}**" for m in first.sidebar.markdown)

@@ -18,7 +18,7 @@ from tl_core import paths
 from tl_core.dashboard import prefs
 from tl_core.dashboard.prefs import Choices
 from tl_core.data.scan import ScanReport, scan
-from tl_core.data.sources import DatasetSpec
+from tl_core.data.sources import DEMO_LABELS, DatasetSpec
 from tl_core.devices import describe_device, pick_device
 from tl_core.formats import percent
 from tl_core.jobs.manager import JobManager
@@ -115,6 +115,8 @@ def dataset_label(spec: DatasetSpec) -> str:
     """A dataset's name for people (never a server path): `demo`, `Flowers102`, `pets`, `x.zip`."""
     if spec.source == "demo":
         return "demo (shapes)"
+    if spec.source == DEMO_LABELS:
+        return "demo (shapes, several per picture)"
     return spec.source.split(":", 1)[1] if spec.source.startswith("torchvision:") else Path(spec.source).name
 
 

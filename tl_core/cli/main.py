@@ -98,8 +98,8 @@ def _report(result, as_json: bool) -> int:
         print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
     else:
         why = f" ({result.stop_reason})" if result.stop_reason else ""
-        print(f"{result.status}{why}: best val accuracy {percent(result.best_val_accuracy)} (epoch {result.best_epoch}) "
-              f"after {result.epochs_completed} epochs, {seconds(result.seconds)} -> {result.run_dir}")
+        print(f"{result.status}{why}: best val {_accuracy_name(result.run_dir)} {percent(result.best_val_accuracy)} "
+              f"(epoch {result.best_epoch}) after {result.epochs_completed} epochs, {seconds(result.seconds)} -> {result.run_dir}")
     return code
 
 
@@ -236,6 +236,12 @@ def _print_label_scores(ev) -> int:
     for s in ev.skipped:
         print(f"  not counted: {s['file']}: {s['reason']}")
     return 0
+
+
+def _accuracy_name(run_dir: str) -> str:
+    from tl_core.train.runs import load_run
+
+    return load_run(run_dir).targets.accuracy_name
 
 
 def cmd_runs(args) -> int:

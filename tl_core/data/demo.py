@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 import tempfile
 from pathlib import Path
 
@@ -91,16 +92,26 @@ def build_labelled(root: Path, per_set: int = 24, seed: int = 0) -> Path:
     return root
 
 
-def demo_root() -> Path:
-    """The demo dataset's folder, generated once (a few seconds) and reused."""
-    root = paths.home() / f"demo-{VERSION}"
+def _generated(name: str, make: Callable[[Path], Path]) -> Path:
+    """A generated dataset's folder under TL Studio's home: made once (a few seconds), atomically, then reused."""
+    root = paths.home() / name
     if (root / "READY").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".demo-"))
-    build(tmp)
+    make(tmp)
     (tmp / "READY").write_text("TL Studio demo dataset: shapes on noisy backgrounds.\n")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
     return root
+
+
+def demo_root() -> Path:
+    """The demo dataset's folder (class folders)."""
+    return _generated(f"demo-{VERSION}", build)
+
+
+def labelled_csv() -> Path:
+    """The multi-label demo's `labels.csv` (one or two shapes per picture)."""
+    return _generated(f"demo-labels-{VERSION}", build_labelled) / "labels.csv"

@@ -32,6 +32,7 @@ EXTRACTED_MARKER = ".extracted"  # next to the extracted files, never among them
 TORCHVISION_DATASETS = ("Flowers102", "OxfordIIITPet", "EuroSAT")
 
 
+DEMO_LABELS = "demo:labels"  # the multi-label demo: a label CSV of pictures with one or two shapes
 UNSPLIT = "unsplit"  # split_source of a listing whose validation split the spec's random split will make
 
 
@@ -562,6 +563,10 @@ def list_files(source: str, separator: str = LABEL_SEPARATOR) -> ImageDataset:
         from tl_core.data.demo import demo_root
 
         return from_folder(demo_root(), name="demo (shapes)")
+    if source == DEMO_LABELS:
+        from tl_core.data.demo import labelled_csv
+
+        return from_csv(labelled_csv(), name="demo (shapes, several per picture)")
     if source.startswith("torchvision:"):
         return from_torchvision(source.split(":", 1)[1])
     path = Path(source).expanduser()

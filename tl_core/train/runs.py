@@ -325,10 +325,12 @@ class RunAccuracy:
     epoch: int | None  # the best checkpoint's epoch
     checked: bool  # measured by the predictor (what `evaluate` reports), not while training
     split: str = "val"
+    name: str = "accuracy"  # or "exact-set accuracy" (a multi-label run)
 
     def label(self) -> str:
         """95.4% on val, best checkpoint (epoch 3): the same words wherever a run's accuracy is shown."""
-        return (f"{percent(self.value)} on {self.split}, best checkpoint" + (f" (epoch {self.epoch})" if self.epoch else "")
+        kind = "" if self.name == "accuracy" else f" {self.name}"
+        return (f"{percent(self.value)}{kind} on {self.split}, best checkpoint" + (f" (epoch {self.epoch})" if self.epoch else "")
                 + ("" if self.checked else ", measured while training"))
 
 
@@ -452,10 +454,10 @@ class Run:
         try:
             checked = json.loads((self.dir / CHECKED).read_text())
             if checked["checkpoint"] == (self.dir / "best.safetensors").stat().st_mtime:
-                return RunAccuracy(float(checked["accuracy"]), s.get("best_epoch"), True)
+                return RunAccuracy(float(checked["accuracy"]), s.get("best_epoch"), True, name=self.targets.accuracy_name)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        return RunAccuracy(s.get("best_val_accuracy"), s.get("best_epoch"), False)
+        return RunAccuracy(s.get("best_val_accuracy"), s.get("best_epoch"), False, name=self.targets.accuracy_name)
 
     # -- writing
 
