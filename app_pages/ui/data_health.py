@@ -91,7 +91,9 @@ def gallery(ds: ImageDataset, report: HealthReport) -> None:
             if a.button("Drop", key=f"drop_{s.path}"):
                 set_override(ds, s.path, DROP)
                 changed()
-            if b.button("Relabel", key=f"relabel_{s.path}", help=f"Give it the class {s.suggested}"):
+            sets = ds.multi_label  # a label set is the CSV's to change: only a drop is kept beside it
+            if b.button("Relabel", key=f"relabel_{s.path}", disabled=sets,
+                        help="Edit the picture's labels in the CSV" if sets else f"Give it the class {s.suggested}"):
                 set_override(ds, s.path, RELABEL, s.suggested)
                 changed()
 
