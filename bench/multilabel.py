@@ -9,7 +9,7 @@ as a user would, from the command line:
     python -m tl_core predict RUN DIR/held_back/pictures --json  # label sets, scored here (exact-set accuracy)
     python -m tl_core evaluate RUN DIR/held_back/labels.csv --json
 
-    python3 bench/multilabel.py [--data ../shared/data/datasets/hymenoptera_data] [--per-set 80] [--strategy features] [TRAIN FLAGS]
+    python3 bench/multilabel.py [--data ../shared/data/datasets/hymenoptera_data] [--per-set 120] [--strategy features] [TRAIN FLAGS]
 
 Prints one JSON object: the held-back exact-set accuracy from `predict`, and `evaluate`'s micro/macro F1 and mAP.
 """
@@ -76,7 +76,7 @@ def cli(env: dict[str, str], *args: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)
-    parser.add_argument("--per-set", type=int, default=80, help="training pictures per label set (held back: half)")
+    parser.add_argument("--per-set", type=int, default=120, help="training pictures per label set (held back: half)")
     parser.add_argument("--strategy", default="features")
     args, train_flags = parser.parse_known_args()  # other flags go to `train` as they are (--feature-views 4, ...)
     work = Path(tempfile.mkdtemp(prefix="tl-multilabel-"))

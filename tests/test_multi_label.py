@@ -177,3 +177,20 @@ def test_the_pages_show_label_sets(ui, with_real_weights, monkeypatch):
     assert {"Exact-set accuracy", "Micro F1", "Macro F1", "mAP"} <= set(metrics)
     assert all(re.fullmatch(r"\d+\.\d%", metrics[k]) for k in ("Micro F1", "mAP"))
     assert any("threshold" in d.value.columns for d in at.dataframe)
+
+
+@pytest.mark.slow
+def test_real_photos_side_by_side_are_answered_with_their_label_sets():
+    """Ant-only, bee-only and an ant beside a bee, made from ants vs bees' photos: `train labels.csv`, then
+    `predict --json` on pictures of photos the run never saw, as bench/multilabel.py does (a few minutes)."""
+    import subprocess
+    import sys
+
+    from helpers import HYMENOPTERA, ROOT
+
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent: no ants vs bees photos here")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "multilabel.py"), "--image-size", "448"],
+                          capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    assert found["held_back_exact_set_accuracy_predict"] >= 0.8 and found["held_back_evaluate"]["micro_f1"] >= 0.9
