@@ -31,6 +31,7 @@ from tl_core.features.cache import inference_copy
 from tl_core.features.frozen import Embedded, FrozenBackbone
 from tl_core.features.probe import ProbeResult, fit_head
 from tl_core.formats import percent, seconds
+from tl_core.metrics import recall, recall_counts
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 from tl_core.plan import Plan
@@ -87,6 +88,11 @@ class Context:
         if self.stop_here():
             raise Stopped
 
+    def class_weight(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """The plan's per-class loss weights as a tensor, or None when every image counts alike."""
+        weights = self.plan.class_weights
+        return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+
 
 class Strategy:
     """Hooks the loop calls. The default step is a gradient step on a batch of training indices; `forward`
@@ -94,6 +100,8 @@ class Strategy:
 
     autocast: torch.dtype | None = None
     n_train: int = 0
+    loss_weight: torch.Tensor | None = None  # per-class weights of the training loss (the plan's), on the device
+    val_recall: list[float | None] | None = None  # per-class recall of the last validation (None: class not in val)
     has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
 
     def prepare(self) -> None: ...
@@ -115,7 +123,7 @@ class Strategy:
         """One optimiser step; returns (loss, logits, labels)."""
         with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
             logits, y = self.forward(idx, gen)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -183,6 +191,7 @@ class WholeNetwork(Strategy):
         self.net = distributed.wrap(self.eval_net, ctx.device)  # DDP under torchrun; validation needs no gradient sync
         self.batcher = Batcher(ctx.prep, ctx.device, cfg.augment)
         self.y_train, self.y_val = self.train_store.labels(), self.val_store.labels()
+        self.loss_weight = ctx.class_weight(ctx.device)
         self.autocast = ctx.dtype
         sizes = ctx.plan.sizes
         if len(set(sizes)) > 1:
@@ -226,7 +235,7 @@ class WholeNetwork(Strategy):
         self.eval_net.eval()
         folds = not ctx.config.compile and len(store) * ctx.prep.crop**2 >= FOLD_VALIDATION_PIXELS
         net = inference_copy(ctx.model, ctx.dtype) if folds else self.eval_net
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, predicted = 0.0, 0, []
         with torch.inference_mode(), torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=ctx.dtype is not None):
             for idx in batches(len(store), inference_batch(ctx.device), False):
                 check_stop()
@@ -234,7 +243,11 @@ class WholeNetwork(Strategy):
                 y = self.y_val[idx].to(ctx.device)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
-        loss_sum, correct, n = distributed.all_sum(loss_sum, correct, len(store))  # every rank: the same figures
+                predicted.append(logits.argmax(1).cpu())
+        hits, support = recall_counts(torch.cat(predicted) if predicted else self.y_val, self.y_val, len(ctx.classes))
+        k = len(hits)
+        loss_sum, correct, n, *counts = distributed.all_sum(loss_sum, correct, len(store), *hits, *support)  # every rank alike
+        self.val_recall = recall(counts[:k], counts[k:])
         return loss_sum / n, correct / n
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -273,6 +286,7 @@ class FittedHead(Strategy):
         ctx.skipped += train.problems + val.problems
         self.x_train, self.y_train, self.x_val, self.y_val = train.x, train.labels, val.x[0], val.labels
         self.n_train = len(self.y_train)
+        self.loss_weight = ctx.class_weight(ctx.device)
         self.layer: nn.Linear = ctx.model.get_submodule(ctx.head).float().to(ctx.device)
         self.prefix = ctx.head + "."
         if distributed.is_main() and ctx.backbone_file:
@@ -304,12 +318,14 @@ class FittedHead(Strategy):
         report = ctx.progress("fitting the head (L-BFGS iterations)")
         try:
             fit = fit_head(self.x_train.cpu(), self.y_train.cpu(), len(ctx.classes), seed=ctx.config.seed,
-                           should_stop=ctx.stop.is_set, on_iteration=lambda s: report(s.iteration, s.max_iterations))
+                           class_weight=ctx.class_weight(), should_stop=ctx.stop.is_set,
+                           on_iteration=lambda s: report(s.iteration, s.max_iterations))
         except InterruptedError:
             raise Stopped from None
         ctx.head_fit = {"method": "L-BFGS logistic regression", "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
                         "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
-        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV accuracy "
+        figure = "balanced accuracy" if ctx.plan.class_weights else "accuracy"
+        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV {figure} "
                                f"{percent(fit.cv_accuracy)}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
                                f"{fit.iterations} L-BFGS iterations in {seconds(fit.seconds)}."))
         return fit
@@ -331,11 +347,12 @@ class FittedHead(Strategy):
             self.layer.weight.copy_(self.fit.weight)
             self.layer.bias.copy_(self.fit.bias)
             logits = self.layer(self.x_train[0])
-        return F.cross_entropy(logits, self.y_train).item(), logits, self.y_train
+        return F.cross_entropy(logits, self.y_train, weight=self.loss_weight).item(), logits, self.y_train
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
         with torch.no_grad():
             logits = self.layer(self.x_val)
+            self.val_recall = recall(*recall_counts(logits.argmax(1), self.y_val, len(self.ctx.classes)))
             return F.cross_entropy(logits, self.y_val).item(), (logits.argmax(1) == self.y_val).float().mean().item()
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import paths
+from tl_core import metrics, paths
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.data.pipeline import Batcher, decode_square, square
 from tl_core.data.sources import safe_extract
@@ -294,6 +294,7 @@ class Evaluation:
     calibration: str = ""  # what was done to the confidences, in a sentence
     checkpoint: str = "best"
     epoch: int | None = None  # the epoch that checkpoint is from
+    balanced_accuracy: float = 0.0  # mean of the per-class recall: accuracy as if every class were equally common
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -380,7 +381,7 @@ def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = No
     if fam is None and predictor.head and run.split("val") and run.split("train"):
         val = val or split_outputs(run, predictor, "val")
         train = split_outputs(run, predictor, "train", at_most=familiarity.MAX_REFERENCE)
-        fam = familiarity.fit(train.features, val.features, stamp)
+        fam = familiarity.fit(train.features, val.features, stamp, val.labels)
         fam.save(run.dir)
     return fam
 
@@ -395,8 +396,8 @@ def held_out_records(run: Run, predictor: Predictor) -> tuple[Calibration | None
 
 def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
-    """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of the best checkpoint
-    on one of the run's own splits. The validation accuracy is recorded, so the run picker and `runs` show it."""
+    """Accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of
+    the best checkpoint on one of the run's own splits. The validation accuracy is recorded, so the run picker and `runs` show it."""
     run = run if isinstance(run, Run) else load_run(run)
     predictor = Predictor(*model_parts(run), pick_device(device), run.info["config"]["backbone"], head=run.info["head"])
     out = split_outputs(run, predictor, split, progress)
@@ -428,9 +429,10 @@ def evaluate(run: Run | str | Path, split: str = "val", device: str | None = Non
         ece_raw, ece_used = cal.ece, cal.ece_calibrated
     else:
         ece_raw, ece_used = round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6)
+    balanced = metrics.balanced_accuracy(metrics.recall(np.diag(cm).tolist(), cm.sum(1).tolist()))
     return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, out.skipped, ece_raw, ece_used,
                       predictor.temperature, predictor.threshold, cal.sentence() if cal else "", "best",
-                      run.summary.get("best_epoch"))
+                      run.summary.get("best_epoch"), round(balanced, 6))
 
 
 def pooled(x: torch.Tensor) -> torch.Tensor:
