@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tl_core.data.scan import is_imbalanced
+
 
 def inverse_frequency(counts: Sequence[int]) -> list[float]:
     """n / (C * n_c) per class (scikit-learn's "balanced"): each class's images weigh as much in total as any other
@@ -29,6 +31,18 @@ def class_balanced(labels: torch.Tensor, num_classes: int | None = None) -> torc
         return torch.empty(0, dtype=torch.float64)
     counts = torch.bincount(labels, minlength=num_classes or 0)
     return torch.tensor(inverse_frequency(counts.tolist()), dtype=torch.float64)[labels] / len(labels)
+
+
+def image_weights(labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """The weight of each held-out image (summing to 1) in the figures set on a validation split: class-balanced
+    when its classes are imbalanced (the scan's cut), else every image alike. Below the cut reweighting changes
+    little and only adds noise: on 60 images of three near-equal classes a class-balanced temperature, fitted on
+    half of them, lowered the other half's calibration error less often than the plain one (6 of 8 seeds, not 8)."""
+    labels = torch.as_tensor(labels).long()
+    counts = torch.bincount(labels, minlength=num_classes or 0).tolist()
+    if is_imbalanced(counts):
+        return class_balanced(labels, num_classes)
+    return torch.full((len(labels),), 1 / max(len(labels), 1), dtype=torch.float64)
 
 
 def recall_counts(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[list[int], list[int]]:

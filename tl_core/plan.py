@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tl_core.config import IMBALANCED_RATIO, TrainConfig
+from tl_core.config import TrainConfig
 from tl_core.data.pipeline import epoch_sizes
-from tl_core.data.scan import imbalance_ratio, median_short_side
+from tl_core.data.scan import is_imbalanced, median_short_side
 from tl_core.metrics import inverse_frequency
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
@@ -74,7 +74,7 @@ def class_weights(config: TrainConfig, counts: Sequence[int]) -> tuple[float, ..
 
     "auto" weights classes by inverse frequency once the largest class has IMBALANCED_RATIO times the images of
     the smallest (the same cut at which the scan warns); "weights" always, "none" never."""
-    if not counts or config.balance == "none" or (config.balance == "auto" and imbalance_ratio(counts) < IMBALANCED_RATIO):
+    if not counts or config.balance == "none" or (config.balance == "auto" and not is_imbalanced(counts)):
         return None
     return tuple(round(w, 6) for w in inverse_frequency(counts))
 

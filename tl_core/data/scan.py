@@ -107,6 +107,12 @@ def imbalance_ratio(counts: list[int] | tuple[int, ...]) -> float:
     return max(present) / min(present) if len(present) > 1 else 1.0
 
 
+def is_imbalanced(counts: list[int] | tuple[int, ...]) -> bool:
+    """At or past the cut (`IMBALANCED_RATIO`) at which the scan warns, training weights classes and the
+    validation figures weigh every class alike."""
+    return imbalance_ratio(counts) >= IMBALANCED_RATIO
+
+
 def median_short_side(paths: list[str], sample: int = 64) -> float:
     """The median short side of (up to `sample` of) these images, from their headers: decides the preprocessing
     of small images (`Preprocessing.for_image_side`) the same way for training, `compare` and the estimate."""
@@ -235,9 +241,9 @@ def _warnings(images: list[ImageInfo], classes: list[str], counts: dict[str, dic
 def _imbalance_warning(train: dict[str, int]) -> list[Problem]:
     """One warning when the training classes are far apart in size: unweighted, the big class wins every doubt."""
     present = {c: n for c, n in train.items() if n > 0}
-    ratio = imbalance_ratio(list(present.values()))
-    if ratio < IMBALANCED_RATIO:
+    if not is_imbalanced(list(present.values())):
         return []
+    ratio = imbalance_ratio(list(present.values()))
     big, small = max(present, key=present.get), min(present, key=present.get)
     return [Problem("train split", f"imbalanced classes: {big} has {present[big]} training images, {small} {present[small]} "
                     f"({ratio:.1f}x); training weights the classes by default (setting Class balance), and balanced accuracy shows "
