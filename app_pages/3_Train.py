@@ -28,6 +28,7 @@ from tl_core.jobs.manager import Job, JobBusy, usable_gpus
 from tl_core.jobs.state import KILL_GRACE_S, JobSnapshot
 from tl_core.measure import speed
 from tl_core.measure.estimate import Estimate, estimate
+from tl_core.train.events import EpochRow
 from tl_core.train.runs import RunBroken, RunStatus, delete_run, history_rows, list_runs, load_run
 
 jobs = job_manager()
@@ -64,6 +65,10 @@ def settings_form() -> None:
         st.caption("Feature extraction fits the new head to convergence on the cached embeddings (L-BFGS logistic "
                    "regression, its regularisation chosen by 5-fold cross-validation on the training split), so epochs, "
                    "learning rate and batch size do not apply; the log shows the strength it chose.")
+    if plan.class_weights(config, list(report.counts.get("train", {}).values())):
+        st.caption(f"Classes are weighted by the inverse of their share of the training images (largest over smallest "
+                   f"class {report.imbalance:.1f}x; setting Class balance under More settings), so the small classes "
+                   "count as much as the big ones; the run shows balanced accuracy beside accuracy.")
     if not plan.fits_head(config):  # a head fitted outright needs no learning rate search
         render_lr_finder(spec, config, lr_key="cfg_lr")
     measured = speeds().get(name)
@@ -104,6 +109,15 @@ def run_facts(run_dir: str) -> tuple[str | None, str]:
         return None, "accuracy"
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_classes(run_dir: str) -> list[str]:
+    """The run's classes (run.json), in the order of its per-class figures."""
+    try:
+        return load_run(run_dir).info["classes"]
+    except (OSError, RunBroken, FileNotFoundError):
+        return []
+
+
 def live() -> None:
     job = jobs.current()
     if job is None:
@@ -126,10 +140,11 @@ def live() -> None:
         st.error(s.error)
         st.info(f"Suggestion: {plain(s.suggestion)}")
     if s.history:
-        m = st.columns(3)
+        m = st.columns(4)
         m[0].metric(f"Best val {accuracy_name}", percent(s.best.val_acc), f"epoch {s.best.epoch}", delta_color="off", delta_arrow="off")
-        m[1].metric("Last val loss", loss(s.history[-1].val_loss))
-        m[2].metric("Elapsed", seconds(s.elapsed))
+        balanced_metric(m[1], s.best, run_classes(s.run_dir) if s.run_dir else [])
+        m[2].metric("Last val loss", loss(s.history[-1].val_loss))
+        m[3].metric("Elapsed", seconds(s.elapsed))
     job_controls(job, s)
     with st.expander("Log", expanded=s.status in ("failed", "interrupted")):
         st.code("\n".join(s.log[-40:]) or "...", language=None)
@@ -151,6 +166,17 @@ def curves() -> None:
         st.caption("The loss and accuracy curves appear with the first training step.")
     elif s.status != "failed":
         st.caption("This job ended before its first training step: there is no curve to draw.")
+
+
+def balanced_metric(col, best: EpochRow, classes: list[str]) -> None:
+    """The best epoch's balanced accuracy beside its accuracy, its per-class recall in the help: with imbalanced
+    classes accuracy can stay high while a small class is never recognised."""
+    if best.val_balanced_acc is None:
+        col.metric("Balanced accuracy", "-")
+        return
+    recalls = ", ".join(f"{c} {percent(r)}" for c, r in zip(classes, best.val_recall or []) if r is not None)
+    col.metric("Balanced accuracy", percent(best.val_balanced_acc), f"epoch {best.epoch}", delta_color="off",
+               delta_arrow="off", help=f"Mean of the per-class recall on validation: {plain(recalls)}")
 
 
 def job_controls(job: Job, s: JobSnapshot) -> None:
@@ -196,13 +222,18 @@ if not runs:
     st.caption("No runs yet.")
 else:
     table = pd.DataFrame(history_rows(runs[:50]))
-    if "best val acc" in table:
-        table["best val acc"] = table["best val acc"].map(points)
+    for column in ("best val acc", "balanced acc"):
+        if column in table:
+            table[column] = table[column].map(points)
     picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="run_table",
                           column_config={"best val acc": st.column_config.NumberColumn(
                               "val acc (best checkpoint)", format=TABLE_PERCENT,
                               help="Validation accuracy of the best checkpoint; 'measured' says whether by the predictor "
                                    "(the figure `evaluate` and the Predict page give) or while training"),
+                                         "balanced acc": st.column_config.NumberColumn(
+                              "balanced acc", format=TABLE_PERCENT,
+                              help="Mean per-class recall of the best checkpoint on validation (measured while training): "
+                                   "accuracy as if every class were equally common"),
                                          "seconds": st.column_config.NumberColumn("time", format=TABLE_SECONDS)})
     chosen = [runs[i] for i in picked.selection.rows] if picked and picked.selection.rows else runs[:1]
     fig = history_chart([(r.id, [] if r.broken else r.metrics()) for r in chosen])

@@ -208,9 +208,14 @@ with tab_eval:
         if ev.multi_label:
             label_set_evaluation(ev)
         else:
-            m1, m2 = st.columns(2)
+            m1, m_balanced, m2 = st.columns(3)
             m1.metric("Validation accuracy", percent(ev.accuracy), f"{len(ev.mistakes)} mistakes of {len(ev.predictions)} images",
                       delta_color="off", delta_arrow="off", help=f"{ev.accuracy_label}: the figure the run picker shows.")
+            worst = min(ev.per_class, key=lambda c: (c["support"] == 0, c["recall"]))
+            m_balanced.metric("Balanced accuracy", percent(ev.balanced_accuracy), f"lowest recall: {plain(worst['class'])} "
+                              f"{percent(worst['recall'])}", delta_color="off", delta_arrow="off",
+                              help="The mean of the per-class recall (table below): accuracy as if every class were equally "
+                                   "common, so a small class that is never recognised shows here even when accuracy is high.")
             m2.metric("Calibration error (ECE)", percent(ev.ece_calibrated), f"{percent(ev.ece)} raw", delta_color="off",
                       delta_arrow="off", help=f"Average gap between confidence and accuracy. {ev.calibration}")
             clicked = st.plotly_chart(confusion_figure(ev.classes, ev.confusion_matrix), key="confusion", on_select="rerun",

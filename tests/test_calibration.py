@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import bees_val_files, cli_out
 from PIL import Image
 
@@ -92,3 +93,64 @@ def test_evaluate_applies_temperature_scaling_only_where_it_helps_on_ants_vs_bee
     assert saved.sentence() in cli_out(capsys, "evaluate", str(bees_run))  # the text output says which happened
     assert Predictor.from_run(bees_run).temperature == report["temperature"]  # the Predict page uses the same T
 
+
+
+def lopsided_validation() -> tuple[torch.Tensor, torch.Tensor]:
+    """200 confident, right answers of a big class and 20 hesitant ones (about 70%) of a small class, some wrong."""
+    g = torch.Generator().manual_seed(0)
+    big = torch.stack([3.5 + 0.5 * torch.randn(200, generator=g), torch.zeros(200)], 1)
+    small = torch.stack([torch.zeros(20), 0.9 + 0.4 * torch.randn(20, generator=g)], 1)
+    return torch.cat([big, small]), torch.cat([torch.zeros(200), torch.ones(20)]).long()
+
+
+def test_the_unsure_threshold_keeps_the_small_class_s_right_answers_too():
+    logits, labels = lopsided_validation()
+    cal = calibration.calibrate(logits, labels)
+    probs = (logits / cal.temperature).softmax(1)
+    conf, pred = probs.max(1)
+    right_small = conf[(pred == labels) & (labels == 1)]
+    assert (right_small >= cal.threshold).float().mean() >= 0.85  # about 95% of each class's right answers stay
+    plain = torch.quantile(conf[pred == labels], 1 - calibration.RECALL_KEPT)  # every right answer alike
+    assert (right_small >= plain).float().mean() < 0.7  # would send a third or more of the bees to "unsure"
+
+
+def test_temperature_and_error_weigh_each_class_as_if_the_classes_were_equal():
+    """Weighting by inverse class frequency is the same as repeating the small class until the classes are equal:
+    a big class that is over-confident (15% confidently wrong) no longer sets the temperature of a small one that
+    is right but hesitant."""
+    g = torch.Generator().manual_seed(1)
+    big = torch.cat([torch.tensor([[3.0, 0.0]]).repeat(170, 1), torch.tensor([[0.0, 3.0]]).repeat(30, 1)])
+    small = torch.tensor([[0.0, 1.0]]).repeat(20, 1)
+    logits = torch.cat([big, small]) + 0.3 * torch.randn(220, 2, generator=g)
+    labels = torch.cat([torch.zeros(200), torch.ones(20)]).long()
+    is_small = labels == 1
+    equal_logits = torch.cat([logits[~is_small], logits[is_small].repeat(10, 1)])
+    equal_labels = torch.cat([labels[~is_small], labels[is_small].repeat(10)])
+    balanced_t = calibration.fit_temperature(logits, labels)
+    assert balanced_t == pytest.approx(calibration.fit_temperature(equal_logits, equal_labels), rel=1e-3)
+    assert calibration.ece(logits.softmax(1), labels) == pytest.approx(calibration.ece(equal_logits.softmax(1), equal_labels))
+    grid = torch.linspace(0.2, 5, 481)
+    plain_t = float(grid[torch.stack([F.cross_entropy(logits / t, labels) for t in grid]).argmin()])  # every image alike
+    assert plain_t > balanced_t + 0.1  # the big class alone would soften every answer more
+
+
+def test_the_familiarity_threshold_keeps_the_small_class_s_validation_pictures():
+    """A small class has few training pictures near its own, so its validation pictures lie further out; with their
+    labels the threshold keeps 95% of each class, not 95% of whatever is most common."""
+    from tl_core.use import familiarity
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 32, generator=g)
+
+    def around(centre: torch.Tensor, n: int, spread: float) -> torch.Tensor:
+        return centre + spread * torch.randn(n, 32, generator=g)
+
+    train = torch.cat([around(a, 300, 0.3), around(b, 10, 0.3)])
+    val, labels = torch.cat([around(a, 200, 0.3), around(b, 20, 0.3)]), torch.cat([torch.zeros(200), torch.ones(20)]).long()
+    balanced = familiarity.fit(train, val, 0.0, labels)
+    plain = familiarity.fit(train, val, 0.0)
+    small = balanced.distance(val[labels == 1])
+    assert (small <= balanced.threshold).float().mean() >= 0.85
+    assert (small <= plain.threshold).float().mean() < 0.7
+    big = balanced.distance(val[labels == 0])
+    assert (big <= balanced.threshold).float().mean() >= 0.9  # the big class loses little

@@ -68,3 +68,16 @@ def test_training_health_compare_and_the_estimate_embed_identical_pixels(shapes_
     compare(load_dataset(spec), ["mobilenet_v2"], config)
     assert shards() == trained
     assert estimate(scan(spec), config).phases["embedding"] == 0
+
+
+def test_class_weights_switch_on_at_the_cut_and_the_setting_overrides():
+    prep = Preprocessing.imagenet()
+    assert plan.make(TrainConfig(), prep, [100, 40]).class_weights is None  # 2.5x: under the cut
+    weighted = plan.make(TrainConfig(), prep, [120, 40]).class_weights  # 3x: at the cut
+    assert weighted == pytest.approx((160 / 240, 160 / 80))  # n / (C n_c): each class weighs the same in total
+    assert plan.make(TrainConfig(balance="none"), prep, [1000, 10]).class_weights is None
+    assert plan.make(TrainConfig(balance="weights"), prep, [50, 50]).class_weights == (1.0, 1.0)
+    assert plan.make(TrainConfig(balance="weights"), prep, [60, 40]).class_weights == pytest.approx((100 / 120, 100 / 80))
+    assert plan.make(TrainConfig(balance="weights"), prep).class_weights is None  # no counts: nothing to weigh
+    with pytest.raises(ValueError, match="balance must be one of auto, weights, none"):
+        TrainConfig(balance="oversample").validate()

@@ -81,3 +81,26 @@ def test_reaches_095_on_ants_vs_bees(hymenoptera_features):
     result = fit_head(train.x, train.labels, 2)
     assert accuracy(result, val.x, val.labels) >= 0.95
     assert result.seconds < 30
+
+
+def test_class_weights_raise_balanced_accuracy_on_held_out_rows():
+    """200 rows of one class, 10 of the other, overlapping: unweighted, the head leans to the big class; weighted
+    by inverse frequency (loss and the CV score that picks L2), it recognises far more of the small class."""
+    from tl_core.metrics import balanced_accuracy, inverse_frequency, recall, recall_counts
+
+    centres = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+
+    def rows(n_big: int, n_small: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.cat([torch.zeros(n_big), torch.ones(n_small)]).long()
+        return centres[y] * 0.5 + 1.5 * torch.randn(len(y), 64, generator=torch.Generator().manual_seed(seed)), y
+
+    gains = []
+    for seed in range(3):
+        x, y = rows(200, 10, seed)
+        x_test, y_test = rows(300, 300, 100 + seed)  # held out, balanced
+        scores = []
+        for weight in (None, torch.tensor(inverse_frequency([200, 10]))):
+            result = fit_head(x, y, 2, class_weight=weight)
+            scores.append(balanced_accuracy(recall(*recall_counts(predict_proba(result, x_test).argmax(1), y_test, 2))))
+        gains.append(scores[1] - scores[0])
+    assert min(gains) > 0.02 and sum(gains) / len(gains) > 0.05  # measured: +0.21, +0.08, +0.08

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import warnings
@@ -67,3 +68,34 @@ def test_an_extracted_zip_has_no_marker_problem_and_huge_images_are_too_large_qu
     assert reasons[str(huge)].startswith("too large to decode safely (20000x20000 pixels")
     assert not [w for w in caught if w.category is not ResourceWarning]  # Pillow's DecompressionBombWarning
     assert "Warning" not in "".join(capfd.readouterr())
+
+
+def shapes(root: Path, per_class: dict[str, tuple[int, int]]) -> Path:
+    """train/ and val/ of drawn shapes: per class (training images, validation images)."""
+    import numpy as np
+
+    from tl_core.data.demo import draw
+
+    rng = np.random.default_rng(0)
+    for kind, split_counts in per_class.items():
+        for split, n in zip(("train", "val"), split_counts):
+            (root / split / kind).mkdir(parents=True)
+            for i in range(n):
+                draw(kind, rng, 48).save(root / split / kind / f"{i}.png")
+    return root
+
+
+def test_scan_warns_of_imbalanced_training_classes_at_the_cut_and_the_cli_says_so(tmp_path, capsys):
+    from helpers import cli_out
+
+    from tl_core.config import IMBALANCED_RATIO
+
+    lopsided = scan(DatasetSpec(str(shapes(tmp_path / "lopsided", {"circle": (12, 3), "square": (4, 3)}))))
+    assert lopsided.imbalance == 3.0 >= IMBALANCED_RATIO
+    warning = next(p for p in lopsided.warnings if p.reason.startswith("imbalanced classes"))
+    assert warning.path == "train split" and "circle has 12 training images, square 4 (3.0x)" in warning.reason
+    assert "imbalanced classes: circle has 12" in cli_out(capsys, "scan", str(tmp_path / "lopsided"))
+    assert json.loads(cli_out(capsys, "scan", str(tmp_path / "lopsided"), "--json"))["imbalance"] == 3.0
+    # under the cut, and val imbalance alone (a test of the classes, not of training): no warning
+    fair = scan(DatasetSpec(str(shapes(tmp_path / "fair", {"circle": (11, 9), "square": (4, 1)}))))
+    assert fair.imbalance == 2.75 and not any(p.reason.startswith("imbalanced") for p in fair.problems)

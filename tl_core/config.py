@@ -23,6 +23,8 @@ BENCH_MODES = ("features", "full")  # the strategies the copied tutorial loop ha
 EXPORT_FORMATS = ("safetensors", "onnx", "onnx-int8", "torchscript")  # written and checked by tl_core.use.export
 EPOCHS_BY_STRATEGY = {"features": 10, "finetune": 5, "full": 5}
 LABEL_SEPARATOR = ";"  # how a label CSV's cell joins several labels, unless the dataset spec names another
+BALANCES = ("auto", "weights", "none")
+IMBALANCED_RATIO = 3.0  # largest over smallest training class: at or past it the scan warns and "auto" weights classes
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "Label smoothing",
                                     "targets of 1 - x for the right class, x shared by the others: less over-confident answers",
                                     low=0.0, high=0.5)
+    balance: str = option("auto", "Class balance", f"auto: weight each class by the inverse of its share of the training "
+                          f"images when the largest class has {IMBALANCED_RATIO:g}x the images of the smallest or more; "
+                          "weights: always; none: never (every image counts the same, so the big class wins ties)",
+                          choices=BALANCES)
     augment: str = option("light", "Augmentation", "random crops and flips (light), plus colour jitter (strong)", choices=AUGMENTATIONS)
     embedding_cache: bool = option(True, "Cache embeddings", "frozen backbone: train the head on cached embeddings (off: run it each step)")
     feature_views: int = option(1, "Feature views", "frozen backbone: cached views per training image: 1 = the clean view; more "

@@ -3,16 +3,18 @@
 The trainer, the time estimate, `compare`, the data-health check, the learning-rate finder and the pages all ask
 this module: which pixels the backbone sees (the weights' transform, the chosen size, the small-image rule), which
 path trains (a fitted head on cached embeddings, or the network itself), how many feature views, how many epochs
-at which side, and whether the run can learn at all. None of them works any of it out again.
+at which side, whether classes are weighted, and whether the run can learn at all. None of them works any of it out again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tl_core.config import TrainConfig
 from tl_core.data.pipeline import epoch_sizes
-from tl_core.data.scan import median_short_side
+from tl_core.data.scan import is_imbalanced, median_short_side
+from tl_core.metrics import inverse_frequency
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 
@@ -67,6 +69,16 @@ def unused_options(config: TrainConfig) -> frozenset[str]:
     return frozenset(unused)
 
 
+def class_weights(config: TrainConfig, counts: Sequence[int]) -> tuple[float, ...] | None:
+    """Per-class loss weights for training images counted `counts` (class order), or None for plain averaging.
+
+    "auto" weights classes by inverse frequency once the largest class has IMBALANCED_RATIO times the images of
+    the smallest (the same cut at which the scan warns); "weights" always, "none" never."""
+    if not counts or config.balance == "none" or (config.balance == "auto" and not is_imbalanced(counts)):
+        return None
+    return tuple(round(w, 6) for w in inverse_frequency(counts))
+
+
 @dataclass(frozen=True)
 class Plan:
     """Every derived decision of one run."""
@@ -77,15 +89,17 @@ class Plan:
     views: int
     epochs: int
     sizes: tuple[int, ...]  # training side per epoch (progressive resizing); validation is always at the crop
+    class_weights: tuple[float, ...] | None = None  # per-class loss weights (`class_weights`); None: every image alike
 
 
-def make(config: TrainConfig, prep: Preprocessing) -> Plan:
-    """The plan for a run whose pixels are decided (`preprocessing`, or the run's own on resume)."""
+def make(config: TrainConfig, prep: Preprocessing, counts: Sequence[int] = ()) -> Plan:
+    """The plan for a run whose pixels are decided (`preprocessing`, or the run's own on resume); `counts`: its
+    training images per class."""
     fitted = fits_head(config)
     epochs = 1 if fitted else config.epochs  # the fitted head is solved outright in one step
     resize = config.progressive_resize if config.strategy != "features" else 1.0  # a frozen backbone gains nothing
     return Plan(config, prep, fitted, feature_views(config), epochs,
-                tuple(epoch_sizes(prep, epochs, resize, config.augment)))
+                tuple(epoch_sizes(prep, epochs, resize, config.augment)), class_weights(config, counts))
 
 
 def for_images(config: TrainConfig, image_paths: list[str]) -> Plan:

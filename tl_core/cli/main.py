@@ -98,7 +98,9 @@ def _report(result, as_json: bool) -> int:
         print(json.dumps({**result.to_dict(), "best_val_accuracy": result.best_val_accuracy}))
     else:
         why = f" ({result.stop_reason})" if result.stop_reason else ""
-        print(f"{result.status}{why}: best val {_accuracy_name(result.run_dir)} {percent(result.best_val_accuracy)} "
+        balanced = result.best_val_balanced_accuracy
+        balanced = f", balanced {percent(balanced)}" if balanced is not None else ""
+        print(f"{result.status}{why}: best val {_accuracy_name(result.run_dir)} {percent(result.best_val_accuracy)}{balanced} "
               f"(epoch {result.best_epoch}) after {result.epochs_completed} epochs, {seconds(result.seconds)} -> {result.run_dir}")
     return code
 
@@ -204,6 +206,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(d))
         return 0
     print(f"{ev.accuracy_name}: {ev.accuracy_label}")
+    if ev.balanced_accuracy is not None:
+        print(f"balanced accuracy: {percent(ev.balanced_accuracy)} (the mean of the per-class recall below)")
     if ev.calibration:
         print(ev.calibration)
     if ev.multi_label:

@@ -72,7 +72,9 @@ class Progress:
         elif isinstance(e, EpochEnded):
             r = e.row
             self.say(f"epoch {r.epoch}/{e.epochs}  train loss {loss(r.train_loss)} acc {percent(r.train_acc)}  "
-                     f"val loss {loss(r.val_loss)} acc {percent(r.val_acc)}" + ("  (best)" if e.improved else ""))
+                     f"val loss {loss(r.val_loss)} acc {percent(r.val_acc)}"
+                     + (f" (balanced {percent(r.val_balanced_acc)})" if r.val_balanced_acc is not None else "")
+                     + ("  (best)" if e.improved else ""))
         elif isinstance(e, (PhaseStarted, Logged)):
             self.say(e.message)
         elif isinstance(e, RunFailed):

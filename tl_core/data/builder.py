@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tl_core.data.sources import DatasetError
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, is_hidden, open_rgb
+from tl_core.data.sources import DatasetError
 
 MAX_IMAGE_BYTES = 25 * 2**20
 _NAME = re.compile(r"^[\w][\w \-.]{0,63}$")

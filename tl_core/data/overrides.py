@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tl_core import paths
-from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.data.images import content_hash
+from tl_core.data.sources import ImageDataset, Problem, Sample
 
 DROP, RELABEL = "drop", "relabel"
 DROPPED_REASON = "dropped by you on the Dataset page (undo it there)"

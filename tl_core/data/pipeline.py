@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tl_core.models.backbones import Preprocessing
-from tl_core.data.sources import Problem, Sample
 from tl_core.config import AUGMENTATIONS
-from tl_core.devices import memory_format, single_threaded_torch
 from tl_core.data.images import BadImage, open_rgb
+from tl_core.data.sources import Problem, Sample
+from tl_core.devices import memory_format, single_threaded_torch
+from tl_core.models.backbones import Preprocessing
 
 CROP_AREA = {"light": (0.35, 1.0), "strong": (0.15, 1.0)}  # random resized crops: the fraction of the square kept
 MAX_DECODED_BYTES = 3 * 2**30

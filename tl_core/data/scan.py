@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field, replace
 from PIL import Image
 
 from tl_core import paths
-from tl_core.data.sources import DatasetSpec, ImageDataset, Problem, Sample, apply_split, list_files
-from tl_core.data.images import BadImage, check_decodes, content_hash, open_rgb
+from tl_core.config import IMBALANCED_RATIO
+from tl_core.data.images import BadImage, check_decodes, content_hash
 from tl_core.data.overrides import apply_overrides
+from tl_core.data.sources import DatasetSpec, ImageDataset, Problem, Sample, apply_split, list_files
 
 MIN_SIDE = 32
 MAX_SIDE = 10_000
@@ -89,17 +90,34 @@ class ScanReport:
         samples = [Sample(im.path, im.label, im.split, im.labels) for im in self.images]
         return ImageDataset(self.name, self.root, self.classes, samples, list(self.skipped), self.split_source, self.multi_label)
 
+    @property
+    def imbalance(self) -> float:
+        """Largest over smallest class in the training split (1.0: balanced, or a single class)."""
+        return imbalance_ratio(list(self.counts.get("train", {}).values()))
+
     def hashes(self) -> dict[str, str]:
         return {im.path: im.hash for im in self.images}
 
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "name": self.name, "root": self.root, "classes": self.classes,
                 "counts": self.counts, "split_source": self.split_source, "n_images": self.n_images,
-                "multi_label": self.multi_label,
+                "multi_label": self.multi_label, "imbalance": round(self.imbalance, 3),
                 "files": [{"path": im.path, "split": im.split, "class": self.classes[im.label],
                            **({"labels": [self.classes[i] for i in im.labels]} if im.labels else {})} for im in self.images],
                 "skipped": [asdict(p) for p in self.skipped], "warnings": [asdict(p) for p in self.warnings],
                 "problems": [asdict(p) for p in self.problems]}
+
+
+def imbalance_ratio(counts: list[int] | tuple[int, ...]) -> float:
+    """The largest class's images over the smallest's, among classes that have any (1.0 with fewer than two)."""
+    present = [n for n in counts if n > 0]
+    return max(present) / min(present) if len(present) > 1 else 1.0
+
+
+def is_imbalanced(counts: list[int] | tuple[int, ...]) -> bool:
+    """At or past the cut (`IMBALANCED_RATIO`) at which the scan warns, training weights classes and the
+    validation figures weigh every class alike."""
+    return imbalance_ratio(counts) >= IMBALANCED_RATIO
 
 
 def median_short_side(paths: list[str], sample: int = 64) -> float:
@@ -222,7 +240,19 @@ def _warnings(images: list[ImageInfo], classes: list[str], counts: dict[str, dic
             warnings += [Problem(im.path, f"same image in several splits ({where})") for im in hits]
     for c in classes:
         warnings += [Problem(c, f"class missing from the {sp} split") for sp in counts if counts[sp][c] == 0]
-    return warnings
+    return warnings + _imbalance_warning(counts.get("train", {}))
+
+
+def _imbalance_warning(train: dict[str, int]) -> list[Problem]:
+    """One warning when the training classes are far apart in size: unweighted, the big class wins every doubt."""
+    present = {c: n for c, n in train.items() if n > 0}
+    if not is_imbalanced(list(present.values())):
+        return []
+    ratio = imbalance_ratio(list(present.values()))
+    big, small = max(present, key=present.get), min(present, key=present.get)
+    return [Problem("train split", f"imbalanced classes: {big} has {present[big]} training images, {small} {present[small]} "
+                    f"({ratio:.1f}x); training weights the classes by default (setting Class balance), and balanced accuracy shows "
+                    "how the small classes fare")]
 
 
 def load_dataset(source: str | DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> ImageDataset:

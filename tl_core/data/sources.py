@@ -252,6 +252,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return rows[0][1], rows[1:]
 
 
+def _cell(cells: list[str], column: int | None) -> str:
+    return cells[column].strip() if column is not None and column < len(cells) else ""
+
+
 def _csv_file(cell: str, root: Path) -> tuple[Path | None, str | None]:
     """A picture named by a CSV cell, relative to the CSV's folder, or why it cannot be one. A name without an
     extension finds the picture with one (Kaggle's id columns)."""
@@ -295,10 +299,9 @@ def from_csv(path: str | Path, separator: str = LABEL_SEPARATOR, name: str | Non
         skipped.append(Problem(str(file), f"line {line} of {path.name}: {reason}"))
 
     for line, cells in rows:
-        cell = lambda col: cells[col].strip() if col is not None and col < len(cells) else ""  # noqa: E731
-        file, why = _csv_file(cell(image_col), root)
-        labels = list(dict.fromkeys(x.strip() for x in cell(label_col).split(separator) if x.strip()))
-        split = cell(split_col).lower()
+        file, why = _csv_file(_cell(cells, image_col), root)
+        labels = list(dict.fromkeys(x.strip() for x in _cell(cells, label_col).split(separator) if x.strip()))
+        split = _cell(cells, split_col).lower()
         if file is None:
             bad(line, why)
         elif not labels:

@@ -25,8 +25,10 @@ class Targets:
     def tensor(self, labels: Sequence[int | Sequence[int]], num_classes: int) -> torch.Tensor:
         return torch.tensor([_first(y) for y in labels], dtype=torch.long)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction=reduction)
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean",
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """`weight`: per-class loss weights (imbalanced classes, `tl_core.plan.class_weights`)."""
+        return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
 
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per picture: whether the answer is right (the top class)."""
@@ -34,6 +36,12 @@ class Targets:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1)
+
+    def recall_counts(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[list[int], list[int]]:
+        """(right answers, pictures) per class, summable over batches and processes before any ratio is taken."""
+        from tl_core.metrics import recall_counts
+
+        return recall_counts(logits.argmax(-1), y, logits.shape[-1])
 
     def row_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss per row for logits [..., C] and float targets broadcasting to them (one-hot here): the fitted head's
@@ -59,7 +67,9 @@ class MultiLabel(Targets):
             out[row, list(y) if isinstance(y, (list, tuple)) else [y]] = 1.0
         return out
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean",
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Each label is its own yes/no question, so no class outweighs another: `weight` is not used."""
         target = y * (1 - label_smoothing) + 0.5 * label_smoothing  # each label's two outcomes share the smoothing
         loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1)
         return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
@@ -69,6 +79,11 @@ class MultiLabel(Targets):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
+
+    def recall_counts(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Per label: pictures that have it and were given it (at 0.5), and pictures that have it."""
+        has = (y > 0.5).cpu()
+        return ((logits > 0).cpu() & has).sum(0).tolist(), has.sum(0).tolist()
 
     def row_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (F.softplus(logits) - logits * target).sum(-1)

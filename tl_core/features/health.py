@@ -24,9 +24,11 @@ from tl_core import plan
 from tl_core.config import TrainConfig
 from tl_core.data import targets
 from tl_core.data.images import content_hash
+from tl_core.data.scan import imbalance_ratio
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
 from tl_core.formats import percent
+from tl_core.metrics import balanced_accuracy
 
 NEAR_DUPLICATE = 0.75  # cosine of centred embeddings (MobileNetV2, ants vs bees): resized + re-encoded copies
 #                        scored 0.77-0.89, the closest two distinct photos 0.65
@@ -291,14 +293,11 @@ def class_balance(proba: torch.Tensor, labels: torch.Tensor, samples: list[Sampl
         said, has = proba >= 0.5, labels > 0.5
         correct = (said == has).all(1)
         recall = {c: said[has[:, i], i].float().mean().item() for i, c in enumerate(classes) if has[:, i].any()}
-        present = [n for n in counts.values() if n]
-        return ClassBalance(counts, max(present) / min(present) if present else 1.0, recall,
-                            correct.float().mean().item(), float(np.mean(list(recall.values()))))
-    correct = proba.argmax(1) == labels
-    recall = {c: correct[labels == i].float().mean().item() for i, c in enumerate(classes) if (labels == i).any()}
-    present = [n for n in counts.values() if n]
-    return ClassBalance(counts, max(present) / min(present) if present else 1.0, recall,
-                        correct.float().mean().item(), float(np.mean(list(recall.values()))))
+    else:
+        correct = proba.argmax(1) == labels
+        recall = {c: correct[labels == i].float().mean().item() for i, c in enumerate(classes) if (labels == i).any()}
+    return ClassBalance(counts, imbalance_ratio(list(counts.values())), recall, correct.float().mean().item(),
+                        balanced_accuracy(list(recall.values())))
 
 
 def project(x: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:

@@ -3,7 +3,9 @@
 Multinomial logistic regression with an L2 penalty, minimised by full-batch L-BFGS (strong Wolfe line search).
 The penalty is chosen by stratified k-fold cross-validation on the training rows only, so the validation split
 stays an honest estimate. Augmented views ([V, N, D], view 0 clean) are all used for fitting, but only the
-clean view of a held-out image is scored, and an image's views always stay in the same fold.
+clean view of a held-out image is scored, and an image's views always stay in the same fold. With class weights
+(imbalanced classes) each row's loss is scaled by its class's weight, and the held-out score that chooses the
+strength is weighted the same way: with inverse-frequency weights it is the balanced accuracy.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ProbeResult:
     weight: torch.Tensor  # [C, D] float32, the layout of nn.Linear(D, C).weight
     bias: torch.Tensor  # [C]
     l2: float  # the chosen strength (penalty l2/2 * |W|^2 on standardised features, per mean example loss)
-    cv_accuracy: float  # held-out accuracy of the chosen strength across the folds
+    cv_accuracy: float  # held-out accuracy of the chosen strength across the folds (class-weighted when weighted)
     iterations: int  # L-BFGS iterations (every fold, strength and the refit are solved together)
     seconds: float
     views: int = 1  # 1: fitted on the clean view; V: the augmented views helped in cross-validation
@@ -165,13 +167,15 @@ class _Fitted:
         return out
 
 
-def _row_weights(n_views: int, fold: torch.Tensor, folds: int) -> tuple[torch.Tensor, list[int]]:
-    """[V * N, A * (F + 1)]: per problem, each row's share of the mean loss (0 = not in its training rows).
+def _row_weights(n_views: int, fold: torch.Tensor, folds: int,
+                 image_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """[V * N, A * (F + 1)]: per problem, each row's share of the mean loss (0 = not in its training rows),
+    in proportion to `image_weight` [N] (its class's weight) when given.
 
     Variant 0 fits the clean view only; with augmented views, variant 1 fits every view of the same images.
     """
     n = len(fold)
-    member = torch.ones(n, folds + 1)
+    member = torch.ones(n, folds + 1) * (1.0 if image_weight is None else image_weight.view(-1, 1))
     member[torch.arange(n), fold] = 0.0  # fold k's problem leaves its own images out; the last one keeps all
     member = member / member.sum(0)
     clean = torch.cat([member, torch.zeros((n_views - 1) * n, folds + 1)])
@@ -183,6 +187,7 @@ def _row_weights(n_views: int, fold: torch.Tensor, folds: int) -> tuple[torch.Te
 def _fit_grid(
     xv: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int, grid: tuple[float, ...], seed: int,
     should_stop: Callable[[], bool] | None, on_iteration: Callable[[ProbeStep], None] | None, targets: Targets,
+    image_weight: torch.Tensor | None = None,
 ) -> _Fitted:
     """Heads for every strength, with and without the augmented views, on every fold's training rows and on all
     rows, in one optimisation.
@@ -199,7 +204,7 @@ def _fit_grid(
         q, r = torch.linalg.qr(z.T)  # z.T = q r: q's columns are an orthonormal basis of the rows' span
         basis, z = q.T, r.T
     fold = stratified_folds(y, folds, seed)
-    row_weight, views = _row_weights(n_views, fold, folds)
+    row_weight, views = _row_weights(n_views, fold, folds, image_weight)
     strengths = torch.tensor(grid, dtype=x.dtype)
     report = (lambda it, loss: on_iteration(ProbeStep(it, MAX_ITER, loss))) if on_iteration else None
     with _threads_for(4.0 * z.shape[0] * z.shape[1] * row_weight.shape[1] * len(grid) * num_classes):
@@ -214,16 +219,19 @@ def _fit_grid(
 
 
 def _choose(fitted: _Fitted, x0: torch.Tensor, y: torch.Tensor,
-            targets: Targets) -> tuple[tuple[int, int], list[tuple[float, int, float]], torch.Tensor]:
+            targets: Targets, image_weight: torch.Tensor | None = None,
+            ) -> tuple[tuple[int, int], list[tuple[float, int, float]], torch.Tensor]:
     """The (variant, strength) with the best held-out accuracy (exact-set accuracy for label sets), ties to the
-    lower log-loss.
+    lower log-loss; both weighted by `image_weight` [N] when given (inverse class frequency: balanced accuracy).
 
     Returns ((variant, strength index), [(l2, views, accuracy)] for every pair, its out-of-fold probabilities).
     """
     logits = fitted.held_out_logits(x0)  # [N, A, G, C]
     n, c = len(x0), logits.shape[-1]
-    acc = targets.correct(logits, y.view(n, 1, 1, *y.shape[1:])).double().mean(0)
-    nll = targets.row_loss(logits, targets.dense(y, c).to(logits.dtype).view(n, 1, 1, c)).mean(0)
+    share = (torch.ones(n) if image_weight is None else image_weight).double()
+    share = (share / share.sum()).view(-1, 1, 1)
+    acc = (targets.correct(logits, y.view(n, 1, 1, *y.shape[1:])).double() * share).sum(0)
+    nll = (targets.row_loss(logits, targets.dense(y, c).to(logits.dtype).view(n, 1, 1, c)).double() * share).sum(0)
     pairs = [(a, g) for a in range(len(fitted.views)) for g in range(len(fitted.strengths))]
     best = max(pairs, key=lambda p: (round(acc[p].item(), 9), -nll[p].item()))
     scores = [(fitted.strengths[g], fitted.views[a], acc[a, g].item()) for a, g in pairs]
@@ -261,6 +269,7 @@ def fit_head(
     folds: int = 5,
     grid: tuple[float, ...] = DEFAULT_GRID,
     seed: int = 0,
+    class_weight: torch.Tensor | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_iteration: Callable[[ProbeStep], None] | None = None,
     targets: Targets = Targets(),
@@ -269,13 +278,15 @@ def fit_head(
     return the head refitted on all of them with that choice.
 
     `x_train` is [N, D] or [V, N, D] (view 0 clean); `y_train` class indices [N], or with `MultiLabel` targets
-    multi-hot rows [N, C] (one logistic regression per label). Raises InterruptedError when `should_stop()` turns true.
+    multi-hot rows [N, C] (one logistic regression per label); `class_weight` [C] scales each class's loss and its
+    share of the CV score (one-class data only). Raises InterruptedError when `should_stop()` turns true.
     """
     t0 = time.perf_counter()
     xv, y = _prepare(x_train, y_train, num_classes)
     k = _n_folds(y, folds)
-    fitted = _fit_grid(xv, y, num_classes, k, tuple(grid), seed, should_stop, on_iteration, targets)
-    (a, g), scores, _ = _choose(fitted, xv[0], y, targets)
+    image_weight = None if class_weight is None or y.dim() == 2 else torch.as_tensor(class_weight, dtype=xv.dtype).cpu()[y]
+    fitted = _fit_grid(xv, y, num_classes, k, tuple(grid), seed, should_stop, on_iteration, targets, image_weight)
+    (a, g), scores, _ = _choose(fitted, xv[0], y, targets, image_weight)
     cv = next(s for l2, v, s in scores if l2 == grid[g] and v == fitted.views[a])
     return ProbeResult(fitted.weight[a, -1, g].float(), fitted.bias[a, -1, g].float(), float(grid[g]), cv,
                        fitted.iterations, time.perf_counter() - t0, fitted.views[a], scores)

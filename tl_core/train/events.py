@@ -35,6 +35,8 @@ class EpochRow:
     seconds: float = 0.0  # run time so far
     best_val_acc: float = 0.0
     best_epoch: int = 0
+    val_balanced_acc: float | None = None  # mean per-class recall: accuracy as if every class were equally common
+    val_recall: list[float | None] | None = None  # per class, in the run's class order (None: no image of it in val)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +53,7 @@ class RunResult:
     images_per_s: float
     skipped: int
     stop_reason: str | None = None  # "early-stopped at epoch 6 (patience 5)", "stopped by request", ...
+    best_val_balanced_accuracy: float | None = None  # the best checkpoint's mean per-class recall
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ import time
 import torch
 
 from tl_core.devices import needs_grad_scaler
+from tl_core.metrics import balanced_accuracy
 from tl_core.train import distributed
 from tl_core.train.events import EpochEnded, EpochRow, StepEnded
 from tl_core.train.strategies import Context, Stopped, Strategy
@@ -111,8 +112,11 @@ class Loop:
                     return self.ended
             loss_sum, correct, total = distributed.all_sum(loss_sum, correct, total)
             val_loss, val_acc = strategy.validate(ctx.check_stop)
+            recalls = strategy.val_recall
             self._end_epoch(EpochRow(epoch, loss_sum / total, correct / total, val_loss, val_acc,
-                                     self.sched.get_last_lr()[0], self.images_per_s, time.perf_counter() - t_epoch))
+                                     self.sched.get_last_lr()[0], self.images_per_s, time.perf_counter() - t_epoch,
+                                     val_balanced_acc=None if recalls is None else balanced_accuracy(recalls),
+                                     val_recall=recalls))
             if self.ended:
                 return self.ended
         return None

@@ -273,7 +273,8 @@ class RunLock:
 NUMBER = (int, float)
 SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
     "status": str, "best_val_accuracy": NUMBER, "best_epoch": int, "epochs_completed": int, "seconds": NUMBER,
-    "images_per_s": NUMBER, "error": str, "suggestion": str, "stop_reason": str, "skipped": list}
+    "images_per_s": NUMBER, "error": str, "suggestion": str, "stop_reason": str, "skipped": list,
+    "best_val_balanced_accuracy": NUMBER, "best_val_recall": dict}
 CONFIG_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": NUMBER, "bool": (bool,), "str": (str,)}
 
 
@@ -530,6 +531,7 @@ def history_rows(runs: list[Run]) -> list[dict]:
         lr = cfg.get("lr")
         rows.append({"run": r.id, "status": s.get("status"), "why": s.get("stop_reason") or s.get("error") or "",
                      "best val acc": acc.value, "measured": "by the predictor" if acc.checked else "while training",
+                     "balanced acc": s.get("best_val_balanced_accuracy"),
                      "epochs": s.get("epochs_completed"),
                      "backbone": cfg.get("backbone"), "strategy": cfg.get("strategy"),
                      "lr": "automatic" if lr is None else f"{lr:g}",

@@ -31,6 +31,7 @@ from tl_core.features.cache import inference_copy
 from tl_core.features.frozen import Embedded, FrozenBackbone
 from tl_core.features.probe import ProbeResult, fit_head
 from tl_core.formats import percent, seconds
+from tl_core.metrics import recall
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 from tl_core.plan import Plan
@@ -88,6 +89,11 @@ class Context:
         if self.stop_here():
             raise Stopped
 
+    def class_weight(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """The plan's per-class loss weights as a tensor, or None when every image counts alike."""
+        weights = self.plan.class_weights
+        return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+
 
 class Strategy:
     """Hooks the loop calls. The default step is a gradient step on a batch of training indices; `forward`
@@ -96,6 +102,8 @@ class Strategy:
     ctx: Context
     autocast: torch.dtype | None = None
     n_train: int = 0
+    loss_weight: torch.Tensor | None = None  # per-class weights of the training loss (the plan's), on the device
+    val_recall: list[float | None] | None = None  # per-class recall of the last validation (None: class not in val)
     has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
 
     def prepare(self) -> None: ...
@@ -117,7 +125,7 @@ class Strategy:
         """One optimiser step; returns (loss, logits, labels)."""
         with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
             logits, y = self.forward(idx, gen)
-            loss = self.ctx.targets.loss(logits, y, label_smoothing)
+            loss = self.ctx.targets.loss(logits, y, label_smoothing, weight=self.loss_weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -185,6 +193,7 @@ class WholeNetwork(Strategy):
         self.net = distributed.wrap(self.eval_net, ctx.device)  # DDP under torchrun; validation needs no gradient sync
         self.batcher = Batcher(ctx.prep, ctx.device, cfg.augment)
         self.y_train, self.y_val = (store.labels(ctx.targets, len(ctx.classes)) for store in (self.train_store, self.val_store))
+        self.loss_weight = ctx.class_weight(ctx.device)
         self.autocast = ctx.dtype
         sizes = ctx.plan.sizes
         if len(set(sizes)) > 1:
@@ -228,7 +237,7 @@ class WholeNetwork(Strategy):
         self.eval_net.eval()
         folds = not ctx.config.compile and len(store) * ctx.prep.crop**2 >= FOLD_VALIDATION_PIXELS
         net = inference_copy(ctx.model, ctx.dtype) if folds else self.eval_net
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, counted = 0.0, 0, []
         with torch.inference_mode(), torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=ctx.dtype is not None):
             for idx in batches(len(store), inference_batch(ctx.device), False):
                 check_stop()
@@ -236,7 +245,11 @@ class WholeNetwork(Strategy):
                 y = self.y_val[idx].to(ctx.device)
                 loss_sum += ctx.targets.loss(logits, y, reduction="sum").item()
                 correct += ctx.targets.correct(logits, y).sum().item()
-        loss_sum, correct, n = distributed.all_sum(loss_sum, correct, len(store))  # every rank: the same figures
+                hits, support = ctx.targets.recall_counts(logits, y)
+                counted = [a + b for a, b in zip(counted, hits + support)] if counted else hits + support
+        k = len(ctx.classes)
+        loss_sum, correct, n, *counts = distributed.all_sum(loss_sum, correct, len(store), *(counted or [0] * 2 * k))
+        self.val_recall = recall(counts[:k], counts[k:])  # every rank: the same figures
         return loss_sum / n, correct / n
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -276,6 +289,7 @@ class FittedHead(Strategy):
         self.x_train, self.x_val = train.x, val.x[0]
         self.y_train, self.y_val = (ctx.targets.tensor([s.target for s in e.samples], len(ctx.classes)) for e in (train, val))
         self.n_train = len(self.y_train)
+        self.loss_weight = ctx.class_weight(ctx.device)
         self.layer: nn.Linear = ctx.model.get_submodule(ctx.head).float().to(ctx.device)
         self.prefix = ctx.head + "."
         if distributed.is_main() and ctx.backbone_file:
@@ -307,15 +321,15 @@ class FittedHead(Strategy):
         report = ctx.progress("fitting the head (L-BFGS iterations)")
         try:
             fit = fit_head(self.x_train.cpu(), self.y_train.cpu(), len(ctx.classes), seed=ctx.config.seed,
-                           should_stop=ctx.stop.is_set, on_iteration=lambda s: report(s.iteration, s.max_iterations),
-                           targets=ctx.targets)
+                           class_weight=ctx.class_weight(), should_stop=ctx.stop.is_set,
+                           on_iteration=lambda s: report(s.iteration, s.max_iterations), targets=ctx.targets)
         except InterruptedError:
             raise Stopped from None
         method = "L-BFGS logistic regression" + (", one per label" if ctx.targets.multi_label else "")
         ctx.head_fit = {"method": method, "l2": fit.l2, "cv_accuracy": round(fit.cv_accuracy, 4),
                         "views": fit.views, "iterations": fit.iterations, "seconds": round(fit.seconds, 2)}
-        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split "
-                               f"(CV {ctx.targets.accuracy_name} "
+        figure = "balanced accuracy" if ctx.plan.class_weights else ctx.targets.accuracy_name
+        ctx.events.emit(Logged(f"Head fitted: L2 {fit.l2:g} chosen by cross-validation on the training split (CV {figure} "
                                f"{percent(fit.cv_accuracy)}), {'clean and augmented views' if fit.views > 1 else 'clean view only'}, "
                                f"{fit.iterations} L-BFGS iterations in {seconds(fit.seconds)}."))
         return fit
@@ -337,12 +351,13 @@ class FittedHead(Strategy):
             self.layer.weight.copy_(self.fit.weight)
             self.layer.bias.copy_(self.fit.bias)
             logits = self.layer(self.x_train[0])
-        return self.ctx.targets.loss(logits, self.y_train).item(), logits, self.y_train
+        return self.ctx.targets.loss(logits, self.y_train, weight=self.loss_weight).item(), logits, self.y_train
 
     def validate(self, check_stop: Callable[[], None]) -> tuple[float, float]:
         targets = self.ctx.targets
         with torch.no_grad():
             logits = self.layer(self.x_val)
+            self.val_recall = recall(*targets.recall_counts(logits, self.y_val))
             return targets.loss(logits, self.y_val).item(), targets.correct(logits, self.y_val).float().mean().item()
 
     def state(self) -> dict[str, torch.Tensor]:

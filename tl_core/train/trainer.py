@@ -92,6 +92,9 @@ def _announce(events: Emitter, ctx: Context, run_dir: str, epochs: int, resume: 
         events.emit(Logged(f"{distributed.size()} processes (torch.distributed, {distributed.backend()}), each on 1/"
                            f"{distributed.size()} of the images; global batch {batch} = {distributed.size()} x "
                            f"{distributed.per_rank_batch(batch)} per process."))
+    if weights := ctx.plan.class_weights:
+        events.emit(Logged("Classes weighted by the inverse of their share of the training images (balance "
+                           f"{ctx.config.balance}): " + ", ".join(f"{c} {w:.2f}" for c, w in zip(ctx.classes, weights)) + "."))
     for p in ctx.skipped[:20]:
         events.emit(Logged(f"Skipped {Path(p.path).name}: {p.reason}"))
 
@@ -214,7 +217,10 @@ class Trainer:
         return TrainingError(message, suggestion, run_dir)
 
     def _context(self, ds: ImageDataset, prep: backbones.Preprocessing, backbone_file: Path | None) -> Context:
-        return Context(plan.make(self.config, prep), self.model, self.head, ds.classes, self.device, self.dtype,
+        counts = [0] * len(ds.classes)  # class weights are for one class per picture: a label is its own question
+        for s in ds.split("train") if not ds.multi_label else ():
+            counts[s.label] += 1
+        return Context(plan.make(self.config, prep, counts), self.model, self.head, ds.classes, self.device, self.dtype,
                        self.events, self.progress, self.stop, backbone_file, targets=targets.of(ds.multi_label))
 
     def _guarded(self, run, ds: ImageDataset, skipped: list[Problem], hashes: dict[str, str], resume: bool) -> RunResult:
@@ -249,8 +255,10 @@ class Trainer:
             status, reason = RunStatus.FINISHED, None
             try:
                 loop.prepare()
-                if ctx.head_fit and distributed.is_main():
-                    run.write_summary(head_fit=ctx.head_fit)  # how the head was fitted, shown with the run
+                weights = ctx.plan.class_weights
+                shown = {"head_fit": ctx.head_fit, "class_weights": dict(zip(ctx.classes, weights)) if weights else None}
+                if any(shown.values()) and distributed.is_main():  # how the head was fitted, the classes weighted
+                    run.write_summary(**{k: v for k, v in shown.items() if v})
                 reason = loop.run(self._restore(loop) if resume else 0)
             except Stopped:
                 status, reason = RunStatus.STOPPED, stopped_reason(loop.epoch, loop.epochs)
@@ -271,7 +279,8 @@ class Trainer:
 
     def _result(self, loop: Loop, status: str, reason: str | None) -> RunResult:
         return RunResult(str(self.run.dir), status, loop.best_acc, loop.best_epoch, loop.epoch, loop.seconds(),
-                         loop.images_per_s, len(loop.ctx.skipped), reason)
+                         loop.images_per_s, len(loop.ctx.skipped), reason,
+                         self.run.summary.get("best_val_balanced_accuracy"))  # the recorder's, at the best epoch
 
     def _restore(self, loop: Loop) -> int:
         """Resume: the last checkpoint and optimiser state (a fresh optimiser when that state is unreadable);

@@ -6,6 +6,10 @@ logistic-regression head is often calibrated already, and a T fitted and scored 
 than it is. So the validation split is cut in two folds: each fold's calibrated ECE comes from the T fitted on the
 other fold, and T is applied only when that held-out ECE is lower than the raw one; otherwise confidences stay
 raw and the record says so.
+
+On an imbalanced validation split every figure here counts each class the same (`tl_core.metrics.image_weights`):
+with 200 ants and 20 bees, a plain likelihood, ECE or threshold is set by the ants, and the bees' confidences are
+whatever suits the ants.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import torch
 
 from tl_core.features.probe import _threads_for
 from tl_core.formats import percent
+from tl_core.metrics import image_weights, weighted_quantile
 
 FILE = "calibration.json"
 ECE_BINS = 15
-RECALL_KEPT = 0.95  # the default "unsure" threshold keeps this share of right validation answers
+RECALL_KEPT = 0.95  # the default "unsure" threshold keeps this share of right validation answers (classes alike)
 
 
 FOLDS = 2
@@ -54,29 +59,34 @@ class Calibration:
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: the gap between confidence and accuracy, averaged over equal-width bins."""
+    """Expected calibration error: the gap between confidence and accuracy, averaged over equal-width bins (each
+    class counting the same when the classes are imbalanced)."""
     if len(labels) == 0:
         return 0.0
-    conf, pred = probs.max(1)
-    right = (pred == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
+    conf, pred = probs.double().max(1)
+    right = (pred == labels).double()
+    weight = image_weights(labels, probs.shape[1])
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     total = 0.0
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (conf > lo) & (conf <= hi)
-        if inside.any():
-            total += inside.float().mean().item() * abs(conf[inside].mean().item() - right[inside].mean().item())
+        w = weight[inside]
+        if w.sum() > 0:
+            total += w.sum().item() * abs(((conf[inside] - right[inside]) * w).sum().item() / w.sum().item())
     return total
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T minimising the negative log-likelihood of softmax(logits / T); optimised in log space so T > 0."""
+    """The T minimising the negative log-likelihood of softmax(logits / T) (class-balanced when the classes are
+    imbalanced); optimised in log space so T > 0."""
     logits, labels = logits.double(), labels.long()
+    weight = image_weights(labels, logits.shape[1])
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss = (torch.nn.functional.cross_entropy(logits / log_t.exp(), labels, reduction="none") * weight).sum()
         loss.backward()
         return loss
 
@@ -87,13 +97,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def default_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Below this calibrated confidence only 5% of the right validation answers fall: lower means "unsure"."""
+    """Below this calibrated confidence only 5% of the right validation answers fall, each image weighing by the
+    inverse of its class's size when the classes are imbalanced: a small class's (often less confident) answers
+    are not the ones sent to "unsure"."""
     conf, pred = probs.max(1)
-    right = conf[pred == labels]
+    right = pred == labels
     chance = 1.0 / probs.shape[1]
-    if len(right) == 0:
+    if not right.any():
         return chance
-    return max(chance, float(torch.quantile(right, 1 - RECALL_KEPT)))
+    return max(chance, weighted_quantile(conf[right], image_weights(labels, probs.shape[1])[right], 1 - RECALL_KEPT))
 
 
 def held_out_scaled(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> torch.Tensor:

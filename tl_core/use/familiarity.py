@@ -7,7 +7,9 @@ embeddings (deep nearest neighbours, Sun et al. 2022), on the raw directions: ce
 near-duplicate check does) turns every weakly-activating picture (a plain colour, noise) into "minus the mean",
 which lands among the photos (measured on ants vs bees: blue, white and noise all inside the threshold when
 centred, all far outside it raw). The threshold is the distance within which KEEP of the validation pictures
-lie, so it is set on pictures the run never trained on.
+lie, so it is set on pictures the run never trained on; with their labels, when the classes are imbalanced, each
+class's pictures weigh the same in that share, so a small class (further from the training pictures: fewer of its
+own kind there) is not the one sent to "unsure".
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save, save_file
+
+from tl_core.metrics import image_weights, weighted_quantile
 
 FILE = "familiar.safetensors"
 K = 5
@@ -56,11 +60,13 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=1)
 
 
-def fit(train: torch.Tensor, val: torch.Tensor, checkpoint: float) -> Familiarity:
-    """The reference (training embeddings) and the threshold that keeps KEEP of the validation pictures."""
+def fit(train: torch.Tensor, val: torch.Tensor, checkpoint: float, val_labels: torch.Tensor | None = None) -> Familiarity:
+    """The reference (training embeddings) and the threshold that keeps KEEP of the validation pictures (of each
+    class alike, given `val_labels`)."""
     step = max(1, -(-len(train) // MAX_REFERENCE))
     partial = Familiarity(unit(train[::step]), float("inf"), checkpoint)
-    threshold = float(torch.quantile(partial.distance(val), KEEP)) if len(val) else float("inf")
+    weight = torch.ones(len(val)) if val_labels is None else image_weights(val_labels)
+    threshold = weighted_quantile(partial.distance(val), weight, KEEP) if len(val) else float("inf")
     return Familiarity(partial.reference, round(threshold, 6), checkpoint)
 
 

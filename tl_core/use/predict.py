@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import paths
+from tl_core import metrics, paths
 from tl_core.data import targets as answers
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.data.pipeline import Batcher, decode_square, square
@@ -317,6 +317,7 @@ class Evaluation:
     calibration: str = ""  # what was done to the confidences, in a sentence
     checkpoint: str = "best"
     epoch: int | None = None  # the epoch that checkpoint is from
+    balanced_accuracy: float | None = None  # mean of the per-class recall: accuracy as if every class were equally common
     multi_label: bool = False
     micro_f1: float | None = None  # label sets: F1 over every (picture, label) decision
     macro_f1: float | None = None  # label sets: mean of the labels' F1
@@ -440,7 +441,7 @@ def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = No
     if fam is None and predictor.head and run.split("val") and run.split("train"):
         val = val or split_outputs(run, predictor, "val")
         train = split_outputs(run, predictor, "train", at_most=familiarity.MAX_REFERENCE)
-        fam = familiarity.fit(train.features, val.features, stamp)
+        fam = familiarity.fit(train.features, val.features, stamp, val.labels)
         fam.save(run.dir)
     return fam
 
@@ -477,10 +478,10 @@ def other_items(run: Run, data: DatasetSpec) -> tuple[list[Item], str, list[dict
 
 def evaluate(run: Run | str | Path, split: str = "val", device: str | None = None,
              progress: Callable[[int, int], None] | None = None, data: DatasetSpec | None = None) -> Evaluation:
-    """Accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of the best checkpoint
-    on one of the run's own splits, or on every picture of another dataset (`data`, labels matched by name). A
-    multi-label run gets per-label scores, micro and macro F1, mAP and exact-set accuracy instead of a confusion
-    matrix. The validation accuracy is recorded, so the run picker and `runs` show it."""
+    """Accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix, mistakes and calibration of the
+    best checkpoint on one of the run's own splits, or on every picture of another dataset (`data`, labels matched by
+    name). A multi-label run gets per-label scores, micro and macro F1, mAP and exact-set accuracy instead of a
+    confusion matrix. The validation accuracy is recorded, so the run picker and `runs` show it."""
     run = run if isinstance(run, Run) else load_run(run)
     predictor = Predictor(*model_parts(run), pick_device(device), run.info["config"]["backbone"], head=run.info["head"],
                           targets=run.targets)
@@ -522,9 +523,10 @@ def evaluate(run: Run | str | Path, split: str = "val", device: str | None = Non
         ece_raw, ece_used = cal.ece, cal.ece_calibrated
     else:
         ece_raw, ece_used = round(calibration.ece(logits.softmax(1), labels), 6), round(calibration.ece(probs, labels), 6)
+    balanced = metrics.balanced_accuracy(metrics.recall(np.diag(cm).tolist(), cm.sum(1).tolist()))
     return Evaluation(split, classes, accuracy, per_class, cm.tolist(), mistakes, preds, out.skipped, ece_raw, ece_used,
                       predictor.temperature, predictor.threshold, cal.sentence() if cal else "", "best",
-                      run.summary.get("best_epoch"))
+                      run.summary.get("best_epoch"), round(balanced, 6))
 
 
 def _evaluate_sets(run: Run, predictor: Predictor, out: SplitOutputs, split: str, own_val: bool) -> Evaluation:
