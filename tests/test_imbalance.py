@@ -73,7 +73,7 @@ def test_pages_show_the_imbalance_and_balanced_accuracy(ui, weighed_runs, lopsid
     monkeypatch.setenv("TL_STUDIO_RUNS", str(weighed_runs["auto"].parent))
     monkeypatch.setenv("TL_STUDIO_DATA_ROOT", str(lopsided_bees.parent))
     at = open_page("app_pages/1_Dataset.py")
-    at.radio(key="dataset_kind").set_value("Folder on the server").run()
+    at.radio(key="dataset_kind").set_value("Folder or CSV on the server").run()
     at.selectbox(key="server_folder").set_value(lopsided_bees.name).run()
     at.button(key="use_folder").click().run()
     problems = next(df.value for df in at.dataframe if "reason" in df.value.columns)

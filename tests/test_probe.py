@@ -86,7 +86,7 @@ def test_reaches_095_on_ants_vs_bees(hymenoptera_features):
 def test_class_weights_raise_balanced_accuracy_on_held_out_rows():
     """200 rows of one class, 10 of the other, overlapping: unweighted, the head leans to the big class; weighted
     by inverse frequency (loss and the CV score that picks L2), it recognises far more of the small class."""
-    from tl_core.metrics import balanced_accuracy, inverse_frequency, recall, recall_counts
+    from tl_core.data.balance import balanced_accuracy, inverse_frequency, recall, recall_counts
 
     centres = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tl_core.config import TrainConfig
+from tl_core.data.balance import inverse_frequency
 from tl_core.data.pipeline import epoch_sizes
 from tl_core.data.scan import is_imbalanced, median_short_side
-from tl_core.metrics import inverse_frequency
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from tl_core import paths
 from tl_core.data.sources import DatasetError, DatasetSpec
-from tl_core.train.runs import write_json
+from tl_core.paths import write_json
 
 
 @dataclass(frozen=True)

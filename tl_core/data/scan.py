@@ -178,7 +178,7 @@ class _VerdictCache:
         self.data[path] = self._stamp(path) + [check.reason, check.width, check.height, check.mode, check.hash]
 
     def save(self) -> None:
-        from tl_core.train.runs import write_json
+        from tl_core.paths import write_json
 
         self.file.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.file, self.data)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tl_core.data import balance
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -39,9 +41,7 @@ class Targets:
 
     def recall_counts(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[list[int], list[int]]:
         """(right answers, pictures) per class, summable over batches and processes before any ratio is taken."""
-        from tl_core.metrics import recall_counts
-
-        return recall_counts(logits.argmax(-1), y, logits.shape[-1])
+        return balance.recall_counts(logits.argmax(-1), y, logits.shape[-1])
 
     def row_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss per row for logits [..., C] and float targets broadcasting to them (one-hot here): the fitted head's

@@ -23,12 +23,12 @@ from PIL import Image
 from tl_core import plan
 from tl_core.config import TrainConfig
 from tl_core.data import targets
+from tl_core.data.balance import balanced_accuracy
 from tl_core.data.images import content_hash
 from tl_core.data.scan import imbalance_ratio
 from tl_core.data.sources import ImageDataset, Problem, Sample
 from tl_core.features.probe import out_of_fold_proba
 from tl_core.formats import percent
-from tl_core.metrics import balanced_accuracy
 
 NEAR_DUPLICATE = 0.75  # cosine of centred embeddings (MobileNetV2, ants vs bees): resized + re-encoded copies
 #                        scored 0.77-0.89, the closest two distinct photos 0.65

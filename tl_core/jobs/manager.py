@@ -30,8 +30,9 @@ from tl_core.config import TrainConfig, to_arguments
 from tl_core.data.sources import DatasetSpec
 from tl_core.devices import pick_device
 from tl_core.jobs.state import JobSnapshot, JobStatus, ProcessEnded, StopRequested, reduce
+from tl_core.paths import write_json
 from tl_core.train.events import Event, EventLog
-from tl_core.train.runs import owner_alive, process_start, write_json
+from tl_core.train.runs import owner_alive, process_start
 
 KEEP_JOBS = 50  # job folders kept (newest first); runs themselves are never touched
 ROOT = Path(__file__).resolve().parents[2]  # what the child needs on its PYTHONPATH to import tl_core

@@ -55,7 +55,7 @@ def child_startup_seconds() -> float:
     The Train page and `python -m tl_core train` both start one, and on 2 cores it takes 3-8 s, often more than a
     small run's work. Measured once per interpreter on this machine (a subprocess, as a job starts), then cached."""
     from tl_core.jobs.manager import ROOT
-    from tl_core.train.runs import write_json
+    from tl_core.paths import write_json
 
     f = paths.home() / "startup.json"
     try:

@@ -56,7 +56,7 @@ def load_speeds(device: torch.device | None = None) -> dict[str, Speed]:
 
 
 def _store(device: torch.device, speed: Speed) -> None:
-    from tl_core.train.runs import write_json
+    from tl_core.paths import write_json
 
     f = _cache_file()
     f.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from tl_core.data.balance import balanced_accuracy
 from tl_core.devices import needs_grad_scaler
-from tl_core.metrics import balanced_accuracy
 from tl_core.train import distributed
 from tl_core.train.events import EpochEnded, EpochRow, StepEnded
 from tl_core.train.strategies import Context, Stopped, Strategy

@@ -32,6 +32,7 @@ except ImportError:  # Windows
 from tl_core.data import targets
 from tl_core.data.targets import Targets
 from tl_core.formats import percent
+from tl_core.paths import write_json
 
 
 class RunStatus(StrEnum):
@@ -59,13 +60,6 @@ class RunBroken(ValueError):
 
 class RunBusy(RuntimeError):
     """Another live process is writing this run."""
-
-
-def write_json(path: Path, data) -> None:
-    """Atomic: a reader (the dashboard) never sees half a file, a crash never leaves one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def save_state(path: Path, state: dict[str, torch.Tensor], classes: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tl_core.config import TrainConfig
+from tl_core.data.balance import recall
 from tl_core.data.pipeline import MAX_DECODED_BYTES, Batcher, batches, decode_filled, decode_many
 from tl_core.data.sources import DatasetError, Problem, Sample
 from tl_core.data.targets import Targets
@@ -31,7 +32,6 @@ from tl_core.features.cache import inference_copy
 from tl_core.features.frozen import Embedded, FrozenBackbone
 from tl_core.features.probe import ProbeResult, fit_head
 from tl_core.formats import percent, seconds
-from tl_core.metrics import recall
 from tl_core.models import backbones
 from tl_core.models.backbones import Preprocessing
 from tl_core.plan import Plan

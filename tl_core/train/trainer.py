@@ -25,12 +25,13 @@ from tl_core.data.sources import DatasetError, DatasetSpec, ImageDataset, Proble
 from tl_core.devices import fast_dtype, is_out_of_memory, pick_device
 from tl_core.formats import percent
 from tl_core.models import backbones
+from tl_core.paths import write_json
 from tl_core.train import distributed
 from tl_core.train.callbacks import Checkpoint, EarlyStopping, LRSweep
 from tl_core.train.events import Emitter, Listener, Logged, PhaseProgress, PhaseStarted, RunEnded, RunFailed, RunResult, RunStarted
 from tl_core.train.loop import Loop
 from tl_core.train.recorder import RunRecorder
-from tl_core.train.runs import TRAINER_STATE, RunBusy, RunLock, RunStatus, load_run, new_run, resume_point, write_json
+from tl_core.train.runs import TRAINER_STATE, RunBusy, RunLock, RunStatus, load_run, new_run, resume_point
 from tl_core.train.strategies import Context, Stopped, Sweep, choose, weights_id
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "resume", "train"]

@@ -7,7 +7,7 @@ than it is. So the validation split is cut in two folds: each fold's calibrated 
 other fold, and T is applied only when that held-out ECE is lower than the raw one; otherwise confidences stay
 raw and the record says so.
 
-On an imbalanced validation split every figure here counts each class the same (`tl_core.metrics.image_weights`):
+On an imbalanced validation split every figure here counts each class the same (`tl_core.data.balance.image_weights`):
 with 200 ants and 20 bees, a plain likelihood, ECE or threshold is set by the ants, and the bees' confidences are
 whatever suits the ants.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from tl_core.data.balance import image_weights, weighted_quantile
 from tl_core.features.probe import _threads_for
 from tl_core.formats import percent
-from tl_core.metrics import image_weights, weighted_quantile
 
 FILE = "calibration.json"
 ECE_BINS = 15
@@ -133,7 +133,7 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, checkpoint: float = 0.
 
 
 def save(run_dir: Path, cal: Calibration) -> None:
-    from tl_core.train.runs import write_json
+    from tl_core.paths import write_json
 
     write_json(run_dir / FILE, cal.to_dict())
 

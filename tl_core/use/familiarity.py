@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save, save_file
 
-from tl_core.metrics import image_weights, weighted_quantile
+from tl_core.data.balance import image_weights, weighted_quantile
 
 FILE = "familiar.safetensors"
 K = 5

@@ -28,7 +28,7 @@ class LabelThresholds:
         return probs >= torch.tensor(self.thresholds, dtype=probs.dtype)
 
     def save(self, run_dir: Path) -> None:
-        from tl_core.train.runs import write_json
+        from tl_core.paths import write_json
 
         write_json(run_dir / FILE, asdict(self))
 

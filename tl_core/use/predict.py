@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import metrics, paths
+from tl_core import paths
+from tl_core.data import balance as metrics
 from tl_core.data import targets as answers
 from tl_core.data.images import IMAGE_EXTENSIONS, BadImage, content_hash, is_hidden, open_rgb, to_rgb
 from tl_core.data.pipeline import Batcher, decode_square, square
@@ -441,7 +442,7 @@ def familiarity_of(run: Run, predictor: Predictor, val: SplitOutputs | None = No
     if fam is None and predictor.head and run.split("val") and run.split("train"):
         val = val or split_outputs(run, predictor, "val")
         train = split_outputs(run, predictor, "train", at_most=familiarity.MAX_REFERENCE)
-        fam = familiarity.fit(train.features, val.features, stamp, val.labels)
+        fam = familiarity.fit(train.features, val.features, stamp, None if run.multi_label else val.labels)
         fam.save(run.dir)
     return fam
 
