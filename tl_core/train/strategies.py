@@ -94,7 +94,7 @@ class Strategy:
 
     autocast: torch.dtype | None = None
     n_train: int = 0
-    has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
+    has_rate: bool = True  # False: no training steps worth a rate (a fitted head): the rate is None, never a 0
 
     def prepare(self) -> None: ...
     def param_groups(self) -> list[dict]: ...
