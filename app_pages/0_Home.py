@@ -7,6 +7,7 @@ from app_pages.ui.shared import backbone_rows, choices, chosen_backbone, dataset
 from tl_core import paths
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
+from tl_core.formats import count
 from tl_core.jobs.manager import JobBusy
 from tl_core.train.runs import latest_finished
 
@@ -31,8 +32,9 @@ try:
     report = scan_report(spec)
     n = report.split_counts()
     data_ok = report.n_images > 0
+    skipped = f", {count(len(report.skipped), 'file')} skipped" if report.skipped else ""
     data_text = (f"**{plain(dataset_label(spec))}**: {len(report.classes)} classes, {n.get('train', 0)} training and "
-                 f"{n.get('val', 0)} validation images" + (f", {len(report.skipped)} file(s) skipped" if report.skipped else "") + ".")
+                 f"{n.get('val', 0)} validation images{skipped}.")
 except DatasetError as e:
     data_ok, data_text = False, f"**{plain(dataset_label(spec))}** cannot be used: {plain(e)}"
 weights = "weights on this machine" if info.cached else "weights download on first use"

@@ -11,6 +11,7 @@ from app_pages.ui.shared import choices, choose, dataset_label, flash, plain, sc
 from tl_core import paths
 from tl_core.data import builder
 from tl_core.data.sources import DEMO_LABELS, TORCHVISION_DATASETS, DatasetError, DatasetSpec, resolve_in_root, save_upload, server_sources
+from tl_core.formats import count
 
 
 def add_class(folder: Path) -> None:
@@ -100,7 +101,7 @@ elif source == "Build in the browser":
                     refused.append(f"{f.name}: {e}")
             st.session_state.build_batch = batch + 1
             st.session_state.build_refused = refused
-            flash(f"Added {added} picture(s) to {plain(target)}.")
+            flash(f"Added {count(added, 'picture')} to {plain(target)}.")
             st.rerun()
         for line in st.session_state.get("build_refused", []):
             st.error(plain(line))
@@ -150,7 +151,7 @@ for col, split in zip(m[1:], ("train", "val")):
     col.metric(f"{split} images", sum(counts.get(split, {}).values()))
 m[3].metric("Problems", len(report.problems), help="Skipped files (left out of training) and warnings about used images")
 if report.skipped:
-    st.caption(f"{len(report.skipped)} file(s) or class(es) are left out of training; the counts are of usable images.")
+    st.caption(f"Left out of training: {len(report.skipped)} (files or class folders); the counts are of usable images.")
 
 rows = [{"split": sp, "class": cl, "images": n} for sp, per in counts.items() for cl, n in per.items()]
 st.plotly_chart(px.bar(pd.DataFrame(rows), x="class", y="images", color="split", barmode="group",

@@ -10,7 +10,7 @@ from app_pages.ui.compare import render_compare
 from app_pages.ui.shared import backbone_rows, choices, choose, device_text, speeds
 from tl_core import paths
 from tl_core.devices import pick_device
-from tl_core.formats import TABLE_PERCENT, count
+from tl_core.formats import NOT_MEASURED, TABLE_PERCENT, count, figure
 from tl_core.measure import speed
 from tl_core.models.backbones import recommend
 
@@ -50,12 +50,14 @@ if view.empty:
     st.info("No backbone matches these filters" + (": no backbone's weight file is on this machine yet (untick "
             "*Offline weights only*, or put a weight file into " f"`{paths.torch_checkpoints()}`)." if cached_only else "."))
 else:
-    st.dataframe(view[columns], hide_index=True, key="bb_table", column_config={
+    shown = view.assign(ms_per_image=view.ms_per_image.map(figure), images_per_s=view.images_per_s.map(lambda v: figure(v, 0)))
+    st.dataframe(shown[columns], hide_index=True, key="bb_table", column_config={
         "params_m": st.column_config.NumberColumn("params (M)"), "size_mb": st.column_config.NumberColumn("size (MB)"),
         "acc1": st.column_config.NumberColumn("acc@1", format=TABLE_PERCENT, help="ImageNet top-1 accuracy (torchvision's figure)"),
         "acc5": st.column_config.NumberColumn("acc@5", format=TABLE_PERCENT),
-        "ms_per_image": st.column_config.NumberColumn("ms/image (batch 1)", format="%.1f", help="Measured on this device"),
-        "images_per_s": st.column_config.NumberColumn("images/s (batch)", format="%.0f"),
+        "ms_per_image": st.column_config.TextColumn("ms/image (batch 1)", help=f"Measured on this device; {NOT_MEASURED}: "
+                                                    "not measured yet (Measure on this device, below)"),
+        "images_per_s": st.column_config.TextColumn("images/s (batch)"),
         "cached": st.column_config.CheckboxColumn("weights offline")})
 
 to_measure = [n for n in view.name if n in speed.SHORTLIST or len(view) <= 12][:12] or list(speed.SHORTLIST)
@@ -65,7 +67,8 @@ if st.button(f"Measure on this device ({count(len(to_measure), 'backbone')})", k
                        lambda i, n, name: bar.progress(i / n, text=f"Measuring {name} ({i + 1}/{n})" if name else "Done"))
     st.rerun()
 
-plot = view.assign(speed=view.ms_per_image.notna().map({True: "measured here", False: "not measured yet"}))
+plot = view.assign(speed=view.ms_per_image.notna().map({True: "measured here", False: "not measured yet"}),
+                   ms_per_image=view.ms_per_image.map(figure), images_per_s=view.images_per_s.map(lambda v: figure(v, 0)))
 if not plot.empty:  # every backbone on the catalogue's GFLOPs; measured ones marked, their latency in the hover
     fig = px.scatter(plot, x="gflops", y="acc1", size="size_mb", color="family", symbol="speed", hover_name="name",
                      hover_data=["params_m", "acc5", "ms_per_image", "images_per_s", "cached"], log_x=True,

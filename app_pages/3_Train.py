@@ -23,7 +23,7 @@ from tl_core import paths, plan
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError, DatasetSpec, describe_split
 from tl_core.devices import pick_device
-from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, loss, percent, points, seconds
+from tl_core.formats import TABLE_PERCENT, TABLE_SECONDS, count, loss, percent, points, seconds
 from tl_core.jobs.manager import Job, JobBusy, usable_gpus
 from tl_core.jobs.state import KILL_GRACE_S, JobSnapshot
 from tl_core.measure import speed
@@ -50,7 +50,7 @@ def settings_form() -> None:
         st.error(f"The chosen dataset cannot be used: {plain(e)}")
         return
     n = report.split_counts()
-    skipped = f", {len(report.skipped)} file(s) skipped (see the Dataset page)" if report.skipped else ""
+    skipped = f", {count(len(report.skipped), 'file')} skipped (see the Dataset page)" if report.skipped else ""
     st.markdown(f"**{plain(report.name)}**: {n.get('train', 0)} training and {n.get('val', 0)} validation images "
                 f"({report.split_source}{skipped}), {len(report.classes)} classes. "
                 f"Backbone **{name}** ({info.size_mb} MB, ImageNet acc@1 {info.acc1:.1f}%).")
@@ -185,8 +185,8 @@ def job_controls(job: Job, s: JobSnapshot) -> None:
         jobs.stop(job)
         st.rerun(scope="fragment")
     elif s.status == "stopping" and s.stop_requested:
-        st.caption(f"Stop requested {s.elapsed_since_stop:.0f} s ago; the run ends after the current step."
-                   + ("" if s.can_kill else f" If it does not, Kill is offered after {KILL_GRACE_S:.0f} s."))
+        st.caption(f"Stop requested {seconds(s.elapsed_since_stop)} ago; the run ends after the current step."
+                   + ("" if s.can_kill else f" If it does not, Kill is offered after {seconds(KILL_GRACE_S)}."))
         if s.can_kill and st.button("Kill", key="train_kill", type="primary",
                                     help="End the training process at once; the run keeps its finished epochs"):
             jobs.kill(job)

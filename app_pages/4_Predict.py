@@ -1,8 +1,8 @@
 """Predict: classify images (with Grad-CAM and an "unsure" answer), a whole folder or zip, evaluate and export."""
 
 import io
-import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,20 @@ from app_pages.ui.shared import choices, choose, plain
 from tl_core import paths
 from tl_core.data.images import BadImage
 from tl_core.data.sources import DatasetError, resolve_in_root
-from tl_core.formats import TABLE_PERCENT, percent, points
+from tl_core.formats import TABLE_PERCENT, count, percent, points
 from tl_core.train.runs import Run, latest_finished, list_runs
 from tl_core.use.explain import explain
 from tl_core.use.export import FORMATS, ExportError, describe_check, export, load_card, load_meta
-from tl_core.use.predict import NONE_OF_THESE, UNSURE, Predictor, evaluate, expand_inputs, prediction_rows, unpack_upload
+from tl_core.use.predict import (
+    NONE_OF_THESE,
+    UNSURE,
+    Predictor,
+    evaluate,
+    folder_inputs,
+    predict_batch,
+    prediction_rows,
+    unpack_upload,
+)
 
 runs = [r for r in list_runs(paths.runs_dir()) if r.has_checkpoint() and not r.broken]
 if not runs:
@@ -86,9 +95,7 @@ def answer_line(p) -> str:
 
 
 def results_table(preds, key: str) -> None:
-    table = pd.DataFrame(prediction_rows(preds, threshold))
-    if len(table) > 1:  # a folder's files by their names inside it, not by server paths
-        table["file"] = [os.path.relpath(f, os.path.commonpath(list(table.file))) for f in table.file]
+    table = pd.DataFrame(prediction_rows(preds, threshold))  # files named as the user knows them, never server paths
     shown = table.copy()  # probabilities as percentages on screen; the CSV keeps 0-1 values for scripts
     probs = [c for c in shown.columns if c == "confidence" or c.endswith("_probability")]
     for c in probs:
@@ -120,6 +127,13 @@ def label_set_evaluation(ev) -> None:
     cols = st.columns(6)
     for i, m in enumerate(ev.mistakes[:18]):
         cols[i % 6].image(m["file"], caption=f"{m['true']} -> {m['predicted']}", width="stretch")
+
+
+def skipped_table(skipped) -> None:
+    """The files a batch left out, by their names inside the folder or zip, each with why."""
+    if skipped:
+        st.dataframe(pd.DataFrame([asdict(x) for x in skipped], columns=["file", "reason"]), hide_index=True,
+                     key="batch_skipped")
 
 
 a, b, c = st.columns([2, 2, 1])
@@ -182,24 +196,30 @@ with tab_batch:
                 st.error(plain(e))
     if (target or upload) is not None and st.button("Classify all", type="primary", key="batch_run"):
         try:  # an upload is unpacked once per content under a generated name; its name is never a path
-            found = expand_inputs([str(target or unpack_upload(upload.getbuffer()))])
+            found = (folder_inputs(target, rel) if target else
+                     folder_inputs(unpack_upload(upload.getbuffer()), Path(upload.name).name))
         except DatasetError as e:
             st.error(plain(e))
             found = None
-        if found == []:
-            st.warning("No image files found there.")
+        if found is not None and not found.images:
+            st.warning("No image files found there." + (" Skipped:" if found.skipped else ""))
+            skipped_table(found.skipped)
         elif found:
-            bar = st.progress(0.0, text=f"Classifying {len(found)} images...")
-            preds = model.predict_many(found, k, progress=lambda d, n: bar.progress(d / n, text=f"Classified {d}/{n}"))
+            bar = st.progress(0.0, text=f"Classifying {len(found.images)} images...")
+            batch = predict_batch(model, found, k, progress=lambda d, n: bar.progress(d / n, text=f"Classified {d}/{n}"))
             bar.empty()
-            st.session_state.batch = (run.id, preds)
+            st.session_state.batch = (run.id, batch)
     done = st.session_state.get("batch")
     if done and done[0] == run.id:
-        preds = done[1]
-        answers = pd.Series([p.answer(threshold) for p in preds if not p.error])
-        st.caption(f"{len(preds)} files: " + ", ".join(f"{n} {plain(a)}" for a, n in answers.value_counts().items())
-                   + (f", {sum(bool(p.error) for p in preds)} unreadable" if any(p.error for p in preds) else ""))
-        results_table(preds, "batch")
+        batch = done[1]
+        answers = pd.Series([p.answer(threshold) for p in batch.classified])
+        st.caption(f"{count(len(batch.classified), 'file')} classified: "
+                   + ", ".join(f"{n} {plain(a)}" for a, n in answers.value_counts().items())
+                   + (f"; {count(len(batch.skipped), 'file')} skipped (listed below, with why)" if batch.skipped else ""))
+        results_table(batch.predictions, "batch")
+        if batch.skipped:
+            st.markdown(f"**Skipped, not classified ({count(len(batch.skipped), 'file')})**")
+            skipped_table(batch.skipped)
 
 with tab_eval:
     if st.button("Evaluate on the validation split", key="eval_btn") or st.session_state.get("evaluated") == run.id:
@@ -229,7 +249,7 @@ with tab_eval:
             cell = st.selectbox("Cell (true -> predicted)", [f"{t} -> {p}" for t, p in cells], index=index, key=f"eval_cell_{picked}")
             true, pred = cell.split(" -> ")
             shown = ev.cell(true, pred)
-            st.caption(f"{len(shown)} image(s) of {plain(true)} predicted as {plain(pred)}, most confident first")
+            st.caption(f"{count(len(shown), 'image')} of {plain(true)} predicted as {plain(pred)}, most confident first")
             cols = st.columns(6)
             for i, p in enumerate(shown[:18]):
                 cols[i % 6].image(p["file"], caption=f"{Path(p['file']).name} ({percent(p['confidence'])})", width="stretch")

@@ -90,7 +90,7 @@ def main() -> None:
     result = json.loads(cli(env, "train", str(train_csv), "--strategy", args.strategy, *train_flags,
                             "--runs-dir", str(work / "runs"), "--json").splitlines()[-1])
     seconds = time.perf_counter() - t0
-    answers = json.loads(cli(env, "predict", result["run_dir"], str(held_csv.parent / "pictures"), "--json"))
+    answers = json.loads(cli(env, "predict", result["run_dir"], str(held_csv.parent / "pictures"), "--json"))["predictions"]
     right = sum({d["label"] for d in a["labels"]} == set(Path(a["file"]).name.split("_")[0].split("-")) for a in answers)
     ev = json.loads(cli(env, "evaluate", result["run_dir"], str(held_csv), "--json"))
     print(json.dumps({

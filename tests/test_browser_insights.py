@@ -41,7 +41,7 @@ def test_compare_chart_and_mislabel_gallery(server_weights, server):
         nav.get_by_role("link", name="Backbones").click()
         expect(page.get_by_text("Which backbone for your data")).to_be_visible()
         set_number(page, "Image size (0 = the weights' own)", "64")
-        page.get_by_role("button", name="Compare 1 backbone(s) on this dataset").click()
+        page.get_by_role("button", name="Compare 1 backbone on this dataset").click()
         chart = page.get_by_test_id("stPlotlyChart").filter(has_text="Accuracy on your data")
         expect(chart).to_be_visible(timeout=240_000)
         expect(chart.locator("path.point").first).to_be_visible()

@@ -19,11 +19,16 @@ from tl_core.cli.main import main, parser
 from tl_core.config import from_arguments, options
 from tl_core.data.scan import load_dataset
 from tl_core.data.sources import DatasetSpec, uploads_dir
+from tl_core.formats import NOT_MEASURED
 
 
 def test_backbones_and_scan_json():
     rows = json.loads(cli("backbones", "--json").stdout)
     assert any(r["name"] == "resnet50" and r["acc1"] > 75 for r in rows)
+    unmeasured = next(r["name"] for r in rows if r["ms_per_image"] is None)  # null in JSON ...
+    table = cli("backbones").stdout.splitlines()
+    cells = next(line.split() for line in table if line.startswith(unmeasured + " "))
+    assert cells[-3:-1] == [NOT_MEASURED, NOT_MEASURED] and "None" not in "".join(table)  # ... the page's mark in text
     report = json.loads(cli("scan", "demo", "--json").stdout)
     assert report["n_images"] == 380 and report["problems"] == [] and len(report["classes"]) == 5
 
@@ -37,7 +42,7 @@ def test_train_predict_evaluate_export(tmp_path, with_real_weights):
     assert result["best_val_accuracy"] > 0.6 and result["epochs_completed"] == 1  # the feature head is fitted at once
     run = result["run_dir"]
     folder = Path(os.environ["TL_STUDIO_HOME"]) / "demo-v1" / "val" / "circle"
-    preds = json.loads(cli("predict", run, str(folder), "--top-k", "2", "--json").stdout)
+    preds = json.loads(cli("predict", run, str(folder), "--top-k", "2", "--json").stdout)["predictions"]
     assert len(preds) == 16 and all(len(p["top"]) == 2 for p in preds)
     assert sum(p["top"][0][0] == "circle" for p in preds) >= 10
     ev = json.loads(cli("evaluate", run, "--json").stdout)
@@ -122,7 +127,20 @@ def test_scan_without_usable_images_fails_and_top_k_is_validated(tmp_path, capsy
             main(["predict", str(run), str(image), "--top-k", bad])
         assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
     code, out, _ = run_cli(capsys, "predict", str(run), str(image), "--top-k", "5", "--json")
-    assert code == 0 and len(json.loads(out)[0]["top"]) == 2  # clamped to the run's classes
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == 2  # clamped to the run's classes
+
+
+def test_cli_messages_never_point_to_a_page(shapes_folder, home, capsys):
+    """A dropped image is listed by `scan` with its reason, in words that make sense on a command line."""
+    from tl_core.data.overrides import DROP, set_override
+    from tl_core.data.sources import from_folder
+
+    ds = from_folder(shapes_folder)
+    set_override(ds, ds.samples[0].path, DROP)
+    code, out, err = run_cli(capsys, "scan", str(shapes_folder))
+    dropped = next(line for line in out.splitlines() if line.strip().startswith(ds.samples[0].path))
+    assert code == 0 and "dropped by you" in dropped and "page" not in out + err
+    assert re.search(r"^[2-9] problems:$", out, re.M) and "(s)" not in out
 
 
 def test_evaluate_text_lists_unreadable_val_images(tmp_path, capsys):

@@ -3,7 +3,11 @@ to the snapshot its run folder agrees with, and the process's end decides the st
 
 import copy
 import functools
+import io
+import itertools
+import json
 import os
+import re
 import signal
 import time
 
@@ -103,3 +107,41 @@ def test_the_live_curve_keeps_the_newest_points():
         curve = fold(start, steps[:n]).step_losses
         assert [loss for _, loss in curve] == [float(i) for i in range(max(0, n - STEP_POINTS), n)]
     assert curve[-1] == (STEP_POINTS / 100 + 3, STEP_POINTS + 299.0)
+
+
+ZERO_RATE = re.compile(r"(?<![\d.])0(\.0+)? ?(img|images|training images)/s")
+
+
+def test_a_fitted_head_run_shows_no_training_rate_anywhere(shapes_folder, tmp_path, own_weights):
+    """A fitted head has no training steps to time: its rate is None (null in summary.json and `train --json`), no
+    log line, progress text (the Train page's) or terminal bar shows "0 img/s", and the figure shown while it works
+    is the embedding rate, named as such. Skipped files are counted in words ("1 file", "2 files")."""
+    from rich.console import Console
+
+    from tl_core.cli.terminal import Progress
+    from tl_core.train.trainer import train
+
+    cfg = TrainConfig(backbone="mobilenet_v3_small", weights_path=str(own_weights), strategy="features", image_size=48,
+                      patience=0)
+    spec = DatasetSpec(str(shapes_folder), 0.3, 1)
+    terminal = io.StringIO()
+    bars = Progress(Console(file=terminal, force_terminal=True, width=200))
+    events: list = []
+    with bars:
+        result = train(spec, cfg, tmp_path / "runs", [events.append, bars])
+    assert result.status == "finished" and result.images_per_s is None
+    assert load_run(result.run_dir).summary["images_per_s"] is None and json.loads(json.dumps(result.to_dict()))["images_per_s"] is None
+    assert all(e.images_per_s is None for e in events if isinstance(e, ev.StepEnded))
+    states = list(itertools.accumulate(events, reduce, initial=JobSnapshot.new(1, spec, cfg, "cpu", time.time())))
+    shown = [s.progress_text for s in states] + list(states[-1].log) + [terminal.getvalue()]
+    assert not [t for t in shown if ZERO_RATE.search(t) or "img/s" in t or "training images/s" in t]
+    embedding = [s.progress_text for s in states if s.phase.startswith("embedding") and s.phase_rate]
+    assert embedding and all(re.search(r"embedding .*: \d+/\d+, \d+/s$", t) for t in embedding)  # images embedded per second
+    began = next(line for line in states[-1].log if " on cpu " in line)
+    assert re.search(r"; [2-9] files skipped, see the log$", began) and "(s)" not in "".join(states[-1].log)
+
+
+def test_the_run_log_counts_in_words():
+    start = JobSnapshot.new(1, DatasetSpec("demo"), TINY, "cpu", 0.0)
+    one = reduce(start, ev.RunStarted("/runs/x", ["a", "b"], "cpu", "float32", 2, False, 1, time=1.0))
+    assert one.log[-1].endswith("Run x on cpu (float32); 1 file skipped, see the log")

@@ -94,7 +94,7 @@ def test_a_labelled_run_predicts_label_sets_and_evaluates_on_another_csv(labels_
     assert ev["accuracy"] > 0.5 and ev["micro_f1"] > 0.8  # chance: 1 in 6 label sets
     assert {r["class"] for r in ev["per_class"]} == set(run.classes) and all(0 < r["threshold"] < 1 for r in ev["per_class"])
     pictures = sorted((other.parent / "pictures").glob("*.png"))
-    answers = json.loads(cli_out(capsys, "predict", str(labels_run), *map(str, pictures), "--json"))
+    answers = json.loads(cli_out(capsys, "predict", str(labels_run), *map(str, pictures), "--json"))["predictions"]
     right = 0
     for picture, answer in zip(pictures, answers):
         truth = set(picture.name.split("_")[0].split("-"))

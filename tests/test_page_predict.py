@@ -48,3 +48,33 @@ def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):  # noqa:
     assert re.fullmatch(r"\d+\.\d%", metrics["Calibration error (ECE)"])
     mistakes = [c for i in at.image for c in i.captions if " -> " in c]
     assert mistakes and any("Grad-CAM" in c.value for c in at.caption)  # the gallery shows overlays
+
+
+def test_predict_page_batch_lists_skipped_files_by_name(ui, monkeypatch, tmp_path):
+    """A zip with an unreadable picture, a text file and macOS litter: the table names each one inside the zip and
+    says why; no server path (the folder it was unpacked into) appears anywhere."""
+    import io
+    import zipfile
+
+    from helpers import fake_run, open_page, png_bytes
+
+    fake_run(Path(os.environ["TL_STUDIO_RUNS"]), ["a", "b"])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("photos/ok.png", png_bytes(size=(40, 40)))
+        zf.writestr("photos/broken.jpg", b"not a jpeg")
+        zf.writestr("photos/notes.txt", "hi")
+        zf.writestr("__MACOSX/photos/._ok.png", b"\0")
+    at = open_page("app_pages/4_Predict.py")
+    at.file_uploader(key="batch_zip").set_value([("mine.zip", buf.getvalue(), "application/zip")]).run()
+    at.button(key="batch_run").click().run()
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "answer" in d.value.columns)
+    assert list(table.file) == ["mine.zip/photos/broken.jpg", "mine.zip/photos/ok.png"]
+    skipped = next(d.value for d in at.dataframe if list(d.value.columns) == ["file", "reason"])
+    reasons = dict(zip(skipped.file, skipped.reason))
+    assert set(reasons) == {"mine.zip/__MACOSX", "mine.zip/photos/notes.txt", "mine.zip/photos/broken.jpg"}
+    assert reasons["mine.zip/photos/notes.txt"] == "not an image file (.txt)" and reasons["mine.zip/__MACOSX"] == "hidden or system file"
+    assert any("1 file classified" in c.value and "3 files skipped" in c.value for c in at.caption)
+    shown = [str(v) for d in at.dataframe for v in d.value.to_numpy().ravel()] + [c.value for c in at.caption]
+    assert not any(os.environ["TL_STUDIO_HOME"] in v or "predict-uploads" in v for v in shown)

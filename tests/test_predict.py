@@ -70,7 +70,10 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
     printed = cli_out(capsys, "predict", str(bees_run), str(archive), "--top-k", "2", "--csv", str(out))
     rows = list(csv.DictReader(out.open()))
     assert all(r["file"].startswith("batch.zip/photos/") for r in rows)  # member names, not the unpacked temp folder
-    assert all(line.startswith("batch.zip/photos/") for line in printed.splitlines() if line.strip())
+    answered, _, skipped = printed.partition("skipped, not classified (2 files):")
+    assert all(line.startswith("batch.zip/photos/") for line in answered.splitlines() if line.strip())
+    assert skipped.split("\n")[1:3] == ["  batch.zip/photos/.DS_Store: hidden or system file",
+                                        f"  batch.zip/photos/broken.jpg: {rows[-1]['error']}"]
     assert len(rows) == 7 and {"file", "answer", "confidence", "top1", "top1_probability", "top2", "error"} <= set(rows[0])
     good = [r for r in rows if not r["error"]]
     assert len(good) == 6 and [r for r in rows if r["error"]][0]["file"].endswith("broken.jpg")
@@ -83,7 +86,7 @@ def test_batch_predict_of_a_zip_writes_a_csv(bees_run, tmp_path, capsys):
 def test_folder_inputs_leave_out_links_that_lead_outside(tmp_path):
     from helpers import solid
 
-    from tl_core.use.predict import expand_inputs
+    from tl_core.use.predict import Skipped, expand_inputs, gather_inputs
 
     folder = tmp_path / "mine"
     inside = solid(folder / "a.png", (1, 2, 3))
@@ -91,6 +94,61 @@ def test_folder_inputs_leave_out_links_that_lead_outside(tmp_path):
     (folder / "link.png").symlink_to(tmp_path / "secret" / "s.png")
     (folder / "ok.png").symlink_to(inside)  # a link within the folder is fine
     assert expand_inputs([str(folder)]) == [str(inside), str(folder / "ok.png")]
+    assert gather_inputs([str(folder)]).skipped == [Skipped(f"{folder}/link.png", "a link leading out of the folder; not read")]
+
+
+def test_batch_inputs_name_every_file_left_out_and_why(tmp_path, monkeypatch):
+    """Not an image, hidden and system files (a hidden folder once), links out, a zip's unpacked-without members:
+    each by its name inside the folder or zip, never the server folder a zip was unpacked into."""
+    from helpers import solid
+
+    from tl_core.use.predict import Skipped, gather_inputs
+
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mine"
+    solid(folder / "a.png", (1, 2, 3))
+    (folder / "notes.txt").write_text("hi")
+    (folder / "README").write_text("hi")
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "objects" / "x.png").write_bytes(png_bytes())
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("in/b.png", png_bytes())
+        zf.writestr("in/.DS_Store", b"\0")
+        zf.writestr("__MACOSX/in/._b.png", b"\0")
+        zf.writestr("in/labels.csv", "b.png,x")
+    found = gather_inputs([str(folder), str(archive)])
+    assert [shown for _, shown in found.images] == [f"{folder}/a.png", "photos.zip/in/b.png"]
+    assert sorted(found.skipped, key=lambda s: s.file) == sorted([
+        Skipped(f"{folder}/.git", "hidden or system file"), Skipped(f"{folder}/README", "not an image file (no extension)"),
+        Skipped(f"{folder}/notes.txt", "not an image file (.txt)"), Skipped("photos.zip/in/.DS_Store", "hidden or system file"),
+        Skipped("photos.zip/__MACOSX", "hidden or system file"), Skipped("photos.zip/in/labels.csv", "not an image file (.csv)")],
+        key=lambda s: s.file)
+    assert gather_inputs([str(archive)]).skipped == found.skipped[-3:]  # the unpacked folder is reused, the list kept
+
+
+def test_cli_predict_lists_skipped_files_in_text_and_json(tmp_path, capsys):
+    from helpers import fake_run, run_cli, solid
+
+    run = fake_run(tmp_path / "runs", ["a", "b"])
+    folder = tmp_path / "batch"
+    solid(folder / "one.png", (200, 10, 10), (40, 40))
+    (folder / "two.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("hi")
+    code, out, _ = run_cli(capsys, "predict", str(run), str(folder), "--json")
+    result = json.loads(out)
+    assert code == 0 and [p["file"] for p in result["predictions"]] == [f"{folder}/one.png"]
+    skipped = {s["file"]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {f"{folder}/notes.txt", f"{folder}/two.jpg"} and skipped[f"{folder}/notes.txt"] == "not an image file (.txt)"
+    assert skipped[f"{folder}/two.jpg"]  # the decoder's reason, in words
+    code, out, _ = run_cli(capsys, "predict", str(run), str(folder))
+    assert code == 0 and out.splitlines()[0].startswith(f"{folder}/one.png: ")
+    assert "skipped, not classified (2 files):" in out and f"  {folder}/notes.txt: not an image file (.txt)" in out
+    empty = tmp_path / "empty"
+    (empty / "only.txt").parent.mkdir()
+    (empty / "only.txt").write_text("x")
+    code, _, err = run_cli(capsys, "predict", str(run), str(empty))
+    assert code == 1 and err.count("\n") == 1 and f"skipped {empty}/only.txt: not an image file (.txt)" in err
 
 
 def test_an_uploaded_zip_is_unpacked_under_generated_names_and_reruns_leave_nothing_new(tmp_path, monkeypatch):
@@ -153,7 +211,7 @@ def test_pictures_of_neither_class_are_answered_unsure(bees_features_run, tmp_pa
     files = neither_class(tmp_path / "neither")
     out = tmp_path / "answers.csv"
     assert main(["predict", str(bees_features_run), *map(str, files), "--json", "--csv", str(out)]) == 0
-    answers = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    answers = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     unsure = [a["file"] for a in answers if a["answer"] == UNSURE and a["reason"].startswith(NONE_OF_THESE)]
     assert len(unsure) >= 4, answers
     rows = {r["file"]: r for r in csv.DictReader(out.open())}

@@ -54,3 +54,32 @@ def test_warm_up_lasts_as_long_as_the_cold_start():
 
     assert speed.median_seconds(cold_start, torch.device("cpu"), warmup=3, reps=5) < 0.008  # a fixed 3 gave 19 ms
     assert len(calls) >= 7 + 3  # every cold call was a warm-up call, then at least three timed ones
+
+
+def test_each_measurement_records_how_busy_the_machine_was():
+    busy = speed.machine_busy()
+    assert busy is not None and 0.0 <= busy <= 1.0  # Linux: from /proc/stat
+    s = speed.measure("mobilenet_v3_small", batch=2, size=64, train_batch=2)
+    assert s.busy is not None and 0.0 <= s.busy <= 1.0
+    assert speed.load_speeds()["mobilenet_v3_small"].busy == s.busy
+
+
+def test_a_figure_taken_under_load_is_retaken_once_the_machine_is_quiet(monkeypatch):
+    """A figure measured on a busy machine (or under unknown load, as figures kept without it) is measured again
+    when the estimate asks on a quiet machine, and kept while the machine is busy; a quiet figure is always kept."""
+    import dataclasses
+
+    import torch
+
+    device = torch.device("cpu")
+    real = speed.measure("mobilenet_v3_small", device, batch=2, size=64, train_batch=2)
+    for busy_then in (0.9, None):
+        slow = dataclasses.replace(real, measured=real.measured - 3600, busy=busy_then)
+        speed._store(device, slow)
+        monkeypatch.setattr(speed, "machine_busy", lambda window=0.2: 0.9)  # still busy: the busy figure stands
+        assert speed.current("mobilenet_v3_small", device) == slow
+        monkeypatch.setattr(speed, "machine_busy", lambda window=0.2: 0.05)  # quiet: measured again
+        again = speed.current("mobilenet_v3_small", device)
+        assert again.measured > real.measured and again.busy == 0.05 and not again.taken_under_load
+        assert speed.load_speeds(device)["mobilenet_v3_small"] == again
+        assert speed.current("mobilenet_v3_small", device) == again  # quiet figure: kept, not measured again

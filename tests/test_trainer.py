@@ -234,7 +234,7 @@ def test_feature_progress_counts_every_image_and_rates_are_named(shapes_folder, 
     assert 0 < embedding[0].done < n_train and embedding[-1].done == n_train  # cached images counted as done
     steps = [e for e in events if isinstance(e, StepEnded)]
     rows = [e.row for e in events if isinstance(e, EpochEnded)]
-    assert steps and rows and rows[-1].images_per_s == pytest.approx(steps[-1].images_per_s)
+    assert steps and rows and rows[-1].images_per_s is None and steps[-1].images_per_s is None  # no training rate
 
 
 def _few(root: Path, classes=("red", "blue"), n: int = 4) -> Path:

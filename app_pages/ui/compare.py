@@ -11,7 +11,7 @@ from app_pages.ui.shared import backbone_rows, choices, dataset_label, plain, sc
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
 from tl_core.features.compare import Comparison, compare, pareto_front, recommend
-from tl_core.formats import PLOTLY_PERCENT, TABLE_PERCENT, TABLE_SECONDS, points
+from tl_core.formats import PLOTLY_PERCENT, TABLE_PERCENT, TABLE_SECONDS, count, points
 from tl_core.measure.speed import SHORTLIST
 
 
@@ -27,7 +27,7 @@ def render_compare() -> None:
     size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size",
                           help="Side of the square the images are resized to; smaller is faster and usually less accurate")
     key = (spec, int(size), tuple(names))
-    if st.button(f"Compare {len(names)} backbone(s) on this dataset", key="cmp_run", disabled=not names):
+    if st.button(f"Compare {count(len(names), 'backbone')} on this dataset", key="cmp_run", disabled=not names):
         bar = st.progress(0.0, text="Starting...")
         try:
             ds = scan_report(spec).dataset

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from tl_core.cli.terminal import Progress, print_table
 from tl_core.config import EXPORT_FORMATS, LABEL_SEPARATOR
-from tl_core.formats import loss, percent, seconds
+from tl_core.formats import count, figure, loss, percent, seconds
 from tl_core.train.events import EventLog
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def cmd_backbones(args) -> int:
     else:
         print_table(rows, ["name", "family", "params_m", "size_mb", "gflops", "acc1", "acc5", "input_size",
                            "ms_per_image", "images_per_s", "cached"],
-                    {"ms_per_image": lambda v: f"{v:.1f}", "images_per_s": lambda v: f"{v:.0f}"})
+                    {"ms_per_image": figure, "images_per_s": lambda v: figure(v, 0)})
     return 0
 
 
@@ -69,7 +69,7 @@ def cmd_scan(args) -> int:
     if report.classes:
         print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
     if report.problems:
-        print(f"\n{len(report.problems)} problem(s):")
+        print(f"\n{count(len(report.problems), 'problem')}:")
         for p in report.problems[:50]:
             print(f"  {p.path}: {p.reason}")
     if not report.n_images:
@@ -137,29 +137,30 @@ def cmd_resume(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from dataclasses import replace
+    from tl_core.use.predict import Predictor, gather_inputs, predict_batch, write_csv
 
-    from tl_core.use.predict import Predictor, named_inputs, write_csv
-
-    named = named_inputs(args.images)
-    files, names = [path for path, _ in named], dict(named)
-    if not files:
-        raise ValueError("No image files found in the given paths.")
+    inputs = gather_inputs(args.images)
+    if not inputs.images:
+        why = "; ".join(f"{s.file}: {s.reason}" for s in inputs.skipped[:5])
+        more = f"; and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
+        raise ValueError("No image files found in the given paths" + (f" (skipped {why}{more})." if why else "."))
     predictor = Predictor.from_run(args.run_dir, args.device)
     with Progress() as bar:
-        predictions = predictor.predict_many(files, min(args.top_k, len(predictor.classes)), progress=bar.callback("predicting"))
-    predictions = [replace(p, file=names.get(p.file, p.file)) for p in predictions]  # x.zip/member, never a temp path
+        batch = predict_batch(predictor, inputs, min(args.top_k, len(predictor.classes)), bar.callback("predicting"))
     threshold = predictor.threshold if args.unsure_below is None else args.unsure_below
     if args.csv:
-        write_csv(predictions, args.csv, threshold)
+        write_csv(batch.predictions, args.csv, threshold)
     if args.json:
-        print(json.dumps([{**p.to_dict(), "answer": p.answer(threshold), "reason": p.reason(threshold)} for p in predictions]))
-    else:
-        for p in predictions:
-            why = p.reason(threshold)
-            print(f"{p.file}: " + (f"error: {p.error}" if p.error else
-                                   f"{p.answer(threshold)}  (" + ", ".join(f"{c} {percent(v)}" for c, v in p.top) + ")"
-                                   + (f"  [{why}]" if why else "")))
+        print(json.dumps(batch.to_dict(threshold)))
+        return 0
+    for p in batch.classified:
+        why = p.reason(threshold)
+        print(f"{p.file}: {p.answer(threshold)}  (" + ", ".join(f"{c} {percent(v)}" for c, v in p.top) + ")"
+              + (f"  [{why}]" if why else ""))
+    if batch.skipped:
+        print(f"\nskipped, not classified ({count(len(batch.skipped), 'file')}):")
+        for s in batch.skipped:
+            print(f"  {s.file}: {s.reason}")
     return 0
 
 

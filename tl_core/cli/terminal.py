@@ -17,7 +17,7 @@ from rich.progress import Progress as Bars
 from rich.table import Column, Table
 from rich.text import Text
 
-from tl_core.formats import loss, percent, seconds
+from tl_core.formats import NOT_MEASURED, loss, missing, percent, seconds
 from tl_core.train.events import EpochEnded, Event, Logged, PhaseProgress, PhaseStarted, RunEnded, RunFailed, StepEnded
 
 
@@ -84,8 +84,8 @@ class Progress:
 
 
 def _cell(value: Any, fmt: Callable[[Any], str] | None) -> str:
-    if value is None or value == "":
-        return "-"
+    if missing(value) or value == "":
+        return NOT_MEASURED
     if fmt:
         return fmt(value)
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -17,7 +17,7 @@ from tl_core.data.images import content_hash
 from tl_core.data.sources import ImageDataset, Problem, Sample
 
 DROP, RELABEL = "drop", "relabel"
-DROPPED_REASON = "dropped by you on the Dataset page (undo it there)"
+DROPPED_REASON = "dropped by you (a correction kept beside the dataset in TL Studio's home; undo it to use the image)"
 
 
 @dataclass(frozen=True)

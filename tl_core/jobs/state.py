@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetSpec
-from tl_core.formats import loss, percent, seconds
+from tl_core.formats import count, loss, percent, seconds
 from tl_core.train.events import (
     EpochEnded,
     EpochRow,
@@ -215,8 +215,9 @@ def _logged(state: JobSnapshot, e: Event, message: str) -> JobSnapshot:
 
 def _run_started(s: JobSnapshot, e: RunStarted) -> Changes:
     status = JobStatus.RUNNING if s.status == JobStatus.STARTING else s.status
-    return ({"run_dir": e.run_dir, "epochs": e.epochs or s.epochs, "status": status},
-            f"Run {Path(e.run_dir).name} on {e.device} ({e.dtype})" + (f"; {e.skipped} file(s) skipped, see the log" if e.skipped else ""))
+    skipped = f"; {count(e.skipped, 'file')} skipped, see the log" if e.skipped else ""
+    changes = {"run_dir": e.run_dir, "epochs": e.epochs or s.epochs, "status": status}
+    return changes, f"Run {Path(e.run_dir).name} on {e.device} ({e.dtype}){skipped}"
 
 
 def _phase_started(s: JobSnapshot, e: PhaseStarted) -> Changes:

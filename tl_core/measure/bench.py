@@ -25,6 +25,7 @@ from torchvision import transforms as T
 
 from tl_core.config import TrainConfig
 from tl_core.devices import describe_device, pick_device
+from tl_core.formats import percent, seconds
 from tl_core.models import backbones
 from tl_core.train.events import EpochEnded, PhaseStarted
 
@@ -123,7 +124,7 @@ def reference_loop(root: Path, backbone: str, epochs: int, device: torch.device,
             for x, y in val_dl:
                 correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
         accs.append(correct / len(val_ds))
-        log(f"  reference epoch {epoch + 1}/{epochs}: val acc {accs[-1]:.3f}")
+        log(f"  reference epoch {epoch + 1}/{epochs}: val acc {percent(accs[-1])}")
     wall = time.perf_counter() - t0
     return {"seconds": round(wall, 2), "images_per_s": round(len(train_ds) * epochs / wall, 1),
             "best_val_accuracy": round(max(accs), 4), "final_val_accuracy": round(accs[-1], 4),
@@ -155,7 +156,7 @@ def studio_run(root: Path, config: TrainConfig, log=print) -> dict:
         if isinstance(e, PhaseStarted) and e.phase != "weights":
             marks.append((e.phase, time.perf_counter()))
         elif isinstance(e, EpochEnded):
-            log(f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {e.row.val_acc:.3f} ({e.row.epoch_seconds:.2f} s)")
+            log(f"  TL Studio epoch {e.row.epoch}/{e.epochs}: val acc {percent(e.row.val_acc)} ({seconds(e.row.epoch_seconds)})")
 
     with tempfile.TemporaryDirectory() as runs, cold_cache():
         t0 = time.perf_counter()
@@ -276,12 +277,21 @@ def _print(out: dict) -> None:
     _table(out["modes"], cols)
 
 
+def _shown(column: str, value):
+    """A bench table cell: accuracies as percentages and durations in seconds, as everywhere else."""
+    if value == "" or not isinstance(value, (int, float)):
+        return value
+    if "accuracy" in column:
+        return percent(value)
+    return seconds(value) if column == "seconds" else value
+
+
 def _table(modes: dict[str, dict[str, dict]], cols: tuple[str, ...]) -> None:
     print(f"{'mode':<10}{'side':<18}" + "".join(f"{c:>20}" for c in cols) + f"{'speed-up':>10}{'vs lr 1e-4':>12}",
           file=sys.stderr)
     for mode, rows in modes.items():
         for side, r in rows.items():
-            print(f"{mode:<10}{side:<18}" + "".join(f"{r.get(c, ''):>20}" for c in cols)
+            print(f"{mode:<10}{side:<18}" + "".join(f"{_shown(c, r.get(c, '')):>20}" for c in cols)
                   + f"{r.get('speedup', ''):>10}{r.get('speedup_lr1e-4', ''):>12}", file=sys.stderr)
 
 

@@ -22,7 +22,8 @@ from tl_core.data.pipeline import decode_square
 from tl_core.data.scan import ScanReport, _VerdictCache, check_file
 from tl_core.devices import fast_dtype, pick_device
 from tl_core.features.frozen import plan_caches
-from tl_core.measure.speed import Speed, load_speeds, measure
+from tl_core.formats import seconds
+from tl_core.measure.speed import Speed, current
 
 FIXED_SECONDS = 1.0  # building the model, loading weights, writing the run folder
 SAMPLE_FILES = 6
@@ -34,8 +35,8 @@ class Estimate:
     phases: dict[str, float]  # phase name -> seconds
 
     def describe(self) -> str:
-        parts = ", ".join(f"{name} {s:.0f} s" for name, s in self.phases.items() if s >= 0.5)
-        return f"about {self.seconds:.0f} s" + (f" ({parts})" if parts else "")
+        parts = ", ".join(f"{name} {seconds(s)}" for name, s in self.phases.items() if s >= 0.5)
+        return f"about {seconds(self.seconds)}" + (f" ({parts})" if parts else "")
 
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 1), "phases": {k: round(v, 2) for k, v in self.phases.items()}}
@@ -91,9 +92,10 @@ def _per_file_seconds(paths: list[str], resize: int) -> tuple[float, float]:
 
 
 def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None) -> Estimate:
-    """Seconds for `train(report.spec, config)` on this machine; measures the backbone first if it never was."""
+    """Seconds for `train(report.spec, config)` on this machine; measures the backbone first if it never was, and
+    again if its figure was taken on a busy machine and the machine is quiet now (`speed.current`)."""
     device = pick_device(config.device)
-    speed = speed or load_speeds(device).get(config.backbone) or measure(config.backbone, device)
+    speed = speed or current(config.backbone, device)
     run = plan.for_images(config, [im.path for im in report.images])
     prep = run.preprocessing
     pixels = (prep.crop / 224) ** 2  # rates were measured at 224 px

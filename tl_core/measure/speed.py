@@ -4,11 +4,20 @@ Every figure is the median of timed repeats after a warm-up: the first calls of 
 selection and memory allocation (hundreds of ms on CPU), and a single timing on a busy machine is noise.
 Three rates per backbone: batch-1 latency, batched inference throughput (what the feature path's embedding
 and the Predict page run), and forward+backward training throughput (what fine-tuning runs).
+
+A median does not undo a machine that stays busy for the whole measurement: another process using the cores
+makes every repeat slow alike, and the figure then holds for as long as it is kept (an ants-vs-bees fine-tuning
+estimate read 2.3x the real run on a quiet machine from a figure taken on a busy one). So each measurement records
+how busy the machine was as it began (`machine_busy`: the share of all CPU time in use, from /proc/stat over a
+fifth of a second), and `current`, which the time estimate asks, retakes a figure taken on a busy machine (or
+under unknown load) once the machine is quiet. A busy figure is kept while the machine stays busy: a run started
+then is slowed alike.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +45,42 @@ class Speed:
     train_images_per_s: float | None  # forward + backward + update at `train_batch`, median (None: not measured)
     train_batch: int
     measured: float
+    busy: float | None = None  # share of the machine's CPU time in use as the measurement began; None: not known
+
+    @property
+    def taken_under_load(self) -> bool:
+        """Measured while others kept the machine busy, or under unknown load: worth retaking when it is quiet."""
+        return self.busy is None or self.busy > BUSY
+
+
+BUSY = 0.5  # a figure taken while over half of the machine's CPU time was in use is retaken once it is quiet
+QUIET = 0.25  # ... which it is below a quarter
+_PROC_STAT = "/proc/stat"
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) CPU ticks of the whole machine since boot, from Linux's /proc/stat; None elsewhere."""
+    try:
+        with open(_PROC_STAT) as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (ticks[3] + ticks[4], sum(ticks)) if len(ticks) >= 5 else None
+
+
+def machine_busy(window: float = 0.2) -> float | None:
+    """Share of this machine's CPU time in use right now, 0 (idle) to 1 (every core busy): /proc/stat over `window`
+    seconds on Linux, else the one-minute load average per core; None where neither can be read."""
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(window)
+        after = _cpu_times()
+        if after is not None and after[1] > before[1]:
+            return round(1 - (after[0] - before[0]) / (after[1] - before[1]), 3)
+    try:
+        return round(min(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)), 3)
+    except (OSError, AttributeError):  # no load average (Windows)
+        return None
 
 
 def _cache_file():
@@ -105,6 +150,7 @@ def measure(name: str, device: torch.device | None = None, batch: int | None = N
             train_batch: int | None = None) -> Speed:
     """Random weights (speed does not depend on them), the same fast paths training and prediction use."""
     device = device or pick_device()
+    busy = machine_busy()  # before any work of ours: how busy the others keep the machine
     batch = batch or (64 if device.type == "cuda" else 16)
     train_batch = train_batch or (64 if device.type == "cuda" else 16)
     dtype = fast_dtype(device)
@@ -130,9 +176,23 @@ def measure(name: str, device: torch.device | None = None, batch: int | None = N
 
     train = median_seconds(step, device, warmup=2, reps=4, budget=4.0)
     speed = Speed(name, describe_device(device), round(one * 1000, 2), round(batch / many, 1), batch,
-                  round(train_batch / train, 1), train_batch, time.time())
+                  round(train_batch / train, 1), train_batch, time.time(), busy)
     _store(device, speed)
     return speed
+
+
+def current(name: str, device: torch.device | None = None) -> Speed:
+    """The speed of `name` on this device that an estimate should use: measured now when it never was, and measured
+    again when the kept figure was taken under load and the machine is quiet now (see the module's docstring)."""
+    device = device or pick_device()
+    kept = load_speeds(device).get(name)
+    if kept is None:
+        return measure(name, device)
+    if kept.taken_under_load:
+        now = machine_busy()
+        if now is not None and now <= QUIET:
+            return measure(name, device)
+    return kept
 
 
 def measure_many(names=SHORTLIST, device: torch.device | None = None,

@@ -30,7 +30,7 @@ class EpochRow:
     val_loss: float
     val_acc: float
     lr: float
-    images_per_s: float  # training images per second over this epoch (never an embedding rate)
+    images_per_s: float | None  # training images per second over this epoch; None for a fitted head (no steps to time)
     epoch_seconds: float
     seconds: float = 0.0  # run time so far
     best_val_acc: float = 0.0
@@ -50,7 +50,7 @@ class RunResult:
     best_epoch: int
     epochs_completed: int
     seconds: float
-    images_per_s: float
+    images_per_s: float | None  # training images per second; None for a fitted head, which has no training steps
     skipped: int
     stop_reason: str | None = None  # "early-stopped at epoch 6 (patience 5)", "stopped by request", ...
     best_val_balanced_accuracy: float | None = None  # the best checkpoint's mean per-class recall
@@ -97,7 +97,7 @@ class StepEnded(Event):
     steps: int
     loss: float
     lr: float
-    images_per_s: float  # training images per second since the training phase began
+    images_per_s: float | None  # training images per second since the training phase began; None for a fitted head
     eta: float | None  # seconds left in the run
 
 

@@ -55,7 +55,8 @@ class Loop:
 
     def __init__(self, ctx: Context, strategy: Strategy, callbacks: list[Callback], epochs: int, seconds_before: float = 0.0):
         self.ctx, self.strategy, self.callbacks, self.epochs = ctx, strategy, callbacks, epochs
-        self.epoch, self.best_acc, self.best_epoch, self.images_per_s = 0, 0.0, 0, 0.0
+        self.epoch, self.best_acc, self.best_epoch = 0, 0.0, 0
+        self.images_per_s: float | None = 0.0 if strategy.has_rate else None  # None: no training rate to report
         self.t0, self.seconds_before = time.perf_counter(), seconds_before
         self.ended: str | None = None
 
@@ -101,7 +102,8 @@ class Loop:
                 correct += ctx.targets.correct(logits, y).sum().item()
                 loss_sum += loss_value * len(y)
                 # the ranks step in lockstep, so the whole job's rate is this rank's times their number
-                self.images_per_s = seen * distributed.size() / max(train_time, 1e-9) if strategy.has_rate else 0.0
+                if strategy.has_rate:
+                    self.images_per_s = seen * distributed.size() / max(train_time, 1e-9)
                 elapsed = time.perf_counter() - t_train  # includes validation, so the ETA does too
                 eta = elapsed / steps_done * (steps_left - steps_done)
                 ctx.events.emit(StepEnded(epoch, step + 1, self.steps_per_epoch, loss_value, self.sched.get_last_lr()[0],

@@ -104,7 +104,7 @@ class Strategy:
     n_train: int = 0
     loss_weight: torch.Tensor | None = None  # per-class weights of the training loss (the plan's), on the device
     val_recall: list[float | None] | None = None  # per-class recall of the last validation (None: class not in val)
-    has_rate: bool = True  # False: no training steps worth a rate (a fitted head), so none is shown
+    has_rate: bool = True  # False: no training steps worth a rate (a fitted head): the rate is None, never a 0
 
     def prepare(self) -> None: ...
     def param_groups(self) -> list[dict]: ...

@@ -23,7 +23,7 @@ from tl_core.data import targets
 from tl_core.data.scan import check_files, scan
 from tl_core.data.sources import DatasetError, DatasetSpec, ImageDataset, Problem, Sample
 from tl_core.devices import fast_dtype, is_out_of_memory, pick_device
-from tl_core.formats import percent
+from tl_core.formats import count, percent
 from tl_core.models import backbones
 from tl_core.paths import write_json
 from tl_core.train import distributed
@@ -263,7 +263,7 @@ class Trainer:
                 reason = loop.run(self._restore(loop) if resume else 0)
             except Stopped:
                 status, reason = RunStatus.STOPPED, stopped_reason(loop.epoch, loop.epochs)
-                self.events.emit(Logged(f"Stopped after {loop.epoch} epoch(s); best checkpoint kept."))
+                self.events.emit(Logged(f"Stopped after {count(loop.epoch, 'epoch')}; best checkpoint kept."))
             except KeyboardInterrupt:  # Ctrl-C on a terminal: a stop, resumable like any other
                 self.events.emit(RunEnded(self._result(loop, RunStatus.STOPPED, "interrupted (Ctrl-C)"), tuple(ctx.skipped)))
                 raise

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -233,22 +234,40 @@ def write_csv(predictions: Sequence[Prediction], path: str | Path, threshold: fl
 
 
 KEEP_UNPACKED = 8  # zips of images kept unpacked for reruns; older ones are removed
+UNPACKED = ".extracted"  # in an unpacked zip's folder: marks it complete and lists the members not unpacked
+HIDDEN = "hidden or system file"
+LINK_OUT = "a link leading out of the folder; not read"
+
+
+def _hidden_members(archive: str | Path) -> list[list[str]]:
+    """[name, reason] of a zip's hidden entries (which `safe_extract` does not unpack), each topmost one once."""
+    import zipfile
+
+    out: dict[str, str] = {}
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            parts = PurePosixPath(name).parts
+            first = next((i for i, part in enumerate(parts) if is_hidden(part)), None)
+            if first is not None:
+                out.setdefault("/".join(parts[: first + 1]), HIDDEN)
+    return [[name, reason] for name, reason in out.items()]
 
 
 def unpack_zip(archive: str | Path) -> Path:
     """A user's zip of images, extracted safely once (same checks as a dataset zip) under TL Studio's home; only the
-    most recently used few stay, and a refused zip leaves nothing behind."""
+    most recently used few stay, and a refused zip leaves nothing behind. The members left packed (hidden and system
+    files) are listed in the folder's UNPACKED mark, so a batch prediction can say what it skipped."""
     folder = paths.home() / "predict-uploads"
     target = folder / content_hash(archive)[:16]
-    if (target / ".extracted").exists():
+    if (target / UNPACKED).exists():
         os.utime(target)
         return target
     try:
         safe_extract(archive, target)
+        (target / UNPACKED).write_text(json.dumps(_hidden_members(archive)))
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    (target / ".extracted").touch()
     unpacked = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in unpacked[KEEP_UNPACKED:]:
         shutil.rmtree(old, ignore_errors=True)
@@ -270,35 +289,122 @@ def unpack_upload(data: bytes | memoryview) -> Path:
         os.unlink(name)
 
 
-def _folder_images(folder: Path) -> list[str]:
-    """A folder's image files, recursively; hidden ones and links that lead out of the folder are left out."""
+@dataclass(frozen=True)
+class Skipped:
+    """A file a batch prediction did not classify, and why. `file` is its name inside the folder or zip the user
+    gave (`photos.zip/a/.DS_Store`), never a path on the server."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class Inputs:
+    """What a batch prediction reads: each image as (path to read, name to show), and the files it leaves out."""
+
+    images: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.images]
+
+    def __iadd__(self, other: Inputs) -> Inputs:
+        self.images += other.images
+        self.skipped += other.skipped
+        return self
+
+
+def _packed(folder: Path) -> list[tuple[str, str]]:
+    """(member, reason) of what an unpacked zip's folder was unpacked without; nothing for a plain folder."""
+    try:
+        return [(str(name), str(reason)) for name, reason in json.loads((folder / UNPACKED).read_text())]
+    except (OSError, ValueError, TypeError):  # a plain folder, or a mark without the list
+        return []
+
+
+def _why_not(f: Path, inside: Path) -> str | None:
+    """Why a file under a batch folder is not read (None: it is an image to classify)."""
+    if is_hidden(f.name):
+        return HIDDEN
+    if not f.resolve().is_relative_to(inside):
+        return LINK_OUT
+    if f.is_dir():
+        return None
+    if f.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({f.suffix or 'no extension'})"
+    return None
+
+
+def folder_inputs(folder: str | Path, shown: str | Path) -> Inputs:
+    """A folder's image files (recursively) named `shown/relative path`, and every other entry with why it is left
+    out: hidden and system files (a hidden folder once, not its contents), links leading out of the folder, files
+    that are not images, and the hidden members of the zip it was unpacked from."""
+    folder, shown = Path(folder), Path(shown)
     inside = folder.resolve()
-    return sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(is_hidden(x) for x in f.relative_to(folder).parts) and f.resolve().is_relative_to(inside))
+    out = Inputs(skipped=[Skipped(str(shown / name), reason) for name, reason in _packed(folder)])
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if rel == Path(UNPACKED) or any(is_hidden(part) for part in rel.parts[:-1]):
+            continue  # the unpacked mark; inside a hidden folder, which is listed once
+        if reason := _why_not(f, inside):
+            out.skipped.append(Skipped(str(shown / rel), reason))
+        elif not f.is_dir():
+            out.images.append((str(f), str(shown / rel)))
+    return out
 
 
-def expand_inputs(items: Sequence[str]) -> list[str]:
-    """Files as given; folders and .zip files become their image files (recursively, hidden ones and links
-    leading out of the folder skipped)."""
-    return [path for path, _ in named_inputs(items)]
-
-
-def named_inputs(items: Sequence[str]) -> list[tuple[str, str]]:
-    """(path to read, name to show) of every input image: a zip's images are named `x.zip/member`, never by the
-    temporary folder they were unpacked into; a folder's as the path given plus the file inside it."""
-    out = []
+def gather_inputs(items: Sequence[str]) -> Inputs:
+    """Files as given; folders and .zip files become their image files, named as the user knows them: a zip's as
+    `x.zip/member` (never the temporary folder it was unpacked into), a folder's as the path given plus the file
+    inside it. What a folder or zip holds besides images is listed as skipped, with why."""
+    out = Inputs()
     for item in items:
         p = Path(item)
-        shown = Path(item)
         if p.suffix.lower() == ".zip" and p.is_file():
-            shown, p = Path(p.name), unpack_zip(p)
-        if p.is_dir():
-            out += [(f, str(shown / Path(f).relative_to(p))) for f in _folder_images(p)]
+            out += folder_inputs(unpack_zip(p), p.name)
+        elif p.is_dir():
+            out += folder_inputs(p, item)
         elif p.exists():
-            out.append((str(p), item))
+            out.images.append((str(p), item))
         else:
             raise FileNotFoundError(f"{item} does not exist.")
     return out
+
+
+def expand_inputs(items: Sequence[str]) -> list[str]:
+    """The image files to read of `gather_inputs(items)`."""
+    return gather_inputs(items).paths
+
+
+@dataclass
+class Batch:
+    """A batch prediction: one Prediction per image read or tried (named as the user knows it), and every file it
+    did not classify with why: left out of the listing (not an image, hidden, a link out) or unreadable."""
+
+    predictions: list[Prediction]
+    left_out: list[Skipped] = field(default_factory=list)
+
+    @property
+    def classified(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.error]
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.left_out + [Skipped(p.file, p.error) for p in self.predictions if p.error]
+
+    def to_dict(self, threshold: float) -> dict:
+        """`predict --json`: the classified images with answer and reason, and the skipped files with theirs."""
+        return {"predictions": [{**p.to_dict(), "answer": p.answer(threshold), "reason": p.reason(threshold)}
+                                for p in self.classified],
+                "skipped": [asdict(s) for s in self.skipped]}
+
+
+def predict_batch(predictor: Predictor, inputs: Inputs, top_k: int = 3,
+                  progress: Callable[[int, int], None] | None = None) -> Batch:
+    """Every image of `inputs`, each prediction under the name the user knows the file by."""
+    predictions = predictor.predict_many(inputs.paths, top_k, progress=progress)
+    return Batch([replace(p, file=shown) for p, (_, shown) in zip(predictions, inputs.images)], list(inputs.skipped))
 
 
 @dataclass
