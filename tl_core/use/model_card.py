@@ -42,7 +42,7 @@ def facts(run: Run) -> CardFacts:
             counts[split] = [per.get(i, 0) for i in range(len(classes))]
     config = run.info["config"]
     return CardFacts(run.id, config["backbone"], config["strategy"], classes, counts,
-                     Preprocessing(**run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None)
+                     Preprocessing.from_dict(run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None)
 
 
 def _data_table(f: CardFacts) -> str:
@@ -94,8 +94,8 @@ def render(f: CardFacts, fmt: str, file_section: str, example: str) -> str:
 
 ## Preprocessing
 
-{f.preprocessing.describe()}; resize {f.preprocessing.resize} px, crop {f.preprocessing.crop} px, mean
-{list(f.preprocessing.mean)}, std {list(f.preprocessing.std)} (on RGB / 255).
+{f.preprocessing.describe()}; fit `{f.preprocessing.fit}`, resize {f.preprocessing.resize} px, crop
+{f.preprocessing.crop} px, mean {list(f.preprocessing.mean)}, std {list(f.preprocessing.std)} (on RGB / 255).
 
 ## The file
 

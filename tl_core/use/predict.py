@@ -154,7 +154,7 @@ class Predictor:
             names.append(name)
             try:
                 img = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item, min_side=self.prep.resize)
-                arrays.append(square(img, self.prep.resize))
+                arrays.append(square(img, self.prep))
             except BadImage as e:
                 errors[i] = str(e)
         u8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
@@ -337,13 +337,12 @@ def split_outputs(run: Run, predictor: Predictor, split: str, progress: Callable
         raise ValueError(f"Run {run.id} has no {split!r} split.")
     if at_most:
         items = items[:: max(1, -(-len(items) // at_most))]
-    size = predictor.prep.resize
     logits, features, labels, files, skipped = [], [], [], [], []
     for start in range(0, len(items), 64):
         arrays = []
         for path, label in items[start : start + 64]:
             try:
-                arrays.append(decode_square(path, size))
+                arrays.append(decode_square(path, predictor.prep))
                 files.append(path)
                 labels.append(label)
             except (BadImage, OSError) as e:
