@@ -3,8 +3,8 @@
 Whoever receives the model has nothing to re-implement: the run's resize (bilinear, antialiased), centre crop or
 letterbox padding, and normalisation are nodes in front of the network, computed from the input's own height and
 width exactly as `tl_core.data.pipeline.square` and `Batcher.eval` do (round half to even, the resized pixels
-rounded to uint8). The int8 variant quantizes only the network (static, calibrated on training pictures); the preprocessing
-stays float so every picture size keeps working.
+rounded to uint8). The int8 variant quantizes only the network (static, calibrated on training pictures); the
+preprocessing stays float so every picture size keeps working.
 """
 
 from __future__ import annotations
