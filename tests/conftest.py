@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, solid, streamlit_server
+from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, edge_pictures, solid, streamlit_server
 
 __all__ = ["HYMENOPTERA", "MOBILENET_FILE", "ROOT", "SHARED", "solid"]
 
@@ -136,6 +136,25 @@ def bees_run(tmp_path_factory, real_weights):
     finally:
         os.environ["TORCH_HOME"] = old
     assert result.best_val_accuracy > 0.8
+    return Path(result.run_dir)
+
+
+@pytest.fixture(scope="session")
+def letterbox_run(tmp_path_factory, real_weights) -> Path:
+    """A fitted feature head (real MobileNetV2 weights, 96 px) trained with `fit` letterbox on wide pictures whose
+    class sits at their edges (`edge_pictures`): shared by the predict and export tests."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    data = edge_pictures(tmp_path_factory.mktemp("edges"), {"train": 30, "val": 20})
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        result = train(str(data), TrainConfig(strategy="features", fit="letterbox", image_size=96, seed=0),
+                       tmp_path_factory.mktemp("runs"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+    assert result.best_val_accuracy > 0.9
     return Path(result.run_dir)
 
 

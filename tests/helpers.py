@@ -37,6 +37,40 @@ def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
     return path
 
 
+RED = (220, 20, 20)
+
+
+def red_at_left(size=(300, 100)) -> Image.Image:
+    """A wide grey picture whose only red is a square at its far left edge: a centre crop never sees it."""
+    img = Image.new("RGB", size, (128, 128, 128))
+    img.paste(RED, (0, 0, size[1], size[1]))
+    return img
+
+
+def edge_pictures(root: Path, per_class: dict[str, int], seed: int = 0, size=(300, 100)) -> Path:
+    """Wide pictures whose class is the colour of a square at their left or right edge (red or blue, varied),
+    the middle a grey texture the same for both: a centre crop sees only the texture, a letterbox sees the class.
+    `per_class`: split -> pictures per class, written as root/split/class/i.png."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for split, n in per_class.items():
+        for name in ("red", "blue"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                grey = rng.integers(90, 170, (h // 10 + 1, w // 10 + 1, 1)).repeat(3, 2).astype(np.uint8)
+                img = Image.fromarray(grey).resize(size, Image.BICUBIC)
+                strong, weak = int(rng.integers(170, 256)), int(rng.integers(0, 70))
+                colour = (strong, weak, weak) if name == "red" else (weak, weak, strong)
+                side = int(h * rng.uniform(0.6, 0.9))
+                x = 0 if rng.random() < 0.5 else w - side
+                y = int(rng.integers(0, h - side + 1))
+                img.paste(colour, (x, y, x + side, y + side))
+                img.save(root / split / name / f"{i}.png")
+    return root
+
+
 # ---------------------------------------------------------------- the command line
 
 

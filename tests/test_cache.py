@@ -9,6 +9,7 @@ import torchvision
 from tl_core.data.pipeline import Batcher, decode_many
 from tl_core.data.scan import load_dataset
 from tl_core.features.cache import EmbeddingCache, embed, fuse_for_inference, group_key, headless, inference_copy
+from tl_core.features.frozen import embedding_caches
 from tl_core.models import backbones
 
 
@@ -34,7 +35,7 @@ def test_convolutions_apply_their_activation_in_the_same_kernel_with_the_same_re
 def test_fused_bf16_embeddings_match_plain_float32(with_real_weights):
     model, head, prep = backbones.build("mobilenet_v2", 5)
     ds = load_dataset("demo")
-    u8, _, _ = decode_many(ds.split("val")[:32], prep.resize)
+    u8, _, _ = decode_many(ds.split("val")[:32], prep)
     x = Batcher(prep, torch.device("cpu"), "none").eval(u8)
     with headless(model, head):
         plain = embed(model.eval(), x.contiguous(), None)
@@ -54,6 +55,10 @@ def test_embedding_cache_is_keyed_and_bounded(tmp_path):
     assert key_a == group_key(backbone="m", weights="w1", prep={"crop": 224}, view=0)
     assert key_a != group_key(backbone="m", weights="w2", prep={"crop": 224}, view=0)
     assert key_a != group_key(backbone="m", weights="w1", prep={"crop": 192}, view=0)
+    crop = backbones.Preprocessing.imagenet()
+    crop_keys, box_keys = ([c.dir.name for c in embedding_caches("m", "w1", p, None, 2, "light", 0)]
+                           for p in (crop, crop.letterboxed()))
+    assert not set(crop_keys) & set(box_keys)  # letterboxed pixels give other embeddings, in their own groups
     cache = EmbeddingCache(key_a, tmp_path, max_bytes=300_000)
     cache.save(["h1", "h2"], torch.stack([torch.ones(1000), torch.zeros(1000)]))
     cache.save(["h3"], torch.full((1, 1000), 3.0))

@@ -239,3 +239,17 @@ def test_explain_names_the_classes_of_the_run(capsys, tmp_path, shapes_folder):
     assert err == "error: The run has no class 'nosuch'; its classes are 'circle', 'square', 'triangle'.\n"
     assert main(["explain", run, image, "--class", "square", "--out", str(tmp_path / "h.png")]) == 0
     assert capsys.readouterr().out.startswith("square (") and (tmp_path / "h.png").exists()
+
+
+def test_fit_flag_round_trips_through_train_compare_and_issues(capsys):
+    """`--fit letterbox` is the declared option: the same flag on every command whose pixels it decides, back into
+    the config a job's command line is made from, and a fit nobody declared is one argparse line."""
+    for command in ("train", "estimate", "lr-find", "compare", "issues"):
+        args = parser().parse_args([command, "demo", "--fit", "letterbox"])
+        assert from_arguments(args).fit == "letterbox", command
+        assert from_arguments(parser().parse_args([command, "demo"])).fit == "crop", command
+    box = config.TrainConfig(fit="letterbox")
+    assert "--fit=letterbox" in config.to_arguments(box)
+    assert from_arguments(parser().parse_args(["train", "demo", *config.to_arguments(box)])) == box
+    err = refused(capsys, "train", "demo", "--fit", "stretch")
+    assert "--fit: invalid choice: 'stretch'" in err and "letterbox" in err

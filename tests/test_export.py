@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import HYMENOPTERA, bees_val_files
+from helpers import HYMENOPTERA, bees_val_files, red_at_left
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -22,9 +22,10 @@ from tl_core.config import TrainConfig
 from tl_core.data.pipeline import Batcher, square
 from tl_core.data.scan import load_dataset
 from tl_core.models.backbones import Preprocessing
+from tl_core.train.runs import load_run
 from tl_core.train.trainer import train
 from tl_core.use import onnx_pictures
-from tl_core.use.export import INT8_SIZE_SHARE, ExportError, export, load_card, load_check, load_export, load_meta, run_file
+from tl_core.use.export import INT8_SIZE_SHARE, ExportError, example, export, load_card, load_check, load_export, load_meta, run_file
 from tl_core.use.predict import Predictor
 
 IMAGENET = Preprocessing.imagenet(64)
@@ -57,7 +58,7 @@ def test_export_runs_outside_tl_studio_with_the_same_probabilities(bees_run, tmp
     predictor.dtype = None
     from tl_core.data.pipeline import decode_square
 
-    u8 = torch.from_numpy(np.stack([decode_square(f, predictor.prep.resize) for f in files])).permute(0, 3, 1, 2)
+    u8 = torch.from_numpy(np.stack([decode_square(f, predictor.prep) for f in files])).permute(0, 3, 1, 2)
     got = run_file(tmp_path / "unpacked" / meta["file"], fmt, predictor.batcher.eval(u8).float().contiguous().numpy(), meta)
     assert np.abs(got - predictor.probabilities(u8).numpy()).max() <= 1e-3
     # the card's loading example, run as written (ten lines)
@@ -111,17 +112,42 @@ def preprocessing_only(prep: Preprocessing):
     return onnx_pictures.inference(model.SerializeToString())
 
 
+def smooth_picture(size: tuple[int, int], cell: float = 8) -> Image.Image:
+    """Random colours varying over `cell` px: photo-like detail (onnxruntime's antialiased resize departs from
+    Pillow's and torch's on detail finer than the output's pixels, as on noise)."""
+    rng = np.random.default_rng(sum(size))
+    cells = rng.integers(0, 256, (int(size[1] / cell) + 2, int(size[0] / cell) + 2, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize(size, Image.BICUBIC)
+
+
+def graph_against_pipeline(prep: Preprocessing, picture: Image.Image) -> np.ndarray:
+    """Grey levels between the preprocessing graph and `square` + `Batcher.eval` on one picture, per pixel."""
+    got = preprocessing_only(prep).run(None, {"pixels": np.asarray(picture)[None]})[0]
+    expected = Batcher(prep, torch.device("cpu"), "none").eval(torch.from_numpy(square(picture, prep)).permute(2, 0, 1)[None])
+    assert got.shape == (1, 3, prep.crop, prep.crop)
+    return np.abs(got - expected.numpy()) * np.asarray(prep.std).reshape(1, 3, 1, 1) * 255
+
+
 @pytest.mark.parametrize("prep", [IMAGENET, Preprocessing(64, 64, IMAGENET.mean, IMAGENET.std)], ids=["crop", "whole"])
 @pytest.mark.parametrize("size", [(200, 150), (151, 301), (40, 30), (73, 73)])
 def test_preprocessing_graph_matches_the_pipeline_on_any_size(prep, size):
-    rng = np.random.default_rng(sum(size))
-    smooth = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 2, size[0] // 8 + 2, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
-    pixels = np.asarray(smooth)[None]
-    got = preprocessing_only(prep).run(None, {"pixels": pixels})[0]
-    expected = Batcher(prep, torch.device("cpu"), "none").eval(torch.from_numpy(square(smooth, prep.resize)).permute(2, 0, 1)[None])
-    assert got.shape == (1, 3, prep.crop, prep.crop)
-    grey_levels = np.abs(got - expected.numpy()) * np.asarray(prep.std).reshape(1, 3, 1, 1) * 255
+    grey_levels = graph_against_pipeline(prep, smooth_picture(size))
     assert grey_levels.max() <= 1.01 and (grey_levels > 0.5).mean() < 0.05  # fixed-point rounding, rarely
+
+
+@pytest.mark.parametrize("size", [(300, 100), (100, 300), (200, 150), (40, 30), (64, 21), (73, 73)])
+def test_letterbox_graph_matches_the_pipeline_on_wide_and_tall_pictures(size):
+    """Long side to the square, the rest padded with the mean colour: the pad is exactly the pipeline's."""
+    prep = IMAGENET.letterboxed()
+    grey_levels = graph_against_pipeline(prep, smooth_picture(size, 8 * max(1, max(size) / prep.crop)))  # 8 px resized
+    assert grey_levels.max() <= 1.01 and (grey_levels > 0.5).mean() < 0.05
+    long, short = max(size), min(size)
+    pad = round((prep.crop - round(short * prep.crop / long)) / 2)
+    if pad:  # the first rows (wide) or columns (tall) are fill, in the graph as in the pipeline
+        got = preprocessing_only(prep).run(None, {"pixels": np.asarray(smooth_picture(size))[None]})[0]
+        edge = got[0, :, :pad, :] if size[0] > size[1] else got[0, :, :, :pad]
+        fill = (np.asarray(prep.fill) - np.asarray(prep.mean) * 255) / (np.asarray(prep.std) * 255)
+        assert np.allclose(edge, fill.reshape(3, 1, 1), atol=1e-5) and np.abs(fill).max() < 0.01  # the mean: ~zero
 
 
 def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp_path):
@@ -173,3 +199,36 @@ def test_default_export_card_names_every_class_the_accuracy_and_the_calibration(
     assert re.search(r"Validation accuracy: \*\*\d+\.\d%\*\* on 153 images", card)
     assert "expected calibration error" in card and "Unsure threshold" in card and "feature extraction" in card
     assert "safetensors" in card and "```python" in card
+
+
+def test_letterbox_run_exports_its_padding_into_the_onnx_graph_and_the_card(letterbox_run, tmp_path):
+    """A letterbox run: the pictures-in ONNX file pads as predict does, on wide, tall and small pictures of
+    sizes the run never saw; the safetensors card's example letterboxes in Pillow and agrees too."""
+    path = export(letterbox_run, tmp_path / "model.zip", "onnx")
+    meta = load_meta(path)
+    assert meta["preprocessing"]["fit"] == "letterbox" and meta["check"]["same_top1"] == meta["check"]["pictures"] == 40
+    assert "letterbox" in load_card(path)
+    with zipfile.ZipFile(path) as zf:
+        model = zf.read("model.onnx")
+    assert "Pad" in {n.op_type for n in onnx.load_from_string(model).graph.node}
+    source = sorted((Path(load_run(letterbox_run).info["dataset"]["source"]) / "val" / "red").iterdir())[0]
+    photo = Image.open(source).convert("RGB")
+    odd = [photo.resize((450, 120)), photo.resize((100, 300)), photo.resize((60, 20)),
+           red_at_left((333, 91))]
+    got = onnx_pictures.probabilities(model, [np.asarray(p)[None] for p in odd])
+    predictor = Predictor.from_run(letterbox_run, "cpu")
+    predictor.dtype = None
+    for probs, p in zip(got, predictor.predict(odd, 2)):
+        assert dict(p.top) == pytest.approx(dict(zip(predictor.classes, probs.tolist())), abs=0.01)
+    assert predictor.classes[int(got[-1].argmax())] == "red"  # the red square at the far left edge is seen
+    # the tensor-input file's card example, run as written: its Pillow letterbox
+    card = load_card(export(letterbox_run, tmp_path / "weights.zip"))
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert "Image.new" in code and len(code.strip().splitlines()) <= len(example("safetensors", "crop").strip().splitlines())
+    red_at_left((333, 91)).save(tmp_path / "photo.png")
+    code = code.replace('"model.zip"', repr(str(tmp_path / "weights.zip"))).replace('"photo.jpg"', repr(str(tmp_path / "photo.png")))
+    scope: dict = {}
+    exec(compile(code, "MODEL_CARD", "exec"), scope)
+    best, probability = predictor.predict([tmp_path / "photo.png"], 1)[0].top[0]
+    assert best == "red" and predictor.classes[int(scope["probs"].argmax())] == best
+    assert abs(float(scope["probs"].max()) - probability) < 0.02

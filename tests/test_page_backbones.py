@@ -12,6 +12,7 @@ def test_backbones_page_table_filters_and_choice(ui):
     table = at.dataframe[0].value
     assert len(table) > 20 and {"acc1", "ms_per_image", "cached"} <= set(table.columns)
     assert "Recommended" in at.success[0].value
+    assert at.selectbox(key="cmp_fit").options == ["crop", "letterbox"]  # compare embeds as the Train page's choice says
     at.multiselect(key="bb_family").set_value(["resnet"]).run()
     assert set(at.dataframe[0].value.family) == {"resnet"}
     at.multiselect(key="bb_family").set_value(["mobilenetv2"]).run()

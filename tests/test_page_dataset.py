@@ -118,7 +118,8 @@ def test_a_dropped_outlier_can_be_undone_and_tables_name_files_not_paths(ui, sha
     Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(shapes_folder / "circle" / "noise.png")
     prefs.save(prefs.Choices(DatasetSpec(str(shapes_folder)), "mobilenet_v2"))
     at = open_page("app_pages/1_Dataset.py")
-    at.number_input(key="health_size").set_value(64).run()
+    at.number_input(key="health_size").set_value(64)
+    at.selectbox(key="health_fit").set_value("letterbox").run()  # the declared choice, as on the Train page
     at.button(key="health_run").click().run()
     assert not at.exception, at.exception
     drop = next(b for b in at.button if b.key and b.key.startswith("drop_outlier_"))

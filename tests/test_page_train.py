@@ -93,6 +93,25 @@ def test_start_busy_restart_then_stop(ui):
     assert tab_c.button(key="job_resume")  # a stopped run can go on from the job panel
 
 
+def test_train_page_offers_letterbox_and_the_run_uses_it(ui):
+    """The fit choice is drawn from its declaration under "More settings"; a run started with letterbox logs and
+    stores it."""
+    from tl_core.train.runs import list_runs
+
+    use_backbone("mobilenet_v3_small")
+    at = open_page("app_pages/3_Train.py")
+    fit = at.selectbox(key="cfg_fit")
+    assert fit.options == ["crop", "letterbox"] and fit.value == "crop" and "letterbox" in fit.help
+    assert any(w.key == "cfg_fit" for e in at.expander for w in e if getattr(w, "key", None))
+    fit.set_value("letterbox")
+    tiny_settings(at, 1)
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: any("finished" in s.value for s in a.subheader), 300)
+    assert any("padded to a square with the mean colour (letterbox)" in c.value for c in at.code)  # the job's log
+    (run,) = list_runs(ui / "runs")
+    assert run.info["config"]["fit"] == run.info["preprocessing"]["fit"] == "letterbox"
+
+
 def test_missing_weights_fail_with_file_folder_and_suggestion(ui):
     use_backbone("resnet18")
     at = open_page("app_pages/3_Train.py")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 
 from tl_core import plan
@@ -28,6 +31,22 @@ def test_the_path_epochs_and_sizes_follow_the_config():
     assert plan.make(TrainConfig(feature_views=3, augment="none"), prep).views == 1
 
 
+def test_letterbox_is_decided_beside_the_small_image_rule_and_travels_with_the_run(shapes_folder, tmp_path):
+    """`fit` letterbox: the whole picture in the crop's square whatever the pictures' size (no small-image rule to
+    apply: nothing is cut), stored in run.json and read back by whoever uses the run."""
+    paths = [str(p) for p in shapes_folder.rglob("*.png")]  # 48 px: under half the crop, resized whole when cropping
+    crop = plan.preprocessing(TrainConfig(), paths)
+    box = plan.preprocessing(TrainConfig(fit="letterbox"), paths)
+    assert (crop.fit, crop.resize, crop.crop) == ("crop", 224, 224)
+    assert box == Preprocessing.imagenet(224).letterboxed() and (box.resize, box.crop) == (224, 224)
+    assert plan.preprocessing(TrainConfig(fit="letterbox", image_size=96), paths) == Preprocessing.imagenet(96).letterboxed()
+    assert "letterbox" in box.describe() and "letterbox" not in crop.describe()
+    assert Preprocessing.from_dict({k: v for k, v in asdict(crop).items() if k != "fit"}) == crop  # a run.json without it
+    assert Preprocessing.from_dict(json.loads(json.dumps(asdict(box)))) == box
+    with pytest.raises(ValueError, match="fit must be one of crop, letterbox"):
+        plan.check(TrainConfig(fit="stretch"))
+
+
 def test_settings_that_change_nothing_are_named():
     assert plan.unused_options(TrainConfig(strategy="features")) >= {"epochs", "lr", "progressive_resize", "finetune_stages"}
     assert plan.unused_options(TrainConfig(strategy="finetune")) == frozenset()
@@ -44,16 +63,18 @@ def test_a_frozen_backbone_of_random_weights_is_refused_everywhere(capsys):
     assert plan.cannot_learn(TrainConfig(strategy="full", pretrained=False)) is None  # from scratch: slow, but it learns
 
 
+@pytest.mark.parametrize("fit", ["crop", "letterbox"])
 def test_training_health_compare_and_the_estimate_embed_identical_pixels(shapes_folder, with_real_weights, tmp_path,
-                                                                        monkeypatch):
-    """48-px pictures: the small-image rule resizes them whole. Every consumer asks the plan, so after a training
-    run has cached its embeddings the health check and compare add none and the estimate expects none to compute."""
+                                                                        monkeypatch, fit):
+    """48-px pictures: the small-image rule resizes them whole (letterbox: whole anyway). Every consumer asks the
+    plan, so after a training run has cached its embeddings the health check and compare add none and the estimate
+    expects none to compute."""
     monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "home"))
     spec = DatasetSpec(str(shapes_folder), val_fraction=0.3, split_seed=1)
-    config = TrainConfig(backbone="mobilenet_v2", strategy="features")
+    config = TrainConfig(backbone="mobilenet_v2", strategy="features", fit=fit)
     run = load_run(train(spec, config, tmp_path / "runs").run_dir)
     prep = Preprocessing.from_dict(run.info["preprocessing"])
-    assert prep.resize == prep.crop == 224  # whole picture, no crop
+    assert prep.resize == prep.crop == 224 and prep.fit == fit  # whole picture, no crop
     assert prep == plan.preprocessing(config, [s.path for s in load_dataset(spec).samples])
 
     embeddings = tmp_path / "home" / "embeddings"
@@ -63,7 +84,7 @@ def test_training_health_compare_and_the_estimate_embed_identical_pixels(shapes_
 
     trained = shards()
     assert trained
-    check_health(load_dataset(spec), "mobilenet_v2")
+    check_health(load_dataset(spec), "mobilenet_v2", fit=fit)
     assert shards() == trained  # the health check read the training run's embeddings: the same pixels
     compare(load_dataset(spec), ["mobilenet_v2"], config)
     assert shards() == trained

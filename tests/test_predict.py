@@ -7,6 +7,7 @@ import io
 import json
 import os
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tl_core.cli.main import main
 from tl_core.config import TrainConfig
 from tl_core.data.pipeline import decode_square
 from tl_core.data.scan import load_dataset
+from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import CHECKED, history_rows, load_run
 from tl_core.train.trainer import train
 from tl_core.use import calibration, familiarity
@@ -231,7 +233,7 @@ def test_the_familiarity_check_uses_the_runs_own_features_and_is_kept_beside_it(
     saved = familiarity.load(bees_features_run / familiarity.FILE, (bees_features_run / "best.safetensors").stat().st_mtime)
     assert saved is not None and saved.threshold == fam.threshold and len(fam.reference) == len(load_run(bees_features_run).split("train"))
     first = load_run(bees_features_run).split("train")[0][0]
-    u8 = torch.from_numpy(decode_square(first, predictor.prep.resize)[None]).permute(0, 3, 1, 2)
+    u8 = torch.from_numpy(decode_square(first, predictor.prep)[None]).permute(0, 3, 1, 2)
     _, features = predictor.outputs(u8)
     assert features.shape == (1, 1280)  # MobileNetV2's penultimate layer: the head's input
     nearest = (torch.nn.functional.normalize(features, dim=1) @ fam.reference.T).max()
@@ -328,7 +330,25 @@ def test_a_fine_tuned_run_tells_pictures_of_neither_class_by_its_own_features(be
     preds = predictor.predict(neither_class(tmp_path), top_k=1)
     assert sum(p.answer(predictor.threshold) == UNSURE and p.unfamiliar for p in preds) >= 4
     first = load_run(bees_run).split("train")[0][0]
-    _, features = predictor.outputs(torch.from_numpy(decode_square(first, predictor.prep.resize)[None]).permute(0, 3, 1, 2))
+    _, features = predictor.outputs(torch.from_numpy(decode_square(first, predictor.prep)[None]).permute(0, 3, 1, 2))
     reference = predictor.familiarity.reference[0]  # made with the fine-tuned weights, not the ImageNet ones
     assert float(torch.nn.functional.normalize(features, dim=1)[0] @ reference) > 0.99
 
+
+
+def test_predict_on_a_letterbox_run_sees_the_whole_picture(letterbox_run):
+    """The run's own fit, from run.json: its pictures' class sits at their edges, which the letterbox keeps.
+    The same network fed centre crops of the same pictures sees only the grey middle and is near chance."""
+    run = load_run(letterbox_run)
+    assert run.info["preprocessing"]["fit"] == "letterbox"
+    predictor = Predictor.from_run(letterbox_run, "cpu")
+    assert predictor.prep.fit == "letterbox" and predictor.prep == Preprocessing.from_dict(run.info["preprocessing"])
+    items = run.split("val")
+    truth = [run.classes[label] for _, label in items]
+
+    def accuracy(p: Predictor) -> float:
+        return float(np.mean([x.top[0][0] == t for x, t in zip(p.predict([path for path, _ in items], 1), truth)]))
+
+    cropping = Predictor(predictor.model, run.classes, replace(predictor.prep, resize=110, fit="crop"), predictor.device)
+    assert accuracy(predictor) >= 0.95 and accuracy(cropping) <= 0.75
+    assert evaluate(run, "val", "cpu").accuracy == pytest.approx(accuracy(predictor))  # evaluate decodes the same way

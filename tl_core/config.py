@@ -18,6 +18,7 @@ STRATEGIES = ("features", "finetune", "full")
 AUGMENTATIONS = ("none", "light", "strong")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
+FITS = ("crop", "letterbox")  # how a picture becomes the backbone's square (tl_core.plan.preprocessing decides it)
 DEVICES = ("cpu", "cuda", "mps")
 BENCH_MODES = ("features", "full")  # the strategies the copied tutorial loop has (it fine-tunes no partial network)
 EXPORT_FORMATS = ("safetensors", "onnx", "onnx-int8", "torchscript")  # written and checked by tl_core.use.export
@@ -80,6 +81,9 @@ class TrainConfig:
     seed: int = option(0, "Training seed", "initialisation, batch order and augmentation (never the split)", low=0, high=2**31 - 1)
     amp: bool = option(True, "Mixed precision", "bf16/fp16 autocast where the device has it")
     image_size: int | None = option(None, "Image size", "blank: the weights' own crop size", low=16, high=1024)
+    fit: str = option("crop", "Fit to square", "crop: short side resized, centre cropped (the weights' own transform; cuts "
+                      "off what lies near the edges of wide or tall pictures); letterbox: the whole picture resized to fit, "
+                      "padded with the mean colour", choices=FITS)
     progressive_resize: float = option(0.5, "Progressive resizing", "fine-tuning: the first epoch trains at this fraction of the "
                                        "image size, growing by the last epoch to the size at which random crops show objects "
                                        "as large as validation does (1 = off; validation is always at full size)",

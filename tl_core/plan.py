@@ -1,9 +1,10 @@
 """What a configuration means for one dataset and one backbone, decided in one place.
 
 The trainer, the time estimate, `compare`, the data-health check, the learning-rate finder and the pages all ask
-this module: which pixels the backbone sees (the weights' transform, the chosen size, the small-image rule), which
-path trains (a fitted head on cached embeddings, or the network itself), how many feature views, how many epochs
-at which side, whether classes are weighted, and whether the run can learn at all. None of them works any of it out again.
+this module: which pixels the backbone sees (the weights' transform, the chosen size, centre crop or letterbox, the
+small-image rule), which path trains (a fitted head on cached embeddings, or the network itself), how many feature
+views, how many epochs at which side, whether classes are weighted, and whether the run can learn at all. None of
+them works any of it out again.
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ def weights_preprocessing(config: TrainConfig) -> Preprocessing:
 
 def preprocessing(config: TrainConfig, image_paths: list[str]) -> Preprocessing:
     """The pixels every consumer embeds or trains on for these images: the weights' transform, with images far
-    smaller than the crop resized whole (`Preprocessing.for_image_side`)."""
-    return weights_preprocessing(config).for_image_side(median_short_side(image_paths))
+    smaller than the crop resized whole (`Preprocessing.for_image_side`), or with `fit` letterbox the whole
+    picture padded to a square (`Preprocessing.letterboxed`: nothing is cut, so the small-image rule has nothing
+    to add)."""
+    prep = weights_preprocessing(config)
+    if config.fit == "letterbox":
+        return prep.letterboxed()
+    return prep.for_image_side(median_short_side(image_paths))
 
 
 def feature_views(config: TrainConfig) -> int:

@@ -7,6 +7,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages.ui.config_form import option_widget
 from app_pages.ui.shared import backbone_rows, choices, dataset_label, plain, scan_report
 from tl_core.config import TrainConfig
 from tl_core.data.sources import DatasetError
@@ -22,16 +23,17 @@ def render_compare() -> None:
                "cross-validated regularisation, and its validation accuracy: the figure feature extraction reaches.")
     rows = backbone_rows()
     cached = [r.name for r in rows if r.cached and r.name in SHORTLIST] or [r.name for r in rows if r.cached][:3]
-    a, b = st.columns([4, 1])
+    a, b, c = st.columns([4, 1, 1])
     names = a.multiselect("Backbones to compare", [r.name for r in rows], default=cached or ["mobilenet_v2"], key="cmp_names")
     size = b.number_input("Image size (0 = the weights' own)", 0, 1024, 0, key="cmp_size",
                           help="Side of the square the images are resized to; smaller is faster and usually less accurate")
-    key = (spec, int(size), tuple(names))
+    fit = option_widget("fit", "cmp_fit", c)
+    key = (spec, int(size), fit, tuple(names))
     if st.button(f"Compare {count(len(names), 'backbone')} on this dataset", key="cmp_run", disabled=not names):
         bar = st.progress(0.0, text="Starting...")
         try:
             ds = scan_report(spec).dataset
-            found = compare(ds, names, TrainConfig(image_size=int(size) or None),
+            found = compare(ds, names, TrainConfig(image_size=int(size) or None, fit=fit),
                             lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
         except (DatasetError, ValueError) as e:  # no val split, too few images...: one clear message
             st.error(f"The comparison could not run: {plain(e)}")

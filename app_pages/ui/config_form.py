@@ -22,8 +22,9 @@ def _strategy_changed() -> None:
     st.session_state[KEY + "epochs"] = EPOCHS_BY_STRATEGY[st.session_state[KEY + "strategy"]]
 
 
-def _widget(name: str, kind: type, opt: Option, default: Any, container, strategy: str, disabled: bool = False) -> Any:
-    key = KEY + name
+def _widget(name: str, kind: type, opt: Option, default: Any, container, strategy: str, disabled: bool = False,
+            key: str | None = None) -> Any:
+    key = key or KEY + name
     if name == "strategy":
         return container.radio(opt.label, opt.choices, format_func=STRATEGY_LABELS.get, key=key, help=opt.help,
                                on_change=_strategy_changed)
@@ -42,6 +43,13 @@ def _widget(name: str, kind: type, opt: Option, default: Any, container, strateg
                                       placeholder="automatic")
     return container.number_input(opt.label, float(opt.low), float(opt.high), default, key=key, help=opt.help, disabled=disabled,
                                   format="%g", placeholder="automatic", step=None)
+
+
+def option_widget(name: str, key: str, container=st) -> Any:
+    """One declared option drawn as the Train page draws it, for the sections that set only the few options that
+    decide their embeddings (backbone comparison, data health)."""
+    kind, opt, default = next((k, o, d) for n, k, o, d in options() if n == name)
+    return _widget(name, kind, opt, default, container, TrainConfig.strategy, key=key)
 
 
 def config_form(backbone: str) -> TrainConfig:

@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from app_pages.ui.config_form import option_widget
 from app_pages.ui.shared import chosen_backbone, plain, scan_report
 from tl_core.data.images import BadImage, open_rgb
 from tl_core.data.overrides import DROP, RELABEL, clear_override, load_overrides, set_override
@@ -31,13 +32,15 @@ def render_data_health(ds: ImageDataset, source: str) -> None:
     st.subheader("Data health")
     backbone = chosen_backbone()
     st.caption(f"From {backbone}'s embeddings (cached): every image judged by a head that never saw it.")
-    size = st.number_input("Image size for the check (0 = the weights' own)", 0, 1024, 0, key="health_size",
-                           help="Side of the square the images are resized to for their embeddings; smaller is faster")
-    key = (source, ds.root, backbone, int(size))
+    a, b = st.columns(2)
+    size = a.number_input("Image size for the check (0 = the weights' own)", 0, 1024, 0, key="health_size",
+                          help="Side of the square the images are resized to for their embeddings; smaller is faster")
+    fit = option_widget("fit", "health_fit", b)
+    key = (source, ds.root, backbone, int(size), fit)
     if st.button("Check labels, duplicates and outliers", key="health_run"):
         bar = st.progress(0.0, text="Starting...")
         try:
-            report = check_health(ds, backbone, image_size=int(size) or None,
+            report = check_health(ds, backbone, image_size=int(size) or None, fit=fit,
                                   progress=lambda phase, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{phase} {d}/{n}"))
         except Exception as e:  # weights missing, too few images...: one clear message
             st.error(f"The check could not run: {plain(e)}")

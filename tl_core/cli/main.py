@@ -411,8 +411,8 @@ def cmd_issues(args) -> int:
 
     config = from_arguments(args)
     with Progress() as bar:
-        report = check_health(load_dataset(_spec(args)), config.backbone, image_size=config.image_size, device=config.device,
-                              progress=bar.bar)
+        report = check_health(load_dataset(_spec(args)), config.backbone, image_size=config.image_size, fit=config.fit,
+                              device=config.device, progress=bar.bar)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -573,10 +573,10 @@ def parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("compare", help="your-data accuracy of backbones (fitted head on cached embeddings) vs latency")
     co.add_argument("--backbones", nargs="+", help=f"backbones to weigh (default: {', '.join(COMPARED_BACKBONES)})")
-    _embedding_args(co, cmd_compare, ["image_size", "device", "augment", "feature_views", "seed"])
+    _embedding_args(co, cmd_compare, ["image_size", "fit", "device", "augment", "feature_views", "seed"])
 
     iss = sub.add_parser("issues", help="likely mislabelled images, near-duplicates, outliers, class imbalance")
-    _embedding_args(iss, cmd_issues, ["backbone", "image_size", "device"])
+    _embedding_args(iss, cmd_issues, ["backbone", "image_size", "fit", "device"])
     return p
 
 

@@ -1,7 +1,8 @@
 """Images to normalised batches: decode once (threads, JPEG draft), then crop/flip/jitter whole batches on the device.
 
 Decoding dominates the copied tutorial loop (every epoch re-reads and re-resizes every JPEG); here each file
-is decoded once to a uint8 `S x S` tensor (S = the weights' resize size) and augmentation is tensor math.
+is decoded once to a uint8 `S x S` tensor (S = the weights' resize size; centre-cropped or letterboxed as the
+run's `Preprocessing.fit` says) and augmentation is tensor math.
 """
 
 from __future__ import annotations
@@ -25,37 +26,63 @@ CROP_AREA = {"light": (0.35, 1.0), "strong": (0.15, 1.0)}  # random resized crop
 MAX_DECODED_BYTES = 3 * 2**30
 
 
-def decode_square(path: str, size: int) -> np.ndarray:
-    return square(open_rgb(path, min_side=size), size)
+def decode_square(path: str, prep: Preprocessing) -> np.ndarray:
+    return square(open_rgb(path, min_side=prep.resize), prep)
 
 
-def square(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the short side to `size` (bilinear, antialiased) and centre-crop a square: H x W x 3 uint8.
+def square(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """The `prep.resize`-px uint8 square every consumer starts from (H x W x 3), as `prep.fit` says: the centre
+    of the picture (`centre_square`) or all of it, padded (`letterbox`)."""
+    if prep.fit == "letterbox":
+        return letterbox(img, prep.resize, prep.fill)
+    return centre_square(img, prep.resize)
+
+
+def _resized(img: Image.Image, w: int, h: int) -> torch.Tensor:
+    """The picture at w x h as an H x W x 3 uint8 tensor (bilinear, antialiased).
 
     torch's uint8 antialiased resize gives Pillow's result to within two grey levels (torchvision's v2 resize uses
     it) at about a third of Pillow's time on a 500 x 375 photo, which was half the cost of decoding one."""
+    hwc = torch.from_numpy(np.array(img))  # a writable copy: torch does not wrap Pillow's read-only buffer
+    if (w, h) == img.size:
+        return hwc
+    out = F.interpolate(hwc.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0)
+
+
+def centre_square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to `size` and centre-crop a square: the weights' own transform."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
-    hwc = torch.from_numpy(np.array(img))  # a writable copy: torch does not wrap Pillow's read-only buffer
-    if (nw, nh) == (w, h):
-        return hwc[top : top + size, left : left + size].numpy()
-    out = F.interpolate(hwc.permute(2, 0, 1)[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    return out[0, :, top : top + size, left : left + size].permute(1, 2, 0).numpy()
+    return _resized(img, nw, nh)[top : top + size, left : left + size].numpy()
+
+
+def letterbox(img: Image.Image, size: int, fill: tuple[int, int, int]) -> np.ndarray:
+    """Resize the long side to `size` and pad the short one to a centred square with `fill`: every pixel of the
+    picture stays, the subject of a wide photo at its far edge too."""
+    w, h = img.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    left, top = int(round((size - nw) / 2)), int(round((size - nh) / 2))
+    out = torch.tensor(fill, dtype=torch.uint8).expand(size, size, 3).clone()
+    out[top : top + nh, left : left + nw] = _resized(img, nw, nh)
+    return out.numpy()
 
 
 def decode_many(
-    samples: Sequence[Sample], size: int, progress: Callable[[int, int], None] | None = None
+    samples: Sequence[Sample], prep: Preprocessing, progress: Callable[[int, int], None] | None = None
 ) -> tuple[torch.Tensor, list[int], list[Problem]]:
-    """Decode in threads (Pillow releases the GIL). Returns (N x 3 x S x S uint8, kept indices, problems).
+    """Decode in threads (Pillow releases the GIL). Returns (N x 3 x S x S uint8 (S = prep.resize), kept indices,
+    problems).
 
     The workers hand back finished C x S x S tensors and this thread only collects them: a torch copy here would
     wake this thread's OpenMP team, which then spins on the cores the decoders need (twice the time on 2 cores)."""
     decoded, kept, problems = [], [], []
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers, initializer=single_threaded_torch) as pool:
-        results = pool.map(lambda s: _try_decode(s.path, size), samples)
+        results = pool.map(lambda s: _try_decode(s.path, prep), samples)
         for i, (chw, err) in enumerate(results):
             if err:
                 problems.append(Problem(samples[i].path, err))
@@ -64,27 +91,27 @@ def decode_many(
                 kept.append(i)
             if progress and (i % 16 == 0 or i == len(samples) - 1):
                 progress(i + 1, len(samples))
-    out = torch.stack(decoded) if decoded else torch.empty((0, 3, size, size), dtype=torch.uint8)
+    out = torch.stack(decoded) if decoded else torch.empty((0, 3, prep.resize, prep.resize), dtype=torch.uint8)
     return out, kept, problems
 
 
-def decode_filled(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, list[int], list[Problem]]:
+def decode_filled(samples: Sequence[Sample], prep: Preprocessing) -> tuple[torch.Tensor, list[int], list[Problem]]:
     """Decode a batch keeping its shape: a file that fails becomes zeros at its position.
 
     Returns (N x 3 x S x S uint8, positions that failed, problems); for batches whose labels are already fixed.
     """
-    u8, kept, problems = decode_many(samples, size)
+    u8, kept, problems = decode_many(samples, prep)
     if not problems:
         return u8, [], []
-    full = torch.zeros((len(samples), 3, size, size), dtype=torch.uint8)
+    full = torch.zeros((len(samples), 3, prep.resize, prep.resize), dtype=torch.uint8)
     full[kept] = u8
     kept_set = set(kept)
     return full, [i for i in range(len(samples)) if i not in kept_set], problems
 
 
-def _try_decode(path: str, size: int) -> tuple[torch.Tensor | None, str | None]:
+def _try_decode(path: str, prep: Preprocessing) -> tuple[torch.Tensor | None, str | None]:
     try:
-        return torch.from_numpy(decode_square(path, size)).permute(2, 0, 1).contiguous(), None
+        return torch.from_numpy(decode_square(path, prep)).permute(2, 0, 1).contiguous(), None
     except BadImage as e:
         return None, str(e)
     except Exception as e:  # a hostile file must never stop training

@@ -124,7 +124,7 @@ class FrozenBackbone:
         problems: list[Problem] = []
 
         def images(idx: torch.Tensor) -> torch.Tensor:
-            u8, failed, found = decode_filled([samples[i] for i in idx.tolist()], self.prep.resize)
+            u8, failed, found = decode_filled([samples[i] for i in idx.tolist()], self.prep)
             bad.update(idx[failed].tolist())
             problems.extend(found)
             return u8

@@ -339,7 +339,7 @@ def health_from_embeddings(x: torch.Tensor, samples: list[Sample], classes: list
 
 
 def check_health(ds: ImageDataset, backbone: str = "mobilenet_v2", *, image_size: int | None = None,
-                 device: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+                 fit: str = TrainConfig.fit, device: str | None = None, progress: Callable[[str, int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> HealthReport:
     """Embed every image once (cached, clean view), then run every check; the user's overrides apply first."""
     from tl_core.data.overrides import apply_overrides
@@ -347,7 +347,7 @@ def check_health(ds: ImageDataset, backbone: str = "mobilenet_v2", *, image_size
 
     t0 = time.perf_counter()
     ds = apply_overrides(ds)
-    config = TrainConfig(backbone=backbone, image_size=image_size, device=device)
+    config = plan.check(TrainConfig(backbone=backbone, image_size=image_size, fit=fit, device=device))
     frozen = FrozenBackbone.for_plan(plan.for_images(config, [s.path for s in ds.samples]))  # the pixels training sees
     parts = embed_dataset(ds, frozen, progress=progress, should_stop=should_stop).values()
     x = torch.cat([p.x[0] for p in parts if p.samples])

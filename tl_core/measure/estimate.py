@@ -24,6 +24,7 @@ from tl_core.devices import fast_dtype, pick_device
 from tl_core.features.frozen import plan_caches
 from tl_core.formats import seconds
 from tl_core.measure.speed import Speed, current
+from tl_core.models.backbones import Preprocessing
 
 FIXED_SECONDS = 1.0  # building the model, loading weights, writing the run folder
 SAMPLE_FILES = 6
@@ -75,13 +76,13 @@ def child_startup_seconds() -> float:
     return table[key]
 
 
-def _per_file_seconds(paths: list[str], resize: int) -> tuple[float, float]:
+def _per_file_seconds(paths: list[str], prep: Preprocessing) -> tuple[float, float]:
     """(decode at the training size, check as the scan does) per file, medians over a few of the dataset's files."""
     decode, check = [], []
     for p in paths:
         t = time.perf_counter()
         try:
-            decode_square(p, resize)
+            decode_square(p, prep)
         except Exception:
             continue
         decode.append(time.perf_counter() - t)
@@ -103,7 +104,7 @@ def estimate(report: ScanReport, config: TrainConfig, speed: Speed | None = None
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)
     files = [im.path for im in report.images]
     sample = files[:: max(1, len(files) // SAMPLE_FILES)][:SAMPLE_FILES]
-    decode, check = _per_file_seconds(sample, prep.resize)
+    decode, check = _per_file_seconds(sample, prep)
     workers = max(1.0, min(8, os.cpu_count() or 1) * 0.8)  # decoding and checking run in threads
     unchecked = sum(_VerdictCache(report.root).get(p) is None for p in files)
     phases = {"starting": child_startup_seconds(), "setup": FIXED_SECONDS, "checking files": unchecked * check / workers}

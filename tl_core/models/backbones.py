@@ -6,7 +6,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -25,31 +25,47 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the chosen weights expect; stored with every run so prediction matches training."""
+    """What the chosen weights expect, and how a picture becomes their square (`fit`): stored with every run so
+    prediction, export and resume use exactly what training used."""
 
-    resize: int
-    crop: int
+    resize: int  # side of the decoded square (`tl_core.data.pipeline.square`)
+    crop: int  # side the network sees: the centre of that square
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    fit: str = "crop"  # crop: short side to `resize`, centre cut; letterbox: long side to `resize`, padded (FITS)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        """As stored in run.json (JSON has lists where the value holds tuples)."""
-        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))
+        """As stored in run.json (JSON has lists where the value holds tuples; a run without `fit` cropped)."""
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]), d.get("fit", "crop"))
 
     @classmethod
     def imagenet(cls, crop: int = 224) -> Preprocessing:
         return cls(round(crop * 256 / 224), crop, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
     def at_size(self, crop: int) -> Preprocessing:
-        return Preprocessing(round(crop * self.resize / self.crop), crop, self.mean, self.std)
+        return replace(self, resize=round(crop * self.resize / self.crop), crop=crop)
 
     def for_image_side(self, median_side: float) -> Preprocessing:
         """Images far smaller than the crop (under half of it) are resized whole to the crop: the weights' own
         centre crop cuts 12.5 % off each side, and on a 28 px image that border is a quarter of what there is."""
-        return Preprocessing(self.crop, self.crop, self.mean, self.std) if median_side < self.crop / 2 else self
+        return replace(self, resize=self.crop) if median_side < self.crop / 2 else self
+
+    def letterboxed(self) -> Preprocessing:
+        """The whole picture in the crop's square: its long side resized to the crop, the rest padded with `fill`.
+        Nothing is cut off, so there is no margin to resize for either (resize = crop)."""
+        return replace(self, resize=self.crop, fit="letterbox")
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The letterbox padding: the weights' mean colour, which normalises to (almost exactly) zero, the value the
+        network's own convolutions pad every border with; black would normalise to about -2 and read as a dark
+        frame around the picture."""
+        return tuple(round(m * 255) for m in self.mean)
 
     def describe(self) -> str:
+        if self.fit == "letterbox":
+            return f"whole picture resized to fit {self.crop} px, padded to a square with the mean colour (letterbox)"
         if self.resize == self.crop:
             return f"whole image resized to {self.crop} px (no crop: the images are small)"
         return f"short side resized to {self.resize} px, centre crop {self.crop} px (the weights' own transform)"

@@ -137,11 +137,11 @@ class Strategy:
 class ImageStore:
     """uint8 squares by index: all decoded up front when they fit in memory, else decoded per batch."""
 
-    def __init__(self, samples: list[Sample], size: int, progress: Callable[[int, int], None]):
-        self.samples, self.size = samples, size
+    def __init__(self, samples: list[Sample], prep: Preprocessing, progress: Callable[[int, int], None]):
+        self.samples, self.prep = samples, prep
         self.problems: list[Problem] = []
-        if len(samples) * 3 * size * size <= MAX_DECODED_BYTES:
-            self.data, kept, self.problems = decode_many(samples, size, progress)
+        if len(samples) * 3 * prep.resize**2 <= MAX_DECODED_BYTES:
+            self.data, kept, self.problems = decode_many(samples, prep, progress)
             self.samples = [samples[i] for i in kept]
         else:
             self.data = None
@@ -160,7 +160,7 @@ class ImageStore:
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.data is not None:
             return self.data[idx.to(self.data.device)]
-        u8, _, problems = decode_filled([self.samples[i] for i in idx.tolist()], self.size)
+        u8, _, problems = decode_filled([self.samples[i] for i in idx.tolist()], self.prep)
         self.problems += [p for p in problems if p not in self.problems]  # files that went bad mid-run, once
         return u8
 
@@ -173,8 +173,8 @@ class WholeNetwork(Strategy):
         ctx, cfg = self.ctx, self.ctx.config
         ctx.phase("decoding", "Decoding images once into memory")
         # under torchrun each rank decodes and augments only its shard; one process has all of them
-        self.train_store = ImageStore(distributed.shard(self.train_samples), ctx.prep.resize, ctx.progress("decoding train images"))
-        self.val_store = ImageStore(distributed.shard(self.val_samples), ctx.prep.resize, ctx.progress("decoding val images"))
+        self.train_store = ImageStore(distributed.shard(self.train_samples), ctx.prep, ctx.progress("decoding train images"))
+        self.val_store = ImageStore(distributed.shard(self.val_samples), ctx.prep, ctx.progress("decoding val images"))
         ctx.skipped += [p for problems in distributed.gather(self.train_store.problems + self.val_store.problems)
                         for p in problems]
         fewest = -distributed.all_max(-len(self.train_store))

@@ -36,7 +36,7 @@ class Explanation:
 
 def _pixels(predictor: Predictor, image: ImageInput) -> torch.Tensor:
     img = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image, min_side=predictor.prep.resize)
-    return torch.from_numpy(square(img, predictor.prep.resize)).permute(2, 0, 1)[None]
+    return torch.from_numpy(square(img, predictor.prep)).permute(2, 0, 1)[None]
 
 
 def _names(classes: list[str], shown: int = 20) -> str:

@@ -137,7 +137,7 @@ def export(run: Run | str | Path, dest: str | Path, fmt: str = "safetensors") ->
         else:
             WRITERS[fmt](net.eval(), model_file, predictor.prep.crop)
             meta["check"] = check(model_file, fmt, predictor, _check_batch(run, predictor), meta)
-        card = model_card.render(model_card.facts(run), fmt, file_section(meta), EXAMPLES[fmt])
+        card = model_card.render(model_card.facts(run), fmt, file_section(meta), example(fmt, predictor.prep.fit))
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.write(model_file, MODEL_FILES[fmt])
             zf.writestr("model.json", json.dumps(meta, indent=1))
@@ -181,7 +181,7 @@ def _familiarity_meta(predictor: Predictor) -> dict | None:
 def _check_batch(run: Run, predictor: Predictor) -> torch.Tensor:
     """Normalised validation images (training images when there is no validation split)."""
     items = (run.split("val") or run.split("train"))[:CHECK_IMAGES]
-    u8, failed, _ = decode_filled([Sample(p, y, "val") for p, y in items], predictor.prep.resize)
+    u8, failed, _ = decode_filled([Sample(p, y, "val") for p, y in items], predictor.prep)
     keep = [i for i in range(len(items)) if i not in set(failed)]
     if not keep:
         raise ExportError(f"Run {run.id} has no readable validation image to check the export on.")
@@ -206,7 +206,7 @@ def _check_pictures(run: Run) -> tuple[list[np.ndarray], np.ndarray]:
 def _calibration_batches(run: Run, predictor: Predictor) -> list[np.ndarray]:
     """Normalised training pictures for the int8 ranges (unreadable ones dropped), in batches of 16."""
     items = run.split("train")[:CALIBRATION_PICTURES]
-    u8, failed, _ = decode_filled([Sample(p, y, "train") for p, y in items], predictor.prep.resize)
+    u8, failed, _ = decode_filled([Sample(p, y, "train") for p, y in items], predictor.prep)
     keep = [i for i in range(len(items)) if i not in set(failed)]
     x = predictor.batcher.eval(u8[keep]).float().contiguous().numpy()
     return [x[i : i + 16] for i in range(0, len(x), 16)]
@@ -357,37 +357,53 @@ def load_export(path: str | Path, device: str | None = None) -> Predictor:
 
 # ---------------------------------------------------------------- the card's file section and examples
 
-_PREPARE = """from PIL import Image
+_OPEN = """from PIL import Image
 z = zipfile.ZipFile("model.zip"); meta = json.loads(z.read("model.json")); p = meta["preprocessing"]
-img = Image.open("photo.jpg").convert("RGB"); s = p["resize"] / min(img.size)
+"""
+_TO_ARRAY = """x = x.transpose(2, 0, 1)[None].astype(np.float32)
+"""
+PREPARE = {  # the run's `fit`: pipeline.centre_square or pipeline.letterbox, in Pillow
+    "crop": _OPEN + """img = Image.open("photo.jpg").convert("RGB"); s = p["resize"] / min(img.size)
 img = img.resize((round(img.width * s), round(img.height * s)), Image.BILINEAR)
 l, t = (img.width - p["crop"]) // 2, (img.height - p["crop"]) // 2
 x = (np.asarray(img.crop((l, t, l + p["crop"], t + p["crop"])), np.float32) / 255 - p["mean"]) / p["std"]
-x = x.transpose(2, 0, 1)[None].astype(np.float32)
-"""
+""" + _TO_ARRAY,
+    "letterbox": _OPEN + """img = Image.open("photo.jpg").convert("RGB"); s = p["crop"] / max(img.size)
+img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BILINEAR)
+box = Image.new("RGB", (p["crop"], p["crop"]), tuple(round(255 * m) for m in p["mean"]))  # padded: the mean colour
+box.paste(img, (round((p["crop"] - img.width) / 2), round((p["crop"] - img.height) / 2)))
+x = ((np.asarray(box, np.float32) / 255 - p["mean"]) / p["std"]).transpose(2, 0, 1)[None].astype(np.float32)
+""",
+}
 
 _ONNX = """import zipfile, numpy as np, onnxruntime as ort
 from PIL import Image
 model = ort.InferenceSession(zipfile.ZipFile("model.zip").read("model.onnx"))
 classes = model.get_modelmeta().custom_metadata_map["classes"].split("\\n")
-pixels = np.asarray(Image.open("photo.jpg").convert("RGB"))[None]  # any size: resize and crop are in the file
+pixels = np.asarray(Image.open("photo.jpg").convert("RGB"))[None]  # any size: the preprocessing is in the file
 probs = model.run(None, {"pixels": pixels})[0][0]
 print(classes[probs.argmax()], probs.max())
 """
 
-EXAMPLES = {
-    "onnx": _ONNX,
-    "onnx-int8": _ONNX,
-    "torchscript": "import io, json, zipfile, numpy as np, torch\n" + _PREPARE
-    + "probs = torch.jit.load(io.BytesIO(z.read(\"model.pt\")))(torch.from_numpy(x))[0].detach().numpy()\n"
+_RUN = {
+    "torchscript": "probs = torch.jit.load(io.BytesIO(z.read(\"model.pt\")))(torch.from_numpy(x))[0].detach().numpy()\n"
     + "print(meta[\"classes\"][probs.argmax()], probs.max())\n",
-    "safetensors": "import json, zipfile, numpy as np, torch, torchvision\n" + _PREPARE
-    + "from safetensors.torch import load  # the head is a new Linear/Conv with len(classes) outputs at meta['head']\n"
+    "safetensors": "from safetensors.torch import load  # the head is a new Linear/Conv with len(classes) outputs at meta['head']\n"
     + "net = torchvision.models.get_model(meta['backbone'], num_classes=len(meta['classes'])).eval()\n"
     + "net.load_state_dict(load(z.read('model.safetensors')))\n"
     + "probs = (net(torch.from_numpy(x)) / meta['temperature']).softmax(1)[0].detach().numpy()\n"
     + "print(meta[\"classes\"][probs.argmax()], probs.max())\n",
 }
+_IMPORTS = {"torchscript": "import io, json, zipfile, numpy as np, torch\n",
+            "safetensors": "import json, zipfile, numpy as np, torch, torchvision\n"}
+
+
+def example(fmt: str, fit: str) -> str:
+    """The card's minimal example: the ONNX files hold their preprocessing; the tensor files need the run's own
+    (`fit`) written out before the network runs."""
+    if fmt.startswith("onnx"):
+        return _ONNX
+    return _IMPORTS[fmt] + PREPARE[fit] + _RUN[fmt]
 
 
 def describe_check(meta: dict) -> str:

@@ -47,7 +47,7 @@ def facts(run: Run) -> CardFacts:
             pictures[split] = len(items)
     config = run.info["config"]
     return CardFacts(run.id, config["backbone"], config["strategy"], classes, counts,
-                     Preprocessing(**run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None,
+                     Preprocessing.from_dict(run.info["preprocessing"]), evaluate(run, "val", "cpu") if "val" in counts else None,
                      run.multi_label, pictures)
 
 
@@ -124,8 +124,8 @@ def render(f: CardFacts, fmt: str, file_section: str, example: str) -> str:
 
 ## Preprocessing
 
-{f.preprocessing.describe()}; resize {f.preprocessing.resize} px, crop {f.preprocessing.crop} px, mean
-{list(f.preprocessing.mean)}, std {list(f.preprocessing.std)} (on RGB / 255).
+{f.preprocessing.describe()}; fit `{f.preprocessing.fit}`, resize {f.preprocessing.resize} px, crop
+{f.preprocessing.crop} px, mean {list(f.preprocessing.mean)}, std {list(f.preprocessing.std)} (on RGB / 255).
 
 ## The file
 

@@ -1,10 +1,10 @@
 """ONNX files that take the decoded picture itself: uint8 N x H x W x 3 of any size in, probabilities out.
 
-Whoever receives the model has nothing to re-implement: the run's resize (short side, bilinear, antialiased),
-centre crop and normalisation are nodes in front of the network, computed from the input's own height and width
-exactly as `tl_core.data.pipeline.square` and `Batcher.eval` do (round half to even, the resized pixels rounded to
-uint8). The int8 variant quantizes only the network (static, calibrated on training pictures); the preprocessing
-stays float so every picture size keeps working.
+Whoever receives the model has nothing to re-implement: the run's resize (bilinear, antialiased), centre crop or
+letterbox padding, and normalisation are nodes in front of the network, computed from the input's own height and
+width exactly as `tl_core.data.pipeline.square` and `Batcher.eval` do (round half to even, the resized pixels
+rounded to uint8). The int8 variant quantizes only the network (static, calibrated on training pictures); the
+preprocessing stays float so every picture size keeps working.
 """
 
 from __future__ import annotations
@@ -31,16 +31,14 @@ def _const(name: str, value, dtype=np.int64) -> TensorProto:
 
 
 def preprocessing_nodes(prep: Preprocessing) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Nodes from INPUT to NETWORK_INPUT, with their constants: the run's `Preprocessing` as a graph."""
+    """Nodes from INPUT to NETWORK_INPUT, with their constants: the run's `Preprocessing` as a graph (the picture
+    to its square as `prep.fit` says, then normalised as `Batcher.eval` does)."""
     p = "pre_"
     n = helper.make_node
     consts = [
         _const(p + "hw_idx", [1, 2]), _const(p + "nc", [3]), _const(p + "batch_idx", [0]), _const(p + "h_idx", [1]),
-        _const(p + "second", [1]),
-        _const(p + "resize", float(prep.resize), np.float64), _const(p + "two", 2.0, np.float64),
-        _const(p + "inner", int(round((prep.resize - prep.crop) / 2))),  # Batcher.eval's centre crop
-        _const(p + "crop", prep.crop), _const(p + "axes", [2, 3]), _const(p + "lo", 0.0, np.float32),
-        _const(p + "hi", 255.0, np.float32),
+        _const(p + "second", [1]), _const(p + "resize", float(prep.resize), np.float64), _const(p + "two", 2.0, np.float64),
+        _const(p + "axes", [2, 3]), _const(p + "lo", 0.0, np.float32), _const(p + "hi", 255.0, np.float32),
         _const(p + "mean", np.asarray(prep.mean).reshape(1, 3, 1, 1) * 255, np.float32),
         _const(p + "std", np.asarray(prep.std).reshape(1, 3, 1, 1) * 255, np.float32),
     ]
@@ -48,32 +46,75 @@ def preprocessing_nodes(prep: Preprocessing) -> tuple[list[onnx.NodeProto], list
         n("Shape", [INPUT], [p + "shape"]),
         n("Gather", [p + "shape", p + "hw_idx"], [p + "hw"], axis=0),
         n("Gather", [p + "shape", p + "batch_idx"], [p + "n"], axis=0),
+        n("Gather", [p + "shape", p + "h_idx"], [p + "h"], axis=0),
         n("Cast", [p + "hw"], [p + "hw_f"], to=TensorProto.DOUBLE),
-        n("ReduceMin", [p + "hw_f"], [p + "short"], keepdims=0),
-        n("Div", [p + "resize", p + "short"], [p + "scale"]),
+        n("Cast", [INPUT], [p + "f"], to=TensorProto.FLOAT),
+        n("Transpose", [p + "f"], [p + "nchw"], perm=[0, 3, 1, 2]),
+    ]
+    fit_nodes, fit_consts = (_letterbox_nodes if prep.fit == "letterbox" else _crop_nodes)(prep, p)
+    nodes += fit_nodes + [
+        n("Sub", [p + "square", p + "mean"], [p + "centred"]),
+        n("Div", [p + "centred", p + "std"], [NETWORK_INPUT]),
+    ]
+    return nodes, consts + fit_consts
+
+
+def _resized_nodes(p: str, side: str, least: str) -> list[onnx.NodeProto]:
+    """`pipeline._resized` to p+"u8": the picture's `side` (ReduceMin: short, ReduceMax: long) scaled to the
+    resize, each side round(side * scale) and at least `least` px, in torch's two uint8 passes (width, then height,
+    each rounded to whole grey levels as Pillow does)."""
+    n = helper.make_node
+    return [
+        n(side, [p + "hw_f"], [p + "side"], keepdims=0),
+        n("Div", [p + "resize", p + "side"], [p + "scale"]),
         n("Mul", [p + "hw_f", p + "scale"], [p + "scaled"]),
         n("Round", [p + "scaled"], [p + "rounded"]),
-        n("Max", [p + "rounded", p + "resize"], [p + "new_hw_f"]),  # square(): max(size, round(side * scale))
+        n("Max", [p + "rounded", least], [p + "new_hw_f"]),
         n("Cast", [p + "new_hw_f"], [p + "new_hw"], to=TensorProto.INT64),
-        n("Gather", [p + "shape", p + "h_idx"], [p + "h"], axis=0),
         n("Gather", [p + "new_hw", p + "second"], [p + "new_w"], axis=0),
         n("Concat", [p + "n", p + "nc", p + "h", p + "new_w"], [p + "sizes_w"], axis=0),
         n("Concat", [p + "n", p + "nc", p + "new_hw"], [p + "sizes"], axis=0),
+        *_resize_to_uint8(p + "nchw", p + "sizes_w", p + "wide", p),
+        *_resize_to_uint8(p + "wide", p + "sizes", p + "u8", p),
+    ]
+
+
+def _crop_nodes(prep: Preprocessing, p: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """`pipeline.centre_square` and `Batcher.eval`'s centre crop: short side to the resize, the crop cut from the
+    middle (round half to even, as Python's round)."""
+    n = helper.make_node
+    consts = [_const(p + "inner", int(round((prep.resize - prep.crop) / 2))), _const(p + "crop", prep.crop)]
+    return [
+        *_resized_nodes(p, "ReduceMin", p + "resize"),  # max(size, round(side * scale))
         n("Sub", [p + "new_hw_f", p + "resize"], [p + "excess"]),
         n("Div", [p + "excess", p + "two"], [p + "half"]),
         n("Round", [p + "half"], [p + "outer_f"]),
         n("Cast", [p + "outer_f"], [p + "outer"], to=TensorProto.INT64),
         n("Add", [p + "outer", p + "inner"], [p + "start"]),
         n("Add", [p + "start", p + "crop"], [p + "end"]),
-        n("Cast", [INPUT], [p + "f"], to=TensorProto.FLOAT),
-        n("Transpose", [p + "f"], [p + "nchw"], perm=[0, 3, 1, 2]),
-        *_resize_to_uint8(p + "nchw", p + "sizes_w", p + "wide", p),  # torch's uint8 resize: width, then height,
-        *_resize_to_uint8(p + "wide", p + "sizes", p + "u8", p),  # each pass rounded to uint8 (as Pillow does)
-        n("Slice", [p + "u8", p + "start", p + "end", p + "axes"], [p + "cropped"]),
-        n("Sub", [p + "cropped", p + "mean"], [p + "centred"]),
-        n("Div", [p + "centred", p + "std"], [NETWORK_INPUT]),
-    ]
-    return nodes, consts
+        n("Slice", [p + "u8", p + "start", p + "end", p + "axes"], [p + "square"]),
+    ], consts
+
+
+def _letterbox_nodes(prep: Preprocessing, p: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """`pipeline.letterbox`: long side to the resize, centred on a square of the fill colour. Pad takes one value
+    for every channel, so the picture is shifted by the fill, padded with zeros and shifted back."""
+    n = helper.make_node
+    consts = [_const(p + "one", 1.0, np.float64), _const(p + "side_i", [prep.resize, prep.resize]),
+              _const(p + "fill", np.asarray(prep.fill).reshape(1, 3, 1, 1), np.float32), _const(p + "zero", 0.0, np.float32)]
+    return [
+        *_resized_nodes(p, "ReduceMax", p + "one"),  # max(1, round(side * scale))
+        n("Sub", [p + "side_i", p + "new_hw"], [p + "room"]),
+        n("Cast", [p + "room"], [p + "room_f"], to=TensorProto.DOUBLE),
+        n("Div", [p + "room_f", p + "two"], [p + "half"]),
+        n("Round", [p + "half"], [p + "before_f"]),
+        n("Cast", [p + "before_f"], [p + "before"], to=TensorProto.INT64),  # top, left
+        n("Sub", [p + "room", p + "before"], [p + "after"]),  # bottom, right
+        n("Concat", [p + "before", p + "after"], [p + "pads"], axis=0),
+        n("Sub", [p + "u8", p + "fill"], [p + "shifted"]),
+        n("Pad", [p + "shifted", p + "pads", p + "zero", p + "axes"], [p + "padded"], mode="constant"),
+        n("Add", [p + "padded", p + "fill"], [p + "square"]),
+    ], consts
 
 
 def _resize_to_uint8(x: str, sizes: str, out: str, p: str) -> list[onnx.NodeProto]:

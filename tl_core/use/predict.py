@@ -177,7 +177,7 @@ class Predictor:
             names.append(name)
             try:
                 img = to_rgb(item) if isinstance(item, Image.Image) else open_rgb(item, min_side=self.prep.resize)
-                arrays.append(square(img, self.prep.resize))
+                arrays.append(square(img, self.prep))
             except BadImage as e:
                 errors[i] = str(e)
         u8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) if arrays else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
@@ -475,13 +475,13 @@ class SplitOutputs:
 
 def outputs_of(items: list[Item], predictor: Predictor, progress: Callable[[int, int], None] | None = None) -> SplitOutputs:
     """Logits and features of labelled pictures; unreadable ones are listed with why."""
-    size, classes = predictor.prep.resize, len(predictor.classes)
+    classes = len(predictor.classes)
     logits, features, labels, files, skipped = [], [], [], [], []
     for start in range(0, len(items), 64):
         arrays = []
         for path, label in items[start : start + 64]:
             try:
-                arrays.append(decode_square(path, size))
+                arrays.append(decode_square(path, predictor.prep))
                 files.append(path)
                 labels.append(label)
             except (BadImage, OSError) as e:
