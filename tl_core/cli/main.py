@@ -65,7 +65,8 @@ def cmd_scan(args) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    print(f"{report.name}: {report.n_images} usable images, {len(report.classes)} classes ({report.split_source})")
+    kind = f"{len(report.classes)} labels, several per picture" if report.multi_label else f"{len(report.classes)} classes"
+    print(f"{report.name}: {report.n_images} usable images, {kind} ({report.split_source})")
     if report.classes:
         print_table([{"split": sp, **c} for sp, c in report.counts.items()], ["split", *report.classes])
     if report.problems:
