@@ -197,6 +197,7 @@ def test_default_export_card_names_every_class_the_accuracy_and_the_calibration(
     card = load_card(export(features_run, tmp_path / "model.zip"))
     assert "ants" in card and "bees" in card and "| ants | 124 | 70 |" in card and "| bees | 121 | 83 |" in card
     assert re.search(r"Validation accuracy: \*\*\d+\.\d%\*\* on 153 images", card)
+    assert re.search(r"Balanced accuracy \(the mean of the per-class recall\): \*\*\d+\.\d%\*\*", card)
     assert "expected calibration error" in card and "Unsure threshold" in card and "feature extraction" in card
     assert "safetensors" in card and "```python" in card
 

@@ -78,7 +78,9 @@ def _quality(ev: Evaluation | None) -> str:
                  f"| {p['support']} |" for p in ev.per_class]
         return "\n".join(rows + ["", "A picture has each label whose probability reaches that label's threshold, chosen on "
                                  "the validation split; it may have none, one or several."])
-    rows = [f"Validation accuracy: **{ev.accuracy:.1%}** on {sum(p['support'] for p in ev.per_class)} images.", "",
+    balanced = f" Balanced accuracy (the mean of the per-class recall): **{ev.balanced_accuracy:.1%}**." \
+        if ev.balanced_accuracy is not None else ""
+    rows = [f"Validation accuracy: **{ev.accuracy:.1%}** on {sum(p['support'] for p in ev.per_class)} images.{balanced}", "",
             "| class | precision | recall | images |", "|---|---|---|---|"]
     rows += [f"| {_cell(p['class'])} | {p['precision']:.1%} | {p['recall']:.1%} | {p['support']} |" for p in ev.per_class]
     rows += ["", "Calibration (temperature scaling fitted on the validation split): expected calibration error "
