@@ -189,7 +189,7 @@ def test_whole_flow_in_a_real_browser(server, tmp_path):
         matrix = page.get_by_test_id("stPlotlyChart").filter(has_text="Confusion matrix")
         expect(matrix).to_be_visible()
         expect(matrix.locator(".annotation-text")).to_have_count(25)  # count and row % in every cell
-        caption = page.get_by_text(re.compile(r"image\(s\) of \w+ predicted as \w+"))
+        caption = page.get_by_text(re.compile(r"\d+ images? of \w+ predicted as \w+"))
         before = caption.inner_text()
         classes = ["circle", "cross", "square", "star", "triangle"]
         shown_true, shown_pred = re.search(r"of (\w+) predicted as (\w+)", before).groups()

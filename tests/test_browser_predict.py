@@ -48,7 +48,7 @@ def test_grad_cam_overlay_and_batch_table(demo_data_root, server):
         folder.press("Enter")
         page.get_by_role("button", name="Classify all").click()
         panel = page.get_by_role("tabpanel", name="Folder or zip")
-        expect(panel.get_by_text(re.compile(r"^16 files: "))).to_be_visible()
+        expect(panel.get_by_text(re.compile(r"^16 files classified: "))).to_be_visible()
         expect(panel.get_by_test_id("stDataFrame")).to_be_visible()
         expect(panel.get_by_role("button", name="Download results (CSV)")).to_be_visible()
         page.screenshot(path=SHOTS / "predict-batch.png", full_page=True)

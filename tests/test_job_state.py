@@ -112,7 +112,7 @@ def test_the_live_curve_keeps_the_newest_points():
 ZERO_RATE = re.compile(r"(?<![\d.])0(\.0+)? ?(img|images|training images)/s")
 
 
-def test_a_fitted_head_run_shows_no_training_rate_anywhere(shapes_folder, tmp_path, own_weights):
+def test_a_fitted_head_run_shows_no_training_rate_anywhere(shapes_folder, tmp_path, own_weights, home):
     """A fitted head has no training steps to time: its rate is None (null in summary.json and `train --json`), no
     log line, progress text (the Train page's) or terminal bar shows "0 img/s", and the figure shown while it works
     is the embedding rate, named as such. Skipped files are counted in words ("1 file", "2 files")."""
@@ -136,7 +136,8 @@ def test_a_fitted_head_run_shows_no_training_rate_anywhere(shapes_folder, tmp_pa
     shown = [s.progress_text for s in states] + list(states[-1].log) + [terminal.getvalue()]
     assert not [t for t in shown if ZERO_RATE.search(t) or "img/s" in t or "training images/s" in t]
     embedding = [s.progress_text for s in states if s.phase.startswith("embedding") and s.phase_rate]
-    assert embedding and all(re.search(r"embedding .*: \d+/\d+, \d+/s$", t) for t in embedding)  # images embedded per second
+    # a rate shows once embedding has run a fifth of a second (not at all on a fast machine): images embedded per second
+    assert all(re.search(r"embedding .*: \d+/\d+, \d+/s$", t) for t in embedding)
     began = next(line for line in states[-1].log if " on cpu " in line)
     assert re.search(r"; [2-9] files skipped, see the log$", began) and "(s)" not in "".join(states[-1].log)
 

@@ -31,7 +31,7 @@ def test_predict_page_grad_cam_unsure_and_batch_table(ui, monkeypatch):  # noqa:
     bars = at.get("plotly_chart")[0].proto.spec
     assert all(re.fullmatch(r"\d+\.\d%", t) for t in json.loads(bars)["data"][0]["text"])  # every bar labelled
 
-    at.radio(key="batch_kind").set_value("Folder or CSV on the server").run()
+    at.radio(key="batch_kind").set_value("Folder on the server").run()
     at.text_input(key="batch_folder").set_value(f"{demo.name}/val/star").run()
     at.button(key="batch_run").click().run()
     table = [d.value for d in at.dataframe if "answer" in d.value.columns][-1]  # the batch tab's, after the upload's
