@@ -88,6 +88,8 @@ def test_a_labelled_run_predicts_label_sets_and_evaluates_on_another_csv(labels_
     run = load_run(labels_run)
     assert run.multi_label and run.classes == ["circle", "square", "triangle"]
     assert "one per label" in run.summary["head_fit"]["method"]
+    assert run.summary.get("best_val_balanced_accuracy") is None  # the labels' own recalls average to no balanced accuracy
+    assert set(run.summary["best_val_recall"]) == set(run.classes)
     other = held_back_csv(tmp_path / "other")
     ev = json.loads(cli_out(capsys, "evaluate", str(labels_run), str(other), "--json"))
     assert ev["multi_label"] and ev["split"].endswith("(all 36 pictures)")

@@ -117,7 +117,9 @@ class Loop:
             recalls = strategy.val_recall
             self._end_epoch(EpochRow(epoch, loss_sum / total, correct / total, val_loss, val_acc,
                                      self.sched.get_last_lr()[0], self.images_per_s, time.perf_counter() - t_epoch,
-                                     val_balanced_acc=None if recalls is None else balanced_accuracy(recalls),
+                                     # a label set's recalls are each label's own: their mean is no balanced accuracy
+                                     val_balanced_acc=None if recalls is None or ctx.targets.multi_label
+                                     else balanced_accuracy(recalls),
                                      val_recall=recalls))
             if self.ended:
                 return self.ended
