@@ -158,6 +158,25 @@ def letterbox_run(tmp_path_factory, real_weights) -> Path:
     return Path(result.run_dir)
 
 
+@pytest.fixture(scope="session")
+def bees_features_run(tmp_path_factory, real_weights) -> Path:
+    """A fitted-head run (frozen MobileNetV2, real ImageNet weights) on ants vs bees at 128 px, shared by the predict
+    and export tests (skipped cleanly without ../shared/data)."""
+    from tl_core.config import TrainConfig
+    from tl_core.train.trainer import train
+
+    if not HYMENOPTERA.exists():
+        pytest.skip("../shared/data is absent: no ants vs bees photos here")
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(real_weights)
+    try:
+        result = train(str(HYMENOPTERA), TrainConfig(strategy="features", image_size=128, seed=0), tmp_path_factory.mktemp("bees"))
+    finally:
+        os.environ["TORCH_HOME"] = old
+    assert result.best_val_accuracy > 0.85
+    return Path(result.run_dir)
+
+
 @pytest.fixture
 def server(tmp_path, studio_home):
     """`streamlit run` on a free port with a fresh home and runs folder: the browser tests' server."""

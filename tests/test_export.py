@@ -4,7 +4,6 @@ failed export leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -18,12 +17,10 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from tl_core.cli.main import main
-from tl_core.config import TrainConfig
 from tl_core.data.pipeline import Batcher, square
 from tl_core.data.scan import load_dataset
 from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import load_run
-from tl_core.train.trainer import train
 from tl_core.use import onnx_pictures
 from tl_core.use.export import INT8_SIZE_SHARE, ExportError, example, export, load_card, load_check, load_export, load_meta, run_file
 from tl_core.use.predict import Predictor
@@ -88,21 +85,6 @@ def test_failed_export_leaves_nothing_and_a_folder_gets_one_message(bees_run, tm
     assert not dest.exists() and not list(tmp_path.glob("*.tmp")) and list(tmp_path.iterdir()) == [folder]
 
 
-@pytest.fixture(scope="module")
-def features_run(tmp_path_factory, real_weights) -> Path:
-    if not HYMENOPTERA.exists():
-        pytest.skip("../shared/data is absent: no ants vs bees photos here")
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
-        result = train(str(HYMENOPTERA), TrainConfig(strategy="features", epochs=1, image_size=128, seed=0),
-                       tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
-    assert result.best_val_accuracy > 0.8
-    return Path(result.run_dir)
-
-
 def preprocessing_only(prep: Preprocessing):
     """The preprocessing nodes alone, as an onnxruntime session: pixels in, normalised network input out."""
     nodes, consts = onnx_pictures.preprocessing_nodes(prep)
@@ -150,8 +132,8 @@ def test_letterbox_graph_matches_the_pipeline_on_wide_and_tall_pictures(size):
         assert np.allclose(edge, fill.reshape(3, 1, 1), atol=1e-5) and np.abs(fill).max() < 0.01  # the mean: ~zero
 
 
-def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp_path):
-    path = export(features_run, tmp_path / "model.zip", "onnx")
+def test_pictures_in_onnx_matches_predict_and_carries_its_card(bees_features_run, tmp_path):
+    path = export(bees_features_run, tmp_path / "model.zip", "onnx")
     meta = load_meta(path)
     check = meta["check"]
     assert check["pictures"] == check["same_top1"] == 153 and check["max_abs_diff"] <= 0.01
@@ -167,7 +149,7 @@ def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp
     photo = Image.open(sorted((HYMENOPTERA / "val" / "bees").iterdir())[3]).convert("RGB")
     odd = [photo.resize((301, 170)), photo.resize((90, 333)), photo.crop((0, 0, 120, 120))]
     got = onnx_pictures.probabilities(tmp_path / "unpacked" / "model.onnx", [np.asarray(p)[None] for p in odd])
-    predictor = Predictor.from_run(features_run, "cpu")
+    predictor = Predictor.from_run(bees_features_run, "cpu")
     predictor.dtype = None
     for probs, p in zip(got, predictor.predict(odd, 2)):
         assert dict(p.top) == pytest.approx(dict(zip(["ants", "bees"], probs.tolist())), abs=0.01)
@@ -182,8 +164,8 @@ def test_pictures_in_onnx_matches_predict_and_carries_its_card(features_run, tmp
     assert ["ants", "bees"][int(scope["probs"].argmax())] == best and abs(float(scope["probs"].max()) - probability) < 0.01
 
 
-def test_int8_keeps_accuracy_in_a_third_of_the_size(features_run, tmp_path):
-    path = export(features_run, tmp_path / "int8.zip", "onnx-int8")
+def test_int8_keeps_accuracy_in_a_third_of_the_size(bees_features_run, tmp_path):
+    path = export(bees_features_run, tmp_path / "int8.zip", "onnx-int8")
     c = load_meta(path)["check"]
     assert c["pictures"] == 153 and c["accuracy_int8"] >= c["accuracy_float"] - 0.01 and c["accuracy_float"] > 0.8
     assert c["size_int8"] <= INT8_SIZE_SHARE * c["size_float"] and c["size_share"] == c["size_int8"] / c["size_float"]
@@ -193,8 +175,8 @@ def test_int8_keeps_accuracy_in_a_third_of_the_size(features_run, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear", "Resize"} <= ops
 
 
-def test_default_export_card_names_every_class_the_accuracy_and_the_calibration(features_run, tmp_path):
-    card = load_card(export(features_run, tmp_path / "model.zip"))
+def test_default_export_card_names_every_class_the_accuracy_and_the_calibration(bees_features_run, tmp_path):
+    card = load_card(export(bees_features_run, tmp_path / "model.zip"))
     assert "ants" in card and "bees" in card and "| ants | 124 | 70 |" in card and "| bees | 121 | 83 |" in card
     assert re.search(r"Validation accuracy: \*\*\d+\.\d%\*\* on 153 images", card)
     assert re.search(r"Balanced accuracy \(the mean of the per-class recall\): \*\*\d+\.\d%\*\*", card)

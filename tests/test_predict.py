@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -14,16 +13,14 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
-from helpers import HYMENOPTERA, bees_val_files, cli_out, png_bytes
+from helpers import bees_val_files, cli_out, png_bytes
 from PIL import Image, ImageDraw
 
 from tl_core.cli.main import main
-from tl_core.config import TrainConfig
 from tl_core.data.pipeline import decode_square
 from tl_core.data.scan import load_dataset
 from tl_core.models.backbones import Preprocessing
 from tl_core.train.runs import CHECKED, history_rows, load_run
-from tl_core.train.trainer import train
 from tl_core.use import calibration, familiarity
 from tl_core.use.export import export, load_export
 from tl_core.use.predict import NONE_OF_THESE, UNSURE, Predictor, evaluate
@@ -167,21 +164,6 @@ def test_an_uploaded_zip_is_unpacked_under_generated_names_and_reruns_leave_noth
     uploads = tmp_path / "home" / "predict-uploads"
     assert [p.name for p in uploads.iterdir()] == [Path(found[0]).parents[1].name]  # one unpacked folder, no zip copies
     assert [Path(f).name for f in found] == ["1.png"]
-
-
-@pytest.fixture(scope="module")
-def bees_features_run(tmp_path_factory, real_weights) -> Path:
-    """A fitted-head run (frozen MobileNetV2, real ImageNet weights) on ants vs bees, at 128 px to stay quick."""
-    if not HYMENOPTERA.exists():
-        pytest.skip("../shared/data is absent: no ants vs bees photos here")
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
-        result = train(str(HYMENOPTERA), TrainConfig(strategy="features", image_size=128), tmp_path_factory.mktemp("bees"))
-    finally:
-        os.environ["TORCH_HOME"] = old
-    assert result.best_val_accuracy > 0.85
-    return Path(result.run_dir)
 
 
 def neither_class(folder: Path) -> list[Path]:
