@@ -83,9 +83,10 @@ class Sample:
         """What the picture should be answered: its class, or its label set (`tl_core.data.targets`)."""
         return self.labels or self.label
 
-    def relabelled(self, mapping: dict[int, int], split: str | None = None) -> Sample:
+    def relabelled(self, mapping: dict[int, int]) -> Sample:
+        """The same picture with its class (or label set) renumbered by `mapping`."""
         labels = tuple(mapping[y] for y in self.labels)
-        return Sample(self.path, labels[0] if labels else mapping[self.label], split or self.split, labels)
+        return Sample(self.path, labels[0] if labels else mapping[self.label], self.split, labels)
 
 
 @dataclass(frozen=True)
