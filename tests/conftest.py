@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, edge_pictures, solid, streamlit_server
+from helpers import HYMENOPTERA, MOBILENET_FILE, ROOT, SHARED, edge_pictures, solid, streamlit_server, torch_home
 
 __all__ = ["HYMENOPTERA", "MOBILENET_FILE", "ROOT", "SHARED", "solid"]
 
@@ -109,12 +109,8 @@ def demo_run(tmp_path_factory, real_weights):
     from tl_core.config import TrainConfig
     from tl_core.train.trainer import train
 
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         return train("demo", TrainConfig(epochs=4), tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
 
 
 @pytest.fixture(scope="session")
@@ -126,15 +122,11 @@ def bees_run(tmp_path_factory, real_weights):
 
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent: no ants vs bees photos here")
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         # a fine-tuned network (label smoothing leaves it under-confident): what calibration is for; the fitted
         # feature head is a logistic regression, calibrated already
         config = TrainConfig(strategy="full", epochs=2, image_size=128, seed=0)
         result = train(str(HYMENOPTERA), config, tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
     assert result.best_val_accuracy > 0.8
     return Path(result.run_dir)
 
@@ -147,13 +139,9 @@ def letterbox_run(tmp_path_factory, real_weights) -> Path:
     from tl_core.train.trainer import train
 
     data = edge_pictures(tmp_path_factory.mktemp("edges"), {"train": 30, "val": 20})
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         result = train(str(data), TrainConfig(strategy="features", fit="letterbox", image_size=96, seed=0),
                        tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
     assert result.best_val_accuracy > 0.9
     return Path(result.run_dir)
 
@@ -167,12 +155,8 @@ def bees_features_run(tmp_path_factory, real_weights) -> Path:
 
     if not HYMENOPTERA.exists():
         pytest.skip("../shared/data is absent: no ants vs bees photos here")
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         result = train(str(HYMENOPTERA), TrainConfig(strategy="features", image_size=128, seed=0), tmp_path_factory.mktemp("bees"))
-    finally:
-        os.environ["TORCH_HOME"] = old
     assert result.best_val_accuracy > 0.85
     return Path(result.run_dir)
 

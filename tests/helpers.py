@@ -31,6 +31,21 @@ TINY = dict(backbone="mobilenet_v3_small", pretrained=False, strategy="full", im
 """A whole small network from scratch on 48-px pictures: the cheapest run that really trains."""
 
 
+@contextmanager
+def torch_home(folder: Path) -> Iterator[None]:
+    """TORCH_HOME pointing at `folder` (the real weights) inside the block, as it was after: for session and module
+    fixtures, which cannot use monkeypatch."""
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = old
+
+
 def solid(path: Path, colour, size=(40, 30), mode="RGB", fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, colour).save(path, fmt)

@@ -5,12 +5,11 @@ the figures in `evaluate --json`, the run's summary and the pages."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from helpers import HYMENOPTERA, cli_out, open_page
+from helpers import HYMENOPTERA, cli_out, open_page, torch_home
 
 from tl_core.config import TrainConfig
 from tl_core.train.runs import load_run
@@ -36,14 +35,10 @@ def lopsided_bees(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def weighed_runs(lopsided_bees, real_weights, tmp_path_factory) -> dict[str, Path]:
     """The same fitted-head run with balance none and auto (the default: weights at this 9.5x imbalance)."""
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
     runs = tmp_path_factory.mktemp("runs")
-    try:
+    with torch_home(real_weights):
         return {balance: Path(train(str(lopsided_bees), TrainConfig(strategy="features", balance=balance), runs).run_dir)
                 for balance in ("none", "auto")}
-    finally:
-        os.environ["TORCH_HOME"] = old
 
 
 def test_class_weights_raise_balanced_accuracy_on_held_out_images(weighed_runs):

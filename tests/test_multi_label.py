@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import cli_out
+from helpers import cli_out, torch_home
 
 from tl_core.config import TrainConfig
 from tl_core.data import targets
@@ -67,12 +67,8 @@ def labels_run(tmp_path_factory, real_weights) -> Path:
     """The multi-label demo (one or two shapes per picture, labels.csv), MobileNetV2's fitted head per label."""
     from tl_core.train.trainer import train
 
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         return Path(train(DEMO_LABELS, TrainConfig(), tmp_path_factory.mktemp("runs")).run_dir)
-    finally:
-        os.environ["TORCH_HOME"] = old
 
 
 def held_back_csv(folder: Path) -> Path:

@@ -3,7 +3,6 @@ concurrent clients, hostile uploads, the token rule. One tiny feature-extraction
 weights (skipped cleanly without ../shared/data)."""
 
 import io
-import os
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 import uvicorn
+from helpers import torch_home
 
 from tl_core.cli.main import main
 from tl_core.config import TrainConfig
@@ -31,12 +31,8 @@ def shapes_run(tmp_path_factory, real_weights) -> Path:
         (root / kind).mkdir()
         for i in range(12):
             draw(kind, rng, 48).save(root / kind / f"{i}.png")
-    old = os.environ["TORCH_HOME"]
-    os.environ["TORCH_HOME"] = str(real_weights)
-    try:
+    with torch_home(real_weights):
         result = train(str(root), TrainConfig(strategy="features", epochs=1, image_size=64, seed=0), tmp_path_factory.mktemp("runs"))
-    finally:
-        os.environ["TORCH_HOME"] = old
     return Path(result.run_dir)
 
 
